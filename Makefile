@@ -1,0 +1,46 @@
+# The two front-door commands are `make dev` and `make test`; each does its own set-up.
+SHELL := /bin/bash
+PY ?= python3
+UV := $(PY) -m uv
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: dev test setup jars tools lint typecheck unit bench-ingress clean
+
+dev: setup jars
+	$(BIN)/sluice dev $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+
+test: setup jars tools lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Python environment from the lock file (uv itself comes from the package index once).
+setup: $(VENV)/.synced
+$(VENV)/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check uv
+	$(UV) sync --frozen --extra dev
+	@touch $@
+
+# Apache Kafka's jars, resolved by Maven into the cache (skipped once present).
+jars: setup
+	$(BIN)/python -m connectors.embedded.kafka --fetch
+
+# Operator tools the tests also exercise; best effort, they need root and apt.
+tools:
+	@command -v kcat >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq kcat >/dev/null) \
+	      || echo "warning: could not install kcat; its test will be skipped"; \
+	  else echo "note: kcat not installed; its test will be skipped"; fi; }
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+bench-ingress: setup jars
+	$(BIN)/python -m bench.ingress
+
+clean:
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache

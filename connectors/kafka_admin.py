@@ -1,0 +1,82 @@
+"""Kafka admin: apply the topic catalog to a cluster (idempotently) and list topics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+from schemas.catalog import TopicSpec
+
+from sluice.errors import TransientError
+
+__all__ = ["TopicState", "create_topics", "list_topics"]
+
+
+@dataclass(frozen=True)
+class TopicState:
+    name: str
+    partitions: int
+
+
+def create_topics(
+    bootstrap_servers: str,
+    specs: Iterable[TopicSpec],
+    *,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create every topic in ``specs`` that does not exist yet; returns the ones created.
+
+    Idempotent: an existing topic is left as it is (its partitions are not changed,
+    since that would move keys between partitions and break per-entity order).
+
+    :raises TransientError: when the cluster cannot be reached or refuses a topic.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    wanted = [_new_topic(spec, replication_factor) for spec in specs]
+    if not wanted:
+        return []
+    futures = admin.create_topics(wanted, operation_timeout=timeout_s, request_timeout=timeout_s)
+    created: list[str] = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            created.append(name)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise TransientError(f"could not create topic {name}: {error.str()}") from None
+    return sorted(created)
+
+
+def list_topics(bootstrap_servers: str, *, timeout_s: float = 10.0) -> list[TopicState]:
+    """Every non-internal topic on the cluster with its partition count."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise TransientError(f"cannot reach Kafka: {exc.args[0]}") from None
+    return sorted(
+        (
+            TopicState(name=name, partitions=len(topic.partitions))
+            for name, topic in metadata.topics.items()
+            if not name.startswith("__")
+        ),
+        key=lambda state: state.name,
+    )
+
+
+def _new_topic(spec: TopicSpec, replication_factor: int) -> NewTopic:
+    config: dict[str, str] = {}
+    if spec.retention_ms is not None:
+        config["retention.ms"] = str(spec.retention_ms)
+    if spec.compacted:
+        config["cleanup.policy"] = "compact"
+    return NewTopic(
+        spec.name,
+        num_partitions=spec.partitions,
+        replication_factor=replication_factor,
+        config=config,
+    )

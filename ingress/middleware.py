@@ -1,0 +1,56 @@
+"""Request middleware shared by both listeners: correlation ids and error mapping."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ingress.outcomes import error_response
+from sluice.metrics import MetricName, Metrics
+
+__all__ = ["CORRELATION_HEADER", "METRICS_KEY", "correlation_id", "outcome_middleware"]
+
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+log = logging.getLogger(__name__)
+
+CORRELATION_HEADER = "X-Correlation-Id"
+_CORRELATION_KEY = web.RequestKey("correlation_id", str)
+# A caller's id is echoed only if it is short and plain, so it is safe in logs and headers.
+_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def correlation_id(request: web.Request) -> str:
+    return request[_CORRELATION_KEY]
+
+
+@web.middleware
+async def outcome_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request a correlation id and turn every exception into a JSON answer."""
+    given = request.headers.get(CORRELATION_HEADER, "")
+    cid = given if _ACCEPTABLE_ID.fullmatch(given) else uuid.uuid4().hex
+    request[_CORRELATION_KEY] = cid
+    try:
+        response = await handler(request)
+    except web.HTTPSuccessful as ok:
+        response = ok
+    except Exception as exc:
+        response = error_response(exc)
+        if response.status >= 400:
+            log.info(
+                "request refused",
+                extra={
+                    "path": request.path,
+                    "status": response.status,
+                    "reason": type(exc).__name__,
+                    "correlation_id": cid,
+                },
+            )
+    response.headers[CORRELATION_HEADER] = cid
+    route = request.match_info.route.name or "unmatched"
+    request.app[METRICS_KEY].inc(MetricName.HTTP_REQUESTS, route=route, status=str(response.status))
+    return response

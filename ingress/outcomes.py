@@ -1,0 +1,78 @@
+"""One function maps every outcome of a request to its HTTP status and JSON body.
+
+Client faults are named precisely (which check, which field); our own faults never leak
+their details. Nothing here is a 500 for bad input: a 500 means a bug in Sluice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from ingress.publisher import NotDurable
+from ingress.verify.errors import SignatureError
+from sluice.errors import InvalidEvent
+
+__all__ = ["BodyTooLarge", "RequestRejected", "UnsupportedMediaType", "error_response"]
+
+log = logging.getLogger(__name__)
+
+
+class RequestRejected(Exception):
+    """The request itself is unacceptable before any verification (size, type)."""
+
+    status = 400
+
+
+class BodyTooLarge(RequestRejected):
+    status = 413
+
+
+class UnsupportedMediaType(RequestRejected):
+    status = 415
+
+
+def error_response(exc: BaseException) -> web.Response:
+    """The response for an exception raised while handling a request."""
+    if isinstance(exc, SignatureError):
+        return _json(401, "unauthorized", str(exc))
+    if isinstance(exc, InvalidEvent):
+        return _json(400, "invalid", str(exc), field=exc.field)
+    if isinstance(exc, RequestRejected):
+        return _json(exc.status, _CODES[exc.status], str(exc))
+    if isinstance(exc, NotDurable):
+        response = _json(503, "unavailable", "the event could not be stored; retry later")
+        response.headers["Retry-After"] = "1"
+        return response
+    if isinstance(exc, web.HTTPException):
+        # aiohttp's own refusals: unknown route, wrong method, body over client_max_size.
+        status = exc.status
+        if status == 413:
+            return _json(413, "too_large", "request body exceeds the limit")
+        response = _json(status, _CODES.get(status, "error"), exc.reason)
+        if allow := exc.headers.get("Allow"):
+            response.headers["Allow"] = allow
+        return response
+    log.error("unhandled error", exc_info=exc)
+    return _json(500, "internal", "internal error")
+
+
+_CODES = {
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def _json(status: int, code: str, detail: str, *, field: str | None = None) -> web.Response:
+    body: dict[str, str] = {"error": code, "detail": detail}
+    if field:
+        body["field"] = field
+    return web.json_response(body, status=status)

@@ -1,0 +1,110 @@
+"""Run the two listeners (public webhooks, internal APIs) in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiohttp import web
+from schemas.codec import make_codec
+
+from ingress.app import IngressApps, create_apps
+from ingress.publisher import KafkaPublisher
+from sluice.clock import Clock, SystemClock
+from sluice.settings import Settings
+
+__all__ = ["RunningIngress", "run_ingress", "running_ingress"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunningIngress:
+    apps: IngressApps
+    public_url: str
+    internal_url: str
+
+
+@asynccontextmanager
+async def running_ingress(
+    settings: Settings, *, clock: Clock | None = None
+) -> AsyncIterator[RunningIngress]:
+    """Start both listeners; on exit stop taking requests, then flush the producer.
+
+    A port of 0 picks a free port; the URLs in the yielded value carry the real ones.
+    """
+    publisher = KafkaPublisher(
+        settings.kafka_bootstrap_servers, timeout_s=settings.publish_timeout_s
+    )
+    apps = create_apps(
+        settings,
+        publisher=publisher,
+        codec=make_codec(settings.schema_registry_url),
+        clock=clock or SystemClock(),
+    )
+    runners: list[web.AppRunner] = []
+    try:
+        public_port = await _serve(apps.public, settings.public_host, settings.public_port, runners)
+        tls = _internal_tls(settings)
+        internal_port = await _serve(
+            apps.internal, settings.internal_host, settings.internal_port, runners, tls
+        )
+        scheme = "https" if tls else "http"
+        running = RunningIngress(
+            apps=apps,
+            public_url=f"http://{_reachable(settings.public_host)}:{public_port}",
+            internal_url=f"{scheme}://{_reachable(settings.internal_host)}:{internal_port}",
+        )
+        log.info(
+            "ingress listening",
+            extra={"public": running.public_url, "internal": running.internal_url},
+        )
+        yield running
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        await publisher.close()
+
+
+async def run_ingress(settings: Settings, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set."""
+    async with running_ingress(settings):
+        await stop.wait()
+
+
+async def _serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    runners: list[web.AppRunner],
+    tls: ssl.SSLContext | None = None,
+) -> int:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    runners.append(runner)
+    site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True)
+    await site.start()
+    server = site._server
+    assert isinstance(server, asyncio.base_events.Server)
+    bound: int = server.sockets[0].getsockname()[1]
+    return bound
+
+
+def _internal_tls(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for the internal listener; with a client CA, clients must present a cert (mTLS)."""
+    if settings.internal_tls_cert is None or settings.internal_tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.internal_tls_cert, settings.internal_tls_key)
+    if settings.internal_tls_client_ca is not None:
+        context.load_verify_locations(settings.internal_tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _reachable(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104

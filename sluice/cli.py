@@ -1,0 +1,130 @@
+"""The ``sluice`` command: one entry point for every process and operator task."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from sluice.errors import ConfigError, SluiceError
+from sluice.logs import configure_logging
+from sluice.settings import INGRESS_REQUIRED, load_settings
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 2
+    except SluiceError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    dev = commands.add_parser("dev", help="run the whole pipeline on the embedded stack")
+    dev.add_argument("--data-dir", type=Path, default=Path(".data/dev"))
+    dev.set_defaults(run=_dev)
+
+    ingress = commands.add_parser("ingress", help="run the webhook and internal HTTP listeners")
+    ingress.set_defaults(run=_ingress)
+
+    topics = commands.add_parser("topics", help="apply or show the topic catalog")
+    topic_commands = topics.add_subparsers(required=True, metavar="ACTION")
+    topic_commands.add_parser("create", help="create missing catalog topics").set_defaults(
+        run=_topics_create
+    )
+    topic_commands.add_parser("list", help="list topics on the cluster").set_defaults(
+        run=_topics_list
+    )
+
+    tail = commands.add_parser("tail", help="decode a topic's records to JSON lines")
+    tail.add_argument("topic")
+    tail.add_argument("--from-end", action="store_true", help="only records from now on")
+    tail.add_argument("-n", "--max", type=int, default=None, help="stop after N records")
+    tail.add_argument(
+        "--idle-timeout", type=float, default=None, help="stop after S seconds without records"
+    )
+    tail.set_defaults(run=_tail)
+    return parser
+
+
+def _ingress(_args: argparse.Namespace) -> int:
+    from ingress.server import run_ingress
+
+    settings = load_settings(require=INGRESS_REQUIRED)
+    configure_logging(settings.log_level)
+    asyncio.run(_until_signalled(lambda stop: run_ingress(settings, stop)))
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from sluice.dev import run_dev
+
+    configure_logging("INFO")
+    asyncio.run(_until_signalled(lambda stop: run_dev(args.data_dir, stop)))
+    return 0
+
+
+def _topics_create(_args: argparse.Namespace) -> int:
+    from schemas.catalog import all_topics
+
+    from connectors.kafka_admin import create_topics
+
+    settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS"})
+    created = create_topics(settings.kafka_bootstrap_servers, all_topics())
+    for name in created:
+        print(f"created {name}")
+    print(f"{len(created)} created, {len(all_topics()) - len(created)} already present")
+    return 0
+
+
+def _topics_list(_args: argparse.Namespace) -> int:
+    from connectors.kafka_admin import list_topics
+
+    settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS"})
+    for state in list_topics(settings.kafka_bootstrap_servers):
+        print(f"{state.name}\t{state.partitions}")
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from schemas.codec import make_codec
+
+    from sluice.tail import tail
+
+    settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS"})
+    with contextlib.suppress(BrokenPipeError):  # `sluice tail t | head` is normal use
+        tail(
+            settings.kafka_bootstrap_servers,
+            args.topic,
+            make_codec(settings.schema_registry_url),
+            sys.stdout,
+            from_beginning=not args.from_end,
+            max_records=args.max,
+            idle_timeout_s=args.idle_timeout,
+        )
+    return 0
+
+
+async def _until_signalled(start: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``start(stop_event)`` until SIGINT/SIGTERM sets the event."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await start(stop)

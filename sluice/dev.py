@@ -1,0 +1,108 @@
+"""``sluice dev``: the whole pipeline on the embedded stack, in one command.
+
+Starts (or reuses, when its URL is set) Kafka, PostgreSQL and Redis under the data
+directory, creates the catalog topics, generates dev secrets unless set, writes every
+effective URL and secret to ``DIR/dev.env``, runs the ingress, and stops everything on
+Ctrl-C. Secrets already in ``DIR/dev.env`` are kept across runs, so a `curl` command
+signed with them keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from schemas.catalog import all_topics
+
+from connectors.embedded import EmbeddedStack, free_port
+from connectors.kafka_admin import create_topics
+from ingress.server import running_ingress
+from sluice.settings import INGRESS_REQUIRED, load_settings
+
+__all__ = ["dev_secrets", "read_env_file", "run_dev", "write_env_file"]
+
+log = logging.getLogger(__name__)
+
+# Generated unless the environment (or an earlier dev.env) already has them.
+_SECRET_MAKERS = {
+    "STRIPE_WEBHOOK_SECRET": lambda: "whsec_dev_" + secrets.token_hex(16),
+    "RAZORPAY_WEBHOOK_SECRET": lambda: "rzp_dev_" + secrets.token_hex(16),
+    "INTERNAL_API_TOKEN": lambda: "int_dev_" + secrets.token_hex(16),
+    "ADMIN_API_TOKEN": lambda: "adm_dev_" + secrets.token_hex(16),
+}
+
+
+async def run_dev(data_dir: Path, stop: asyncio.Event) -> None:
+    data_dir, earlier = await asyncio.to_thread(_prepare, data_dir)
+    env_file = data_dir / "dev.env"
+    env: dict[str, str] = {**earlier, **os.environ}
+
+    stack = EmbeddedStack(data_dir, env=os.environ)
+    urls = await asyncio.to_thread(stack.start)
+    try:
+        effective = {**urls, **dev_secrets(env)}
+        effective["INGRESS_PUBLIC_PORT"] = env.get("INGRESS_PUBLIC_PORT") or str(free_port(8080))
+        effective["INGRESS_INTERNAL_PORT"] = env.get("INGRESS_INTERNAL_PORT") or str(
+            free_port(8081)
+        )
+        write_env_file(env_file, effective)
+        settings = load_settings({**env, **effective}, require=INGRESS_REQUIRED)
+        settings = dataclasses.replace(settings, public_host="127.0.0.1")
+
+        created = await asyncio.to_thread(
+            create_topics, settings.kafka_bootstrap_servers, all_topics()
+        )
+        log.info("topics ready", extra={"created": len(created)})
+
+        async with running_ingress(settings) as ingress:
+            _print_banner(env_file, effective, ingress.public_url, ingress.internal_url)
+            await stop.wait()
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
+def _prepare(data_dir: Path) -> tuple[Path, dict[str, str]]:
+    """Create the data directory; return it absolute, with an earlier run's dev.env."""
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir, read_env_file(data_dir / "dev.env")
+
+
+def dev_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """Every dev secret: the one in ``env`` when set, a fresh random one otherwise."""
+    return {name: env.get(name) or make() for name, make in _SECRET_MAKERS.items()}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines; blank lines and ``#`` comments ignored; missing file → {}."""
+    if not path.exists():
+        return {}
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def write_env_file(path: Path, values: Mapping[str, str]) -> None:
+    """Write ``values`` readable by ``set -a; . dev.env`` and by ``read_env_file``."""
+    lines = ["# Written by `sluice dev`: the effective URLs and secrets of this run."]
+    lines += [f"{name}={value}" for name, value in sorted(values.items())]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)  # it holds secrets
+
+
+def _print_banner(env_file: Path, values: Mapping[str, str], public: str, internal: str) -> None:
+    print("\nSluice dev stack is up. Ctrl-C stops everything.\n", flush=True)
+    for name, value in sorted(values.items()):
+        print(f"  {name}={value}")
+    print(f"\n  webhooks:  {public}/v1/webhooks/stripe  {public}/v1/webhooks/razorpay")
+    print(f"  internal:  {internal}/healthz  {internal}/readyz  {internal}/metrics")
+    print(f"  env file:  {env_file}   (load it with: set -a; . {env_file}; set +a)\n", flush=True)

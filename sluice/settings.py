@@ -1,0 +1,153 @@
+"""Twelve-factor settings, read once from the environment and validated at start-up.
+
+A missing or malformed required setting raises ``ConfigError`` whose message is one line
+naming the setting; the CLI prints it and exits, so an operator never has to read a
+traceback to learn which variable to set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from sluice.errors import ConfigError
+
+__all__ = ["INGRESS_REQUIRED", "Settings", "load_settings"]
+
+T = TypeVar("T")
+
+# Settings without which the ingress cannot do its one job safely.
+INGRESS_REQUIRED = frozenset(
+    {"KAFKA_BOOTSTRAP_SERVERS", "STRIPE_WEBHOOK_SECRET", "RAZORPAY_WEBHOOK_SECRET"}
+)
+
+ONE_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Sluice process needs to know about its surroundings.
+
+    Secrets are tuples: a comma-separated value lists several, so a secret can be
+    rotated without downtime (old and new accepted until the old one is removed).
+    """
+
+    kafka_bootstrap_servers: str = ""
+    schema_registry_url: str | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    elasticsearch_url: str | None = None
+    stripe_webhook_secrets: tuple[str, ...] = ()
+    razorpay_webhook_secrets: tuple[str, ...] = ()
+    internal_api_tokens: tuple[str, ...] = ()
+    admin_api_tokens: tuple[str, ...] = ()
+    public_host: str = "0.0.0.0"  # noqa: S104 - the public listener is meant to face the internet
+    public_port: int = 8080
+    internal_host: str = "127.0.0.1"
+    internal_port: int = 8081
+    internal_tls_cert: Path | None = None
+    internal_tls_key: Path | None = None
+    internal_tls_client_ca: Path | None = None
+    max_body_bytes: int = ONE_MIB
+    publish_timeout_s: float = 5.0
+    state_dir: Path = Path(".data/state")
+    log_level: str = "INFO"
+    # Per-partner settings (PARTNER_<ID>_*) are kept raw here; the leads issue gives them shape.
+    partners: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def redacted(self) -> dict[str, str]:
+        """The settings as strings with every secret replaced, safe for a log line."""
+        shown: dict[str, str] = {}
+        for name, value in vars(self).items():
+            secret = name.endswith(("secrets", "tokens"))
+            shown[name] = "***" if secret and value else str(value)
+        return shown
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, *, require: Collection[str] = ()
+) -> Settings:
+    """Build ``Settings`` from ``env`` (default ``os.environ``).
+
+    :param require: environment names that must be set and non-empty.
+    :raises ConfigError: naming the first missing or malformed setting.
+    """
+    env = os.environ if env is None else env
+    for name in sorted(require):
+        if not env.get(name, "").strip():
+            raise ConfigError(f"missing required setting {name}")
+
+    def text(name: str) -> str | None:
+        value = env.get(name, "").strip()
+        return value or None
+
+    def parsed(name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = text(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ConfigError(f"malformed setting {name}: {raw!r}") from None
+
+    def secrets(name: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+    def path(name: str) -> Path | None:
+        raw = text(name)
+        return Path(raw) if raw else None
+
+    def port(name: str, default: int) -> int:
+        value = parsed(name, int, default)
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"malformed setting {name}: {value} is not a TCP port")
+        return value
+
+    settings = Settings(
+        kafka_bootstrap_servers=text("KAFKA_BOOTSTRAP_SERVERS") or "",
+        schema_registry_url=text("SCHEMA_REGISTRY_URL"),
+        database_url=text("DATABASE_URL"),
+        redis_url=text("REDIS_URL"),
+        elasticsearch_url=text("ELASTICSEARCH_URL"),
+        stripe_webhook_secrets=secrets("STRIPE_WEBHOOK_SECRET"),
+        razorpay_webhook_secrets=secrets("RAZORPAY_WEBHOOK_SECRET"),
+        internal_api_tokens=secrets("INTERNAL_API_TOKEN"),
+        admin_api_tokens=secrets("ADMIN_API_TOKEN"),
+        public_host=text("INGRESS_PUBLIC_HOST") or Settings.public_host,
+        public_port=port("INGRESS_PUBLIC_PORT", Settings.public_port),
+        internal_host=text("INGRESS_INTERNAL_HOST") or Settings.internal_host,
+        internal_port=port("INGRESS_INTERNAL_PORT", Settings.internal_port),
+        internal_tls_cert=path("INGRESS_INTERNAL_TLS_CERT"),
+        internal_tls_key=path("INGRESS_INTERNAL_TLS_KEY"),
+        internal_tls_client_ca=path("INGRESS_INTERNAL_TLS_CLIENT_CA"),
+        max_body_bytes=parsed("SLUICE_MAX_BODY_BYTES", int, ONE_MIB),
+        publish_timeout_s=parsed("SLUICE_PUBLISH_TIMEOUT_S", float, 5.0),
+        state_dir=path("SLUICE_STATE_DIR") or Settings.state_dir,
+        log_level=(text("SLUICE_LOG_LEVEL") or "INFO").upper(),
+        partners=_partners(env),
+    )
+    if settings.max_body_bytes <= 0:
+        raise ConfigError("malformed setting SLUICE_MAX_BODY_BYTES: must be positive")
+    if settings.publish_timeout_s <= 0:
+        raise ConfigError("malformed setting SLUICE_PUBLISH_TIMEOUT_S: must be positive")
+    if (settings.internal_tls_cert is None) != (settings.internal_tls_key is None):
+        raise ConfigError(
+            "malformed setting INGRESS_INTERNAL_TLS_CERT: needs INGRESS_INTERNAL_TLS_KEY too"
+        )
+    return settings
+
+
+def _partners(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Group ``PARTNER_<ID>_<FIELD>`` variables by partner id (lower-cased)."""
+    partners: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        if not name.startswith("PARTNER_"):
+            continue
+        for suffix in ("_SECRET", "_TOKEN", "_DELIVERY_URL"):
+            if name.endswith(suffix) and len(name) > len("PARTNER_") + len(suffix):
+                partner = name[len("PARTNER_") : -len(suffix)].lower()
+                partners.setdefault(partner, {})[suffix[1:].lower()] = value
+    return partners

@@ -68,6 +68,8 @@ class KafkaPublisher:
             "delivery.timeout.ms": max(int(timeout_s * 1000) * 6, 30_000),
             "reconnect.backoff.max.ms": 1000,
             "error_cb": self._on_error,
+            # librdkafka's own log lines go through logging, not raw to stderr.
+            "logger": logging.getLogger("librdkafka"),
         }
         config.update(extra_config or {})
         self._producer = Producer(config)

@@ -35,9 +35,7 @@ import fastavro
 
 __all__ = ["check_backward", "is_backward_compatible"]
 
-_PRIMITIVES = frozenset(
-    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-)
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED = frozenset({"record", "enum", "fixed"})
 
 # (writer type, reader type) pairs the specification lets a reader promote.
@@ -83,8 +81,7 @@ def _parse(schema: Any, names: dict[str, Any]) -> Any:
     if isinstance(schema, Mapping) and "__fastavro_parsed" in schema:
         names.update(schema.get("__named_schemas", {}))
         return schema
-    # _write_hint=False: no writer-only hints in the copy we walk.
-    return fastavro.parse_schema(schema, named_schemas=names, _write_hint=False)
+    return fastavro.parse_schema(schema, named_schemas=names)
 
 
 def _root_path(schema: Any) -> str:
@@ -138,9 +135,6 @@ class _Checker:
         kind = self._kind(schema)
         if kind in _NAMED:
             return f"{kind} {schema['name']}"
-        if kind == "union":
-            names = [self._describe(self._deref(b, self._writer_names)) for b in schema]
-            return "union [" + ", ".join(names) + "]"
         return kind
 
     @staticmethod

@@ -17,11 +17,10 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from schemas.catalog import all_topics
-
 from connectors.embedded import EmbeddedStack, free_port
 from connectors.kafka_admin import create_topics
 from ingress.server import running_ingress
+from schemas.catalog import all_topics
 from sluice.settings import INGRESS_REQUIRED, load_settings
 
 __all__ = ["dev_secrets", "read_env_file", "run_dev", "write_env_file"]
@@ -57,7 +56,7 @@ async def run_dev(data_dir: Path, stop: asyncio.Event) -> None:
         created = await asyncio.to_thread(
             create_topics, settings.kafka_bootstrap_servers, all_topics()
         )
-        log.info("topics ready", extra={"created": len(created)})
+        log.info("topics ready", extra={"topics_created": len(created)})
 
         async with running_ingress(settings) as ingress:
             _print_banner(env_file, effective, ingress.public_url, ingress.internal_url)

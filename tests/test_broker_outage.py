@@ -11,6 +11,7 @@ import time
 import uuid
 
 import pytest
+from multidict import CIMultiDict
 
 from connectors.embedded import KafkaBroker
 from tests.fixtures.ingress import STRIPE_SECRET, IngressUnderTest
@@ -20,13 +21,13 @@ from tests.payloads.stripe import signed_stripe_request, stripe_event
 pytestmark = pytest.mark.integration
 
 
-async def _send(ingress: IngressUnderTest, event_id: str) -> tuple[int, dict[str, str]]:
+async def _send(ingress: IngressUnderTest, event_id: str) -> tuple[int, CIMultiDict[str]]:
     event = stripe_event("payment_intent.succeeded", event_id=event_id)
     body, headers = signed_stripe_request(event, STRIPE_SECRET, int(time.time()))
     async with ingress.http.post(
         f"{ingress.public}/v1/webhooks/stripe", data=body, headers=headers
     ) as response:
-        return response.status, dict(response.headers)
+        return response.status, CIMultiDict(response.headers)
 
 
 async def _ready(ingress: IngressUnderTest) -> bool:

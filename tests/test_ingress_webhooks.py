@@ -7,8 +7,9 @@ import time
 import uuid
 
 import pytest
-from schemas.codec import make_codec
+from multidict import CIMultiDict
 
+from schemas.codec import make_codec
 from tests.fixtures.ingress import (
     RAZORPAY_SECRET,
     STRIPE_OLD_SECRET,
@@ -30,12 +31,12 @@ def _unique(prefix: str) -> str:
 
 async def _post(
     ingress: IngressUnderTest, provider: str, body: bytes, headers: dict[str, str]
-) -> tuple[int, dict[str, object], dict[str, str]]:
+) -> tuple[int, dict[str, object], CIMultiDict[str]]:
     async with ingress.http.post(
         f"{ingress.public}/v1/webhooks/{provider}", data=body, headers=headers
     ) as response:
         payload = await response.json(content_type=None)
-        return response.status, payload, dict(response.headers)
+        return response.status, payload, CIMultiDict(response.headers)
 
 
 @pytest.mark.parametrize("event_type", STRIPE_EVENT_TYPES)

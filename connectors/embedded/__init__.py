@@ -1,0 +1,64 @@
+"""The embedded stack: real Kafka, PostgreSQL and Redis servers run as child processes.
+
+Used by ``sluice dev`` and by the pytest session fixtures (``tests/fixtures/services.py``).
+Every service is synchronous; async callers wrap calls in ``asyncio.to_thread``.
+
+Names are imported lazily (PEP 562), so ``import connectors.embedded`` stays cheap and
+``python -m connectors.embedded.kafka --fetch`` does not import its own module twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from connectors.embedded.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka_jars
+    from connectors.embedded.ports import free_port, is_port_free
+    from connectors.embedded.postgres import PostgresServer
+    from connectors.embedded.process import (
+        EmbeddedService,
+        EmbeddedServiceError,
+        ServiceStartError,
+    )
+    from connectors.embedded.redis import RedisServer
+    from connectors.embedded.stack import DEFAULT_SERVICES, EmbeddedStack, ServiceSpec
+
+__all__ = [
+    "DEFAULT_SERVICES",
+    "KAFKA_VERSION",
+    "EmbeddedService",
+    "EmbeddedServiceError",
+    "EmbeddedStack",
+    "KafkaBroker",
+    "PostgresServer",
+    "RedisServer",
+    "ServiceSpec",
+    "ServiceStartError",
+    "ensure_kafka_jars",
+    "free_port",
+    "is_port_free",
+]
+
+_HOME = {
+    "DEFAULT_SERVICES": "stack",
+    "KAFKA_VERSION": "kafka",
+    "EmbeddedService": "process",
+    "EmbeddedServiceError": "process",
+    "EmbeddedStack": "stack",
+    "KafkaBroker": "kafka",
+    "PostgresServer": "postgres",
+    "RedisServer": "redis",
+    "ServiceSpec": "stack",
+    "ServiceStartError": "process",
+    "ensure_kafka_jars": "kafka",
+    "is_port_free": "ports",
+    "free_port": "ports",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["LOOPBACK", "is_port_free", "pick_port"]
+__all__ = ["LOOPBACK", "free_port", "is_port_free"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -30,14 +30,14 @@ def is_port_free(port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
-def pick_port(preferred: int | None = None, host: str = LOOPBACK) -> int:
+def free_port(preferred: int | None = None, host: str = LOOPBACK) -> int:
     """Return ``preferred`` if it is free on ``host``, else a free ephemeral port.
 
-    ``None`` asks for an ephemeral port straight away (what the tests use, so they never
-    collide with a dev stack on the well-known ports). Never blocks, never raises for a
-    taken port.
+    ``None`` or ``0`` asks for an ephemeral port straight away (what the tests use, so
+    they never collide with a dev stack on the well-known ports). Never blocks, never
+    raises for a taken port.
     """
-    if preferred is not None and is_port_free(preferred, host):
+    if preferred and is_port_free(preferred, host):
         return preferred
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self, TypedDict
 
-from connectors.embedded.ports import is_port_free, pick_port
+from connectors.embedded.ports import free_port, is_port_free
 from sluice.errors import SluiceError
 
 __all__ = [
@@ -97,7 +98,7 @@ def run_logged(
     Raises ``ServiceStartError`` with the log tail on a non-zero exit or a timeout.
     """
     with log_path.open("ab") as log:
-        log.write(f"$ {' '.join(argv)}\n".encode())
+        log.write(f"$ {shlex.join(argv)}\n".encode())
         log.flush()
         try:
             proc = subprocess.run(
@@ -176,7 +177,7 @@ class ChildProcess:
         """
         _refuse_leftover(service, pid_file)
         with log_path.open("ab") as log:
-            log.write(f"$ {' '.join(argv)}\n".encode())
+            log.write(f"$ {shlex.join(argv)}\n".encode())
             log.flush()
             try:
                 popen = subprocess.Popen(
@@ -342,7 +343,7 @@ class EmbeddedService(ABC):
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         # Absolute, because children run with other working directories.
         self.data_dir = Path(data_dir).absolute()
-        self._port = pick_port(port)
+        self._port = free_port(port)
         self._port_pinned = False  # becomes True once a server has listened on it
         self._child: ChildProcess | None = None
         #: Seconds the last successful ``start()`` took, for the curious and the report.
@@ -351,6 +352,11 @@ class EmbeddedService(ABC):
     @property
     def port(self) -> int:
         return self._port
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (also its process group id), or None when stopped."""
+        return self._child.pid if self.is_running() and self._child is not None else None
 
     @property
     @abstractmethod
@@ -446,7 +452,7 @@ class EmbeddedService(ABC):
             raise ServiceStartError(
                 self.name, f"port {self._port} is now taken by another process; cannot restart"
             )
-        self._port = pick_port(None)
+        self._port = free_port(None)
 
     @abstractmethod
     def _prepare(self) -> None:

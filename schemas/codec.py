@@ -1,0 +1,813 @@
+"""The Avro codec: the only code in Sluice that turns records into bytes and back.
+
+Values are Avro in the Confluent wire format::
+
+    byte 0      magic byte, always 0
+    bytes 1-4   schema id, big-endian unsigned
+    bytes 5-    the record, Avro binary encoding (no container, no schema)
+
+A :class:`Codec` encodes a record for a topic with the latest schema of the topic's
+subject (``schemas/catalog.py``) and decodes any value whose schema id it can resolve,
+always into the shape of the *latest* schema of that subject (Avro schema resolution,
+so consumers read older records with the newest schema). Where schema ids come from is
+a :class:`SchemaResolver`:
+
+- :class:`CatalogResolver`: the checked-in id table ``schemas/ids.json``; no network.
+- :class:`RegistryResolver`: a Confluent-compatible schema registry (``SCHEMA_REGISTRY_URL``).
+  On first use of a topic it registers the schema under the TopicNameStrategy subject
+  ``<topic>-value`` and caches the id; ids it does not know are fetched by id. These
+  calls block (one HTTP round trip, once per topic / per unknown id): call
+  :meth:`Codec.prepare` at start-up to keep them off the hot path.
+
+Records are plain dicts of JSON-like values plus ``bytes``. ``timestamp-millis`` fields
+accept an ``int`` (ms since the epoch) or a timezone-aware ``datetime`` when encoding, and
+always decode to the ``int`` (ms since the epoch): decoded records go into RocksDB tables,
+JSON lines and Postgres parameters, where plain numbers travel and datetimes do not, and
+``decode(encode(r)) == r`` holds for the records producers actually build. (Date and time
+logical types likewise decode to their underlying number.) ``bytes`` fields accept
+``bytes``, ``bytearray`` or ``memoryview`` and decode to ``bytes``. A field with a default
+may be left out when encoding.
+
+Encoding validates the record first, strictly, because fastavro's writer alone silently
+truncates floats into ``long`` fields, accepts any truthy value as a ``boolean``, writes
+out-of-range ``int`` values and ignores unknown keys. Validators are compiled once per
+schema and do no string work unless the record is invalid, so the check costs a few
+microseconds; parsed schemas and the 5-byte header are cached per topic.
+Every method is thread-safe; ``encode`` and ``decode`` are pure apart from the caches.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import fastavro
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from schemas.catalog import (
+    TOPICS,
+    SchemaCatalog,
+    SchemaNotFound,
+    TopicSpec,
+    UnknownTopic,
+    default_catalog,
+    topic_spec,
+)
+from sluice.errors import InvalidEvent, PermanentError, TransientError
+
+__all__ = [
+    "MAGIC_BYTE",
+    "CatalogResolver",
+    "Codec",
+    "Decoded",
+    "RegistryResolver",
+    "ResolvedSchema",
+    "SchemaNotFound",
+    "SchemaResolver",
+    "make_codec",
+]
+
+MAGIC_BYTE = 0
+_HEADER_SIZE = 5
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded value.
+
+    :param subject: the catalog subject of the record type (``sluice.billing.BillingEvent``).
+    :param version: the subject version the record was *written* with; ``None`` only in
+        registry mode, for a writer schema that is none of the checked-in versions (e.g.
+        written by a newer deployment).
+    :param schema_id: the id in the value's header.
+    :param record: the record, in the shape of the subject's latest schema.
+    """
+
+    subject: str
+    version: int | None
+    schema_id: int
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSchema:
+    """A schema id and the schema it stands for.
+
+    :param schema: parsed by ``fastavro.parse_schema`` (shared; do not mutate).
+    :param raw: the schema's JSON, as checked in or as the registry returned it.
+    """
+
+    schema_id: int
+    subject: str
+    version: int | None
+    schema: Any
+    raw: Any
+
+
+class SchemaResolver(Protocol):
+    """Where a :class:`Codec` gets schema ids and writer schemas."""
+
+    @property
+    def catalog(self) -> SchemaCatalog:
+        """The checked-in schemas (reader schemas always come from here)."""
+        ...
+
+    def for_topic(self, topic: str, subject: str) -> ResolvedSchema:
+        """The schema to write ``topic`` with: the latest version of ``subject``.
+
+        :raises SchemaNotFound: no schema file or id for the subject.
+        :raises TransientError: the registry is unreachable or busy (registry mode).
+        :raises PermanentError: the registry refused the schema (registry mode).
+        """
+        ...
+
+    def by_id(self, schema_id: int) -> ResolvedSchema | None:
+        """The writer schema of ``schema_id``, or ``None`` when no one knows that id.
+
+        :raises InvalidEvent: the id names a schema Sluice cannot read (registry mode).
+        :raises TransientError: the registry is unreachable or busy (registry mode).
+        """
+        ...
+
+
+class CatalogResolver:
+    """Schema ids from the checked-in table ``schemas/ids.json``; never blocks."""
+
+    def __init__(self, catalog: SchemaCatalog | None = None) -> None:
+        self._catalog = catalog if catalog is not None else default_catalog()
+
+    @property
+    def catalog(self) -> SchemaCatalog:
+        return self._catalog
+
+    def for_topic(self, topic: str, subject: str) -> ResolvedSchema:
+        version = self._catalog.latest_version(subject)
+        return ResolvedSchema(
+            schema_id=self._catalog.schema_id(subject, version),
+            subject=subject,
+            version=version,
+            schema=self._catalog.parsed(subject, version),
+            raw=self._catalog.schema(subject, version),
+        )
+
+    def by_id(self, schema_id: int) -> ResolvedSchema | None:
+        owner = self._catalog.lookup_id(schema_id)
+        if owner is None:
+            return None
+        subject, version = owner
+        try:
+            schema = self._catalog.parsed(subject, version)
+        except SchemaNotFound:
+            return None  # an id whose file is gone: as good as unknown
+        return ResolvedSchema(
+            schema_id, subject, version, schema, self._catalog.schema(subject, version)
+        )
+
+
+class RegistryResolver:
+    """Schema ids from a Confluent-compatible schema registry.
+
+    Registration is idempotent (the registry returns the existing id for a schema it
+    already has). Calls block; results are cached for the life of the resolver.
+
+    :param client: a ``confluent_kafka.schema_registry.SchemaRegistryClient``.
+    :param catalog: the checked-in schemas (what is registered, and the reader schemas).
+    """
+
+    def __init__(self, client: SchemaRegistryClient, catalog: SchemaCatalog | None = None) -> None:
+        self._client = client
+        self._catalog = catalog if catalog is not None else default_catalog()
+
+    @classmethod
+    def from_url(
+        cls, url: str, catalog: SchemaCatalog | None = None, *, timeout: float = 10.0
+    ) -> RegistryResolver:
+        """A resolver for the registry at ``url`` (several may be comma-separated; basic
+        auth may be given as ``https://user:password@host``)."""
+        return cls(SchemaRegistryClient({"url": url, "timeout": timeout}), catalog)
+
+    @property
+    def catalog(self) -> SchemaCatalog:
+        return self._catalog
+
+    def for_topic(self, topic: str, subject: str) -> ResolvedSchema:
+        version = self._catalog.latest_version(subject)
+        raw = self._catalog.schema(subject, version)
+        schema_str = json.dumps(raw, separators=(",", ":"))
+        registry_subject = f"{topic}-value"
+        try:
+            schema_id = self._client.register_schema(registry_subject, Schema(schema_str, "AVRO"))
+        except SchemaRegistryError as exc:
+            raise _registry_failure(
+                f"registering {subject} v{version} as {registry_subject}", exc
+            ) from exc
+        except Exception as exc:  # transport failure of whichever HTTP client it uses
+            raise TransientError(
+                f"schema registry unreachable registering {registry_subject} ({type(exc).__name__})"
+            ) from exc
+        return ResolvedSchema(
+            int(schema_id), subject, version, self._catalog.parsed(subject, version), raw
+        )
+
+    def by_id(self, schema_id: int) -> ResolvedSchema | None:
+        try:
+            registered = self._client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return None
+            raise _registry_failure(f"fetching schema id {schema_id}", exc) from exc
+        except Exception as exc:  # transport failure of whichever HTTP client it uses
+            raise TransientError(
+                f"schema registry unreachable fetching schema id {schema_id} ({type(exc).__name__})"
+            ) from exc
+        if (registered.schema_type or "AVRO") != "AVRO":
+            raise InvalidEvent(
+                f"schema id {schema_id} is a {registered.schema_type} schema, not Avro"
+            )
+        if registered.references:
+            raise InvalidEvent(f"schema id {schema_id} uses schema references (unsupported)")
+        try:
+            raw = json.loads(registered.schema_str or "")
+            schema = fastavro.parse_schema(raw)
+        except Exception as exc:
+            raise InvalidEvent(f"schema id {schema_id} is not a valid Avro schema: {exc}") from exc
+        name = schema.get("name") if isinstance(schema, dict) else None
+        subject = self._catalog.subject_for_name(str(name)) if name else None
+        if subject is None:
+            raise InvalidEvent(
+                f"schema id {schema_id} is {name or 'a non-record schema'}, which no subject "
+                "in the schema catalog defines"
+            )
+        version = self._catalog.match_version(subject, schema)
+        return ResolvedSchema(schema_id, subject, version, schema, raw)
+
+
+def _registry_failure(action: str, exc: SchemaRegistryError) -> Exception:
+    status = exc.http_status_code
+    message = f"schema registry failed {action}: {exc.error_message} (HTTP {status})"
+    if status in (408, 429) or status >= 500:
+        return TransientError(message)
+    return PermanentError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class _WritePlan:
+    header: bytes
+    schema: Any
+    check: _Check
+    resolved: ResolvedSchema
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadPlan:
+    resolved: ResolvedSchema
+    writer: Any  # parsed for reading: time logical types stripped
+    reader: Any  # likewise; None when the writer schema is the latest one
+
+
+class Codec:
+    """Encodes records to Confluent-framed Avro and decodes them back.
+
+    :param resolver: where schema ids come from (see the module docstring).
+    :param topics: the topic catalog; defaults to :data:`schemas.catalog.TOPICS` plus any
+        canonical ``retry.<delay>`` topic.
+    """
+
+    def __init__(
+        self, resolver: SchemaResolver, *, topics: Mapping[str, TopicSpec] | None = None
+    ) -> None:
+        self._resolver = resolver
+        self._topics = topics
+        self._writers: dict[str, _WritePlan] = {}
+        self._readers: dict[int, _ReadPlan] = {}
+        self._checks: dict[int, _Check] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def resolver(self) -> SchemaResolver:
+        return self._resolver
+
+    def encode(self, topic: str, record: Mapping[str, Any]) -> bytes:
+        """The value to produce to ``topic`` for ``record``.
+
+        Idempotent: the same record always gives the same bytes (for a given schema id).
+
+        :raises InvalidEvent: the record does not fit the schema; ``field`` is the path of
+            the first bad field (``data.items[0].quantity``, ``attributes[k]``).
+        :raises SchemaNotFound: the topic is unknown or has no schema.
+        :raises TransientError: / :raises PermanentError: registry mode, first use of the
+            topic only, see :meth:`SchemaResolver.for_topic`.
+        """
+        plan = self._checked(topic, record)
+        buffer = io.BytesIO()
+        buffer.write(plan.header)
+        try:
+            fastavro.schemaless_writer(buffer, plan.schema, record)
+        except (ValueError, TypeError, OverflowError, UnicodeError) as exc:
+            # Validation should have caught it; keep the promise of InvalidEvent anyway.
+            raise InvalidEvent(f"invalid {topic} record: {exc}") from exc
+        return buffer.getvalue()
+
+    def validate(self, topic: str, record: Mapping[str, Any]) -> None:
+        """Check ``record`` as :meth:`encode` would, without encoding it.
+
+        :raises InvalidEvent: / :raises SchemaNotFound: as :meth:`encode`.
+        """
+        self._checked(topic, record)
+
+    def decode(self, data: bytes, *, topic: str | None = None) -> Decoded:
+        """Decode one Confluent-framed Avro value.
+
+        :param topic: when given, the value's subject must be the one ``topic`` carries
+            (any subject for topics without one, such as ``retry.<delay>``).
+        :raises InvalidEvent: with a distinct message when the value is too short, has the
+            wrong magic byte, names an unknown schema id, holds a record of another
+            subject than ``topic`` carries, or has a body that does not decode (including
+            trailing bytes).
+        :raises TransientError: registry mode, when an unknown id cannot be looked up.
+        """
+        size = len(data)
+        if size < _HEADER_SIZE:
+            raise InvalidEvent(
+                f"value too short: {size} bytes; a Confluent-framed Avro value has a "
+                f"{_HEADER_SIZE}-byte header (magic byte and schema id)"
+            )
+        if data[0] != MAGIC_BYTE:
+            raise InvalidEvent(
+                f"wrong magic byte 0x{data[0]:02x}: not a Confluent-framed Avro value "
+                f"(expected 0x{MAGIC_BYTE:02x})"
+            )
+        schema_id = int.from_bytes(data[1:_HEADER_SIZE], "big")
+        plan = self._readers.get(schema_id)
+        if plan is None:
+            plan = self._read_plan(schema_id)
+        resolved = plan.resolved
+        if topic is not None:
+            expected = self._spec(topic).subject
+            # Topics without a subject of their own (retry.<delay>) carry any record.
+            if expected is not None and resolved.subject != expected:
+                raise InvalidEvent(
+                    f"schema id {schema_id} is {resolved.subject}, but topic {topic} carries "
+                    f"{expected}"
+                )
+        buffer = io.BytesIO(data)
+        buffer.seek(_HEADER_SIZE)
+        try:
+            record = fastavro.schemaless_reader(buffer, plan.writer, plan.reader)
+        except Exception as exc:  # any failure to decode is the bytes' fault
+            raise InvalidEvent(
+                f"undecodable Avro body for schema id {schema_id} "
+                f"({resolved.subject} v{resolved.version}): {type(exc).__name__}: {exc}"
+            ) from exc
+        if buffer.tell() != size:
+            raise InvalidEvent(
+                f"undecodable Avro body for schema id {schema_id} "
+                f"({resolved.subject} v{resolved.version}): {size - buffer.tell()} "
+                "trailing bytes after the record"
+            )
+        if not isinstance(record, dict):
+            raise InvalidEvent(f"schema id {schema_id} does not describe a record")
+        return Decoded(resolved.subject, resolved.version, schema_id, record)
+
+    def writer_schema(self, topic: str) -> ResolvedSchema:
+        """The schema (id, subject, version) :meth:`encode` writes ``topic`` with; its
+        ``version`` is what producers put in the envelope's ``version`` field.
+
+        :raises SchemaNotFound: / :raises TransientError: / :raises PermanentError: as
+            :meth:`encode`.
+        """
+        plan = self._writers.get(topic) or self._write_plan(topic)
+        return plan.resolved
+
+    def prepare(self, topics: Iterable[str] | None = None) -> None:
+        """Resolve (in registry mode: register) the schemas of ``topics`` now, so that
+        ``encode`` never blocks later. Defaults to every catalog topic with a schema.
+
+        :raises SchemaNotFound: / :raises TransientError: / :raises PermanentError:
+        """
+        if topics is None:
+            catalog = self._topics if self._topics is not None else TOPICS
+            topics = [name for name, spec in catalog.items() if spec.subject is not None]
+        for topic in topics:
+            self.writer_schema(topic)
+
+    def _checked(self, topic: str, record: Mapping[str, Any]) -> _WritePlan:
+        plan = self._writers.get(topic)
+        if plan is None:
+            plan = self._write_plan(topic)
+        try:
+            plan.check(record)
+        except _Invalid as exc:
+            path = exc.path()
+            raise InvalidEvent(
+                f"invalid {topic} record: {path or '<record>'}: {exc.message}",
+                field=path or None,
+            ) from None
+        return plan
+
+    def _spec(self, topic: str) -> TopicSpec:
+        try:
+            if self._topics is not None:
+                return self._topics[topic]
+            return topic_spec(topic)
+        except (UnknownTopic, KeyError):
+            raise SchemaNotFound(f"unknown topic {topic!r}: not in the topic catalog") from None
+
+    def _write_plan(self, topic: str) -> _WritePlan:
+        spec = self._spec(topic)
+        if spec.subject is None:
+            raise SchemaNotFound(
+                f"topic {topic} has no schema: "
+                + (
+                    "it carries the original record's bytes unchanged"
+                    if spec.key == "origin"
+                    else "none is defined yet"
+                )
+            )
+        resolved = self._resolver.for_topic(topic, spec.subject)
+        plan = _WritePlan(
+            header=bytes([MAGIC_BYTE]) + resolved.schema_id.to_bytes(4, "big"),
+            schema=resolved.schema,
+            check=self._check_for(resolved),
+            resolved=resolved,
+        )
+        with self._lock:
+            return self._writers.setdefault(topic, plan)
+
+    def _read_plan(self, schema_id: int) -> _ReadPlan:
+        resolved = self._resolver.by_id(schema_id)
+        if resolved is None:
+            raise InvalidEvent(
+                f"unknown schema id {schema_id}: not in the schema catalog"
+                if isinstance(self._resolver, CatalogResolver)
+                else f"unknown schema id {schema_id}: the schema registry does not know it"
+            )
+        catalog = self._resolver.catalog
+        latest = catalog.latest_version(resolved.subject)
+        reader = None
+        if resolved.version != latest:
+            reader = _parse_for_reading(catalog.schema(resolved.subject, latest))
+        plan = _ReadPlan(resolved, _parse_for_reading(resolved.raw), reader)
+        with self._lock:
+            return self._readers.setdefault(schema_id, plan)
+
+    def _check_for(self, resolved: ResolvedSchema) -> _Check:
+        check = self._checks.get(resolved.schema_id)
+        if check is None:
+            check = _compile_validator(resolved.schema)
+            with self._lock:
+                check = self._checks.setdefault(resolved.schema_id, check)
+        return check
+
+
+# Logical types fastavro would turn into datetime/date/time objects on read. The encoding
+# is the underlying int/long either way, so dropping the annotation changes only the
+# Python type decode returns, never the bytes or schema resolution.
+_TIME_LOGICAL_TYPES = frozenset(
+    {
+        "timestamp-millis",
+        "timestamp-micros",
+        "timestamp-nanos",
+        "local-timestamp-millis",
+        "local-timestamp-micros",
+        "local-timestamp-nanos",
+        "date",
+        "time-millis",
+        "time-micros",
+    }
+)
+
+
+def _parse_for_reading(raw: Any) -> Any:
+    return fastavro.parse_schema(_strip_time_logical_types(raw))
+
+
+def _strip_time_logical_types(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_strip_time_logical_types(branch) for branch in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {
+        key: _strip_time_logical_types(value)
+        for key, value in schema.items()
+        if not (key == "logicalType" and value in _TIME_LOGICAL_TYPES)
+    }
+
+
+def make_codec(schema_registry_url: str | None) -> Codec:
+    """The codec for a deployment: registry-backed when ``schema_registry_url`` is set
+    (non-empty), else backed by the checked-in catalog. Connects to nothing yet."""
+    if schema_registry_url and schema_registry_url.strip():
+        return Codec(RegistryResolver.from_url(schema_registry_url.strip()))
+    return Codec(CatalogResolver())
+
+
+# --------------------------------------------------------------------------------------
+# Validation. A schema compiles to a tree of closures; each raises _Invalid on a bad
+# value, and record/array/map checks add their step to the path on the way out, so the
+# happy path builds no strings at all.
+
+_Check = Callable[[Any], None]
+
+
+class _Invalid(Exception):
+    def __init__(self, message: str, *, step: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.steps: list[str] = [] if step is None else [step]  # innermost first
+
+    def path(self) -> str:
+        return "".join(reversed(self.steps)).lstrip(".")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_null(value: Any) -> None:
+    if value is not None:
+        raise _Invalid(f"expected null, got {_type_name(value)}")
+
+
+def _check_boolean(value: Any) -> None:
+    if value is not True and value is not False:
+        raise _Invalid(f"expected a boolean, got {_type_name(value)}")
+
+
+def _check_int(value: Any) -> None:
+    if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise _Invalid(f"expected an int, got {_type_name(value)}")
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise _Invalid(f"{value} is out of range for an int (32-bit)")
+
+
+def _check_long(value: Any) -> None:
+    if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise _Invalid(f"expected a long (integer), got {_type_name(value)}")
+    if not _LONG_MIN <= value <= _LONG_MAX:
+        raise _Invalid(f"{value} is out of range for a long (64-bit)")
+
+
+def _check_float(value: Any) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _Invalid(f"expected a number, got {_type_name(value)}")
+
+
+def _check_string(value: Any) -> None:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {_type_name(value)}")
+
+
+def _check_bytes(value: Any) -> None:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise _Invalid(f"expected bytes, got {_type_name(value)}")
+
+
+def _check_timestamp(value: Any) -> None:
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise _Invalid("expected a timezone-aware datetime, got a naive one")
+        return
+    try:
+        _check_long(value)
+    except _Invalid:
+        raise _Invalid(
+            "expected a timestamp (int ms since the epoch or an aware datetime), "
+            f"got {_type_name(value)}"
+        ) from None
+
+
+def _check_date(value: Any) -> None:
+    if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
+        return
+    try:
+        _check_int(value)
+    except _Invalid:
+        raise _Invalid(
+            f"expected a date (or days since the epoch), got {_type_name(value)}"
+        ) from None
+
+
+def _check_uuid(value: Any) -> None:
+    if not isinstance(value, str | uuid.UUID):
+        raise _Invalid(f"expected a UUID (or its string), got {_type_name(value)}")
+
+
+def _check_decimal(value: Any) -> None:
+    if not isinstance(value, Decimal | bytes):
+        raise _Invalid(f"expected a Decimal, got {_type_name(value)}")
+
+
+_PRIMITIVE_CHECKS: dict[str, _Check] = {
+    "null": _check_null,
+    "boolean": _check_boolean,
+    "int": _check_int,
+    "long": _check_long,
+    "float": _check_float,
+    "double": _check_float,
+    "string": _check_string,
+    "bytes": _check_bytes,
+}
+_LOGICAL_CHECKS: dict[str, _Check] = {
+    "timestamp-millis": _check_timestamp,
+    "timestamp-micros": _check_timestamp,
+    "local-timestamp-millis": _check_timestamp,
+    "local-timestamp-micros": _check_timestamp,
+    "date": _check_date,
+    "uuid": _check_uuid,
+    "decimal": _check_decimal,
+}
+
+
+def _compile_validator(parsed: Any) -> _Check:
+    named: dict[str, Any] = {}
+    if isinstance(parsed, dict):
+        named.update(parsed.get("__named_schemas", {}))
+    return _Compiler(named).compile(parsed)
+
+
+class _Compiler:
+    def __init__(self, named: Mapping[str, Any]) -> None:
+        self._named = named
+        self._compiled: dict[str, _Check] = {}
+
+    def compile(self, schema: Any) -> _Check:
+        if isinstance(schema, str):
+            check = _PRIMITIVE_CHECKS.get(schema)
+            if check is not None:
+                return check
+            return self._named_type(schema, self._named[schema])
+        if isinstance(schema, list):
+            return self._union(schema)
+        kind = schema["type"]
+        logical = schema.get("logicalType")
+        if logical in _LOGICAL_CHECKS:
+            return _LOGICAL_CHECKS[logical]
+        if kind in ("record", "error", "enum", "fixed"):
+            return self._named_type(str(schema["name"]), schema)
+        if kind == "array":
+            return self._array(self.compile(schema["items"]))
+        if kind == "map":
+            return self._map(self.compile(schema["values"]))
+        return self.compile(kind)
+
+    def _named_type(self, name: str, definition: Mapping[str, Any]) -> _Check:
+        compiled = self._compiled.get(name)
+        if compiled is not None:
+            return compiled
+        # Recursive types refer to themselves: hand out a trampoline until compiled.
+        cell: list[_Check] = []
+        self._compiled[name] = lambda value: cell[0](value)
+        kind = definition["type"]
+        if kind == "enum":
+            check = self._enum(name, definition["symbols"])
+        elif kind == "fixed":
+            check = self._fixed(name, int(definition["size"]))
+        else:
+            check = self._record(name, definition["fields"])
+        cell.append(check)
+        self._compiled[name] = check
+        return check
+
+    def _record(self, name: str, fields: list[Mapping[str, Any]]) -> _Check:
+        short = name.rsplit(".", 1)[-1]
+        compiled = [(f["name"], self.compile(f["type"]), "default" in f) for f in fields]
+        names = frozenset(f["name"] for f in fields)
+
+        def check_record(value: Any) -> None:
+            if not isinstance(value, Mapping):
+                raise _Invalid(f"expected an object ({short}), got {_type_name(value)}")
+            for field, check, has_default in compiled:
+                if field in value:
+                    try:
+                        check(value[field])
+                    except _Invalid as exc:
+                        exc.steps.append("." + field)
+                        raise
+                elif not has_default:
+                    raise _Invalid("is required", step="." + field)
+            if not value.keys() <= names:
+                extra = sorted(str(k) for k in value.keys() - names)
+                raise _Invalid(f"unknown field (not in {short})", step="." + extra[0])
+
+        return check_record
+
+    @staticmethod
+    def _enum(name: str, symbols: list[str]) -> _Check:
+        allowed = frozenset(symbols)
+
+        def check_enum(value: Any) -> None:
+            if not isinstance(value, str) or value not in allowed:
+                raise _Invalid(f"expected one of {', '.join(symbols)}, got {value!r}")
+
+        return check_enum
+
+    @staticmethod
+    def _fixed(name: str, size: int) -> _Check:
+        def check_fixed(value: Any) -> None:
+            if not isinstance(value, bytes | bytearray) or len(value) != size:
+                raise _Invalid(f"expected {size} bytes ({name})")
+
+        return check_fixed
+
+    @staticmethod
+    def _array(items: _Check) -> _Check:
+        def check_array(value: Any) -> None:
+            if not isinstance(value, list | tuple):
+                raise _Invalid(f"expected an array, got {_type_name(value)}")
+            for index, item in enumerate(value):
+                try:
+                    items(item)
+                except _Invalid as exc:
+                    exc.steps.append(f"[{index}]")
+                    raise
+
+        return check_array
+
+    @staticmethod
+    def _map(values: _Check) -> _Check:
+        def check_map(value: Any) -> None:
+            if not isinstance(value, Mapping):
+                raise _Invalid(f"expected a map (object), got {_type_name(value)}")
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise _Invalid(
+                        f"map keys must be strings, got {_type_name(key)}", step=f"[{key!r}]"
+                    )
+                try:
+                    values(item)
+                except _Invalid as exc:
+                    exc.steps.append(f"[{key}]")
+                    raise
+
+        return check_map
+
+    def _union(self, branches: list[Any]) -> _Check:
+        nullable = "null" in branches
+        others = [b for b in branches if b != "null"]
+        compiled = [(self._resolve(b), self.compile(b)) for b in others]
+        expected = " or ".join(self._label(b) for b in branches)
+
+        if len(compiled) == 1:
+            # The common ["null", T]: T's own error (with its deeper path) is the best.
+            only = compiled[0][1]
+
+            def check_optional(value: Any) -> None:
+                if value is None:
+                    if not nullable:
+                        raise _Invalid(f"expected {expected}, got null")
+                    return
+                only(value)
+
+            return check_optional
+
+        def check_union(value: Any) -> None:
+            if value is None:
+                if nullable:
+                    return
+                raise _Invalid(f"expected {expected}, got null")
+            failures: list[tuple[Any, _Invalid]] = []
+            for schema, check in compiled:
+                try:
+                    check(value)
+                    return
+                except _Invalid as exc:
+                    failures.append((schema, exc))
+            # Blame the record branch the value most resembles (most shared field names),
+            # so the error names the bad field inside it rather than the whole union.
+            if isinstance(value, Mapping):
+                records = [
+                    (len({f["name"] for f in s["fields"]} & set(value)), exc)
+                    for s, exc in failures
+                    if isinstance(s, Mapping) and s.get("type") in ("record", "error")
+                ]
+                if records:
+                    raise max(records, key=lambda pair: pair[0])[1]
+            raise _Invalid(f"expected {expected}, got {_type_name(value)}")
+
+        return check_union
+
+    def _resolve(self, schema: Any) -> Any:
+        if isinstance(schema, str) and schema in self._named:
+            return self._named[schema]
+        return schema
+
+    def _label(self, schema: Any) -> str:
+        schema = self._resolve(schema)
+        if isinstance(schema, str):
+            return schema
+        if isinstance(schema, list):
+            return "union"
+        if "name" in schema:
+            return str(schema["name"]).rsplit(".", 1)[-1]
+        return str(schema.get("logicalType") or schema["type"])

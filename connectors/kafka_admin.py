@@ -6,9 +6,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
-from schemas.catalog import TopicSpec
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
+from schemas.catalog import TopicSpec
 from sluice.errors import TransientError
 
 __all__ = ["TopicState", "create_topics", "list_topics"]

@@ -7,17 +7,17 @@ the signature, build and encode the record, publish (returns only once durable),
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
-from schemas.codec import Codec
 
 from ingress.middleware import correlation_id
 from ingress.outcomes import BodyTooLarge, UnsupportedMediaType
 from ingress.publisher import NotDurable, Publisher
 from ingress.records import ReceivedWebhook, kafka_headers, new_traceparent, raw_webhook_record
 from ingress.verify import VerifiedEvent
+from schemas.codec import Codec
 from sluice.clock import Clock
 from sluice.metrics import MetricName, Metrics
 
@@ -50,7 +50,7 @@ def webhook_handler(
     clock: Clock,
     metrics: Metrics,
     max_body_bytes: int,
-) -> Callable[[web.Request], object]:
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         _check_content_type(request)
         raw_body = await _read_body(request, max_body_bytes)

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from connectors.embedded import EmbeddedStack, free_port
@@ -28,7 +28,7 @@ __all__ = ["dev_secrets", "read_env_file", "run_dev", "write_env_file"]
 log = logging.getLogger(__name__)
 
 # Generated unless the environment (or an earlier dev.env) already has them.
-_SECRET_MAKERS = {
+_SECRET_MAKERS: dict[str, Callable[[], str]] = {
     "STRIPE_WEBHOOK_SECRET": lambda: "whsec_dev_" + secrets.token_hex(16),
     "RAZORPAY_WEBHOOK_SECRET": lambda: "rzp_dev_" + secrets.token_hex(16),
     "INTERNAL_API_TOKEN": lambda: "int_dev_" + secrets.token_hex(16),

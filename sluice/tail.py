@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, Message
-from schemas.codec import Codec
 
+from schemas.codec import Codec
 from sluice.errors import InvalidEvent
 
 __all__ = ["record_line", "tail"]
@@ -77,10 +77,7 @@ def record_line(message: Message, codec: Codec) -> dict[str, Any]:
         "offset": message.offset(),
         "timestamp": message.timestamp()[1],
         "key": key.decode("utf-8", "replace") if key is not None else None,
-        "headers": {
-            name: (value or b"").decode("utf-8", "replace")
-            for name, value in (message.headers() or [])
-        },
+        "headers": _headers(message),
     }
     raw = message.value() or b""
     try:
@@ -93,6 +90,15 @@ def record_line(message: Message, codec: Codec) -> dict[str, Any]:
     line["subject"] = decoded.subject
     line["value"] = _jsonable(decoded.record)
     return line
+
+
+def _headers(message: Message) -> dict[str, str]:
+    headers = message.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return {
+        name: value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
+        for name, value in pairs
+    }
 
 
 def _jsonable(value: Any) -> Any:

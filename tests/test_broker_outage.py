@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 
 from connectors.embedded import KafkaBroker
 from tests.fixtures.ingress import STRIPE_SECRET, IngressUnderTest
-from tests.fixtures.kafka import read_topic
+from tests.fixtures.kafka import key_of, read_topic
 from tests.payloads.stripe import signed_stripe_request, stripe_event
 
 pytestmark = pytest.mark.integration
@@ -72,5 +72,5 @@ async def test_broker_outage_answers_503_and_recovers_without_loss(
         assert status == 200
         acknowledged.append(event_id)
 
-    landed = {m.key().decode() for m in read_topic(ingress.bootstrap, "webhooks.stripe")}
+    landed = {key_of(m) for m in read_topic(ingress.bootstrap, "webhooks.stripe")}
     assert set(acknowledged) <= landed

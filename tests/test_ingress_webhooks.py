@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from multidict import CIMultiDict
@@ -16,7 +17,7 @@ from tests.fixtures.ingress import (
     STRIPE_SECRET,
     IngressUnderTest,
 )
-from tests.fixtures.kafka import end_offsets, read_topic
+from tests.fixtures.kafka import end_offsets, header_map, read_topic, value_of
 from tests.payloads.razorpay import razorpay_event, signed_razorpay_request
 from tests.payloads.stripe import STRIPE_EVENT_TYPES, signed_stripe_request, stripe_event
 
@@ -51,12 +52,12 @@ async def test_every_normalised_stripe_event_type_lands_once(
     assert (status, payload) == (200, {"received": True})
     assert response_headers["X-Correlation-Id"]
     [message] = read_topic(ingress.bootstrap, "webhooks.stripe", key=event["id"])
-    record = CODEC.decode(message.value()).record
+    record = CODEC.decode(value_of(message)).record
     assert record["rawBody"] == body  # byte-identical
     assert record["providerEventId"] == event["id"]
     assert record["eventType"] == event_type
     assert record["signatureHeader"] == headers["Stripe-Signature"]
-    kafka_headers = {k: v.decode() for k, v in message.headers()}
+    kafka_headers = header_map(message)
     assert kafka_headers["event-type"] == event_type
     assert kafka_headers["event-id"] == record["eventId"]
     assert kafka_headers["correlation-id"] == response_headers["X-Correlation-Id"]
@@ -100,7 +101,7 @@ async def test_correlation_id_from_the_request_is_echoed_and_carried(
     assert status == 200
     assert response_headers["X-Correlation-Id"] == "req-abc-123"
     [message] = read_topic(ingress.bootstrap, "webhooks.stripe", key=event["id"])
-    assert CODEC.decode(message.value()).record["correlationId"] == "req-abc-123"
+    assert CODEC.decode(value_of(message)).record["correlationId"] == "req-abc-123"
 
 
 async def test_razorpay_payment_captured_lands_once(ingress: IngressUnderTest) -> None:
@@ -113,7 +114,7 @@ async def test_razorpay_payment_captured_lands_once(ingress: IngressUnderTest) -
 
     assert (status, payload) == (200, {"received": True})
     [message] = read_topic(ingress.bootstrap, "webhooks.razorpay", key=event_id)
-    record = CODEC.decode(message.value()).record
+    record = CODEC.decode(value_of(message)).record
     assert record["rawBody"] == body
     assert record["eventType"] == "payment.captured"
     assert record["provider"] == "razorpay"
@@ -196,7 +197,7 @@ async def test_chunked_body_over_the_limit_is_refused(ingress: IngressUnderTest)
     body, headers = _oversize()
     before = end_offsets(ingress.bootstrap, "webhooks.stripe")
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(body), 8192):
             yield body[start : start + 8192]
 

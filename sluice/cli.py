@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from sluice.errors import ConfigError, SluiceError
 from sluice.logs import configure_logging
-from sluice.settings import INGRESS_REQUIRED, load_settings
+from sluice.settings import INGRESS_REQUIRED, WORKER_REQUIRED, load_settings
 
 __all__ = ["main"]
 
@@ -52,6 +53,21 @@ def _parser() -> argparse.ArgumentParser:
         run=_topics_list
     )
 
+    worker = commands.add_parser("worker", help="run the stream-processing worker (faust)")
+    worker.set_defaults(run=_worker)
+
+    migrate = commands.add_parser("migrate", help="apply Postgres migrations")
+    migrate.set_defaults(run=_migrate)
+
+    dlq = commands.add_parser("dlq", help="inspect and replay dead letters")
+    dlq_commands = dlq.add_subparsers(required=True, metavar="ACTION")
+    dlq_commands.add_parser("list", help="dead letters as JSON lines").set_defaults(run=_dlq_list)
+    dlq_replay = dlq_commands.add_parser("replay", help="send dead letters back to their topic")
+    dlq_replay.add_argument("--event-id", action="append", default=[], help="repeatable")
+    dlq_replay.add_argument("--origin-topic", default=None)
+    dlq_replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    dlq_replay.set_defaults(run=_dlq_replay)
+
     tail = commands.add_parser("tail", help="decode a topic's records to JSON lines")
     tail.add_argument("topic")
     tail.add_argument("--from-end", action="store_true", help="only records from now on")
@@ -72,6 +88,53 @@ def _ingress(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(_args: argparse.Namespace) -> int:
+    from streams.app import run_worker
+
+    settings = load_settings(require=WORKER_REQUIRED)
+    configure_logging(settings.log_level)
+    run_worker(settings)
+    return 0
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from connectors.migrate import main_migrate
+
+    settings = load_settings(require={"DATABASE_URL"})
+    assert settings.database_url is not None
+    main_migrate(settings.database_url)
+    return 0
+
+
+def _dlq_list(_args: argparse.Namespace) -> int:
+    from schemas.codec import make_codec
+    from sluice.dlq import list_lines
+
+    settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS"})
+    codec = make_codec(settings.schema_registry_url)
+    with contextlib.suppress(BrokenPipeError):
+        for line in list_lines(settings.kafka_bootstrap_servers, codec):
+            print(json.dumps(line), flush=True)
+    return 0
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    from schemas.codec import make_codec
+    from sluice.dlq import replay
+
+    if not (args.event_id or args.origin_topic or args.all):
+        raise ConfigError("dlq replay needs --event-id, --origin-topic or --all")
+    settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS"})
+    replayed = replay(
+        settings.kafka_bootstrap_servers,
+        make_codec(settings.schema_registry_url),
+        event_ids=args.event_id,
+        origin_topic=args.origin_topic,
+    )
+    print(f"replayed {len(replayed)} dead letters")
+    return 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     from sluice.dev import run_dev
 
@@ -81,9 +144,8 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _topics_create(_args: argparse.Namespace) -> int:
-    from schemas.catalog import all_topics
-
     from connectors.kafka_admin import create_topics
+    from schemas.catalog import all_topics
 
     settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS"})
     created = create_topics(settings.kafka_bootstrap_servers, all_topics())
@@ -104,7 +166,6 @@ def _topics_list(_args: argparse.Namespace) -> int:
 
 def _tail(args: argparse.Namespace) -> int:
     from schemas.codec import make_codec
-
     from sluice.tail import tail
 
     settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS"})

@@ -1,10 +1,10 @@
 """``sluice dev``: the whole pipeline on the embedded stack, in one command.
 
 Starts (or reuses, when its URL is set) Kafka, PostgreSQL and Redis under the data
-directory, creates the catalog topics, generates dev secrets unless set, writes every
-effective URL and secret to ``DIR/dev.env``, runs the ingress, and stops everything on
-Ctrl-C. Secrets already in ``DIR/dev.env`` are kept across runs, so a `curl` command
-signed with them keeps working.
+directory, creates the catalog topics, applies migrations, generates dev secrets unless
+set, writes every effective URL and secret to ``DIR/dev.env``, runs the ingress and the
+worker (a child process), and stops everything on Ctrl-C. Secrets already in
+``DIR/dev.env`` are kept across runs, so a `curl` command signed with them keeps working.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ import dataclasses
 import logging
 import os
 import secrets
+import signal
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from connectors.embedded import EmbeddedStack, free_port
 from connectors.kafka_admin import create_topics
+from connectors.migrate import apply_migrations
 from ingress.server import running_ingress
 from schemas.catalog import all_topics
 from sluice.settings import INGRESS_REQUIRED, load_settings
@@ -57,12 +60,45 @@ async def run_dev(data_dir: Path, stop: asyncio.Event) -> None:
             create_topics, settings.kafka_bootstrap_servers, all_topics()
         )
         log.info("topics ready", extra={"topics_created": len(created)})
+        assert settings.database_url is not None
+        applied = await asyncio.to_thread(apply_migrations, settings.database_url)
+        log.info("migrations applied", extra={"migrations": applied})
 
-        async with running_ingress(settings) as ingress:
-            _print_banner(env_file, effective, ingress.public_url, ingress.internal_url)
-            await stop.wait()
+        worker_env = {**os.environ, **effective, "SLUICE_STATE_DIR": str(data_dir / "state")}
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sluice", "worker", env=worker_env
+        )
+        try:
+            async with running_ingress(settings) as ingress:
+                _print_banner(env_file, effective, ingress.public_url, ingress.internal_url)
+                await _until_stopped_or_exited(stop, worker)
+        finally:
+            await _stop_process(worker)
     finally:
         await asyncio.to_thread(stack.stop)
+
+
+async def _until_stopped_or_exited(stop: asyncio.Event, worker: asyncio.subprocess.Process) -> None:
+    """Wait for Ctrl-C; a worker that dies on its own also ends the dev run, loudly."""
+    stopped = asyncio.create_task(stop.wait())
+    exited = asyncio.create_task(worker.wait())
+    await asyncio.wait({stopped, exited}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if exited.done():
+        log.error("worker exited", extra={"returncode": worker.returncode})
+    else:
+        exited.cancel()
+
+
+async def _stop_process(process: asyncio.subprocess.Process, timeout_s: float = 30.0) -> None:
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 def _prepare(data_dir: Path) -> tuple[Path, dict[str, str]]:

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from sluice.errors import ConfigError
 
-__all__ = ["INGRESS_REQUIRED", "Settings", "load_settings"]
+__all__ = ["INGRESS_REQUIRED", "WORKER_REQUIRED", "Settings", "load_settings", "parse_duration"]
 
 T = TypeVar("T")
 
@@ -23,6 +23,9 @@ T = TypeVar("T")
 INGRESS_REQUIRED = frozenset(
     {"KAFKA_BOOTSTRAP_SERVERS", "STRIPE_WEBHOOK_SECRET", "RAZORPAY_WEBHOOK_SECRET"}
 )
+
+# The worker turns raw webhooks into Postgres state.
+WORKER_REQUIRED = frozenset({"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"})
 
 ONE_MIB = 1024 * 1024
 
@@ -55,6 +58,14 @@ class Settings:
     publish_timeout_s: float = 5.0
     state_dir: Path = Path(".data/state")
     log_level: str = "INFO"
+    # Worker: at_least_once is the default; exactly_once only where the broker supports
+    # transactions, and correctness never depends on it (sinks are idempotent).
+    processing_guarantee: str = "at_least_once"
+    dedupe_window_s: float = 30 * 24 * 3600.0
+    replication_factor: int = 1
+    worker_web_port: int | None = None
+    worker_batch_size: int = 500
+    worker_batch_within_s: float = 0.2
     # Per-partner settings (PARTNER_<ID>_*) are kept raw here; the leads issue gives them shape.
     partners: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
@@ -127,17 +138,44 @@ def load_settings(
         publish_timeout_s=parsed("SLUICE_PUBLISH_TIMEOUT_S", float, 5.0),
         state_dir=path("SLUICE_STATE_DIR") or Settings.state_dir,
         log_level=(text("SLUICE_LOG_LEVEL") or "INFO").upper(),
+        processing_guarantee=text("SLUICE_PROCESSING_GUARANTEE") or "at_least_once",
+        dedupe_window_s=parsed("SLUICE_DEDUPE_WINDOW", parse_duration, 30 * 24 * 3600.0),
+        replication_factor=parsed("SLUICE_REPLICATION_FACTOR", int, 1),
+        worker_web_port=parsed("SLUICE_WORKER_WEB_PORT", int, None),
+        worker_batch_size=parsed("SLUICE_WORKER_BATCH_SIZE", int, 500),
+        worker_batch_within_s=parsed("SLUICE_WORKER_BATCH_WITHIN", parse_duration, 0.2),
         partners=_partners(env),
     )
     if settings.max_body_bytes <= 0:
         raise ConfigError("malformed setting SLUICE_MAX_BODY_BYTES: must be positive")
     if settings.publish_timeout_s <= 0:
         raise ConfigError("malformed setting SLUICE_PUBLISH_TIMEOUT_S: must be positive")
+    if settings.processing_guarantee not in ("at_least_once", "exactly_once"):
+        raise ConfigError(
+            "malformed setting SLUICE_PROCESSING_GUARANTEE: use at_least_once or exactly_once"
+        )
     if (settings.internal_tls_cert is None) != (settings.internal_tls_key is None):
         raise ConfigError(
             "malformed setting INGRESS_INTERNAL_TLS_CERT: needs INGRESS_INTERNAL_TLS_KEY too"
         )
     return settings
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"250ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"30d"`` or a bare number."""
+    text = text.strip().lower()
+    for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            number = float(text[: -len(unit)])
+            break
+    else:
+        number, unit = float(text), "s"
+    if number < 0:
+        raise ValueError(text)
+    return number * _DURATION_UNITS[unit]
 
 
 def _partners(env: Mapping[str, str]) -> dict[str, dict[str, str]]:

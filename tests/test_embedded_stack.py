@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from connectors.embedded import (
     ServiceStartError,
     free_port,
 )
+from connectors.embedded.postgres import bundled_postgres_bindir
 
 pytestmark = pytest.mark.integration
 
@@ -215,6 +217,22 @@ def test_postgres_create_database_is_idempotent(postgres_server: PostgresServer)
     assert postgres_server.create_database(name) == url
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == (name,)
+
+
+def test_postgres_runs_from_the_pgserver_wheel(tmp_path: Path) -> None:
+    # Machines without a system PostgreSQL fall back to these binaries.
+    bindir = bundled_postgres_bindir()
+    if bindir is None:
+        pytest.skip("pgserver is not installed")
+    out = subprocess.run(
+        [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    expected = out.split("(PostgreSQL) ")[1].split()[0]  # "postgres (PostgreSQL) 16.2"
+    with (
+        PostgresServer(tmp_path, fast=True, bindir=bindir) as server,
+        psycopg.connect(server.url) as conn,
+    ):
+        assert conn.execute("SHOW server_version").fetchone() == (expected,)
 
 
 # --- Redis ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from psycopg import errors, sql
 from connectors.embedded.ports import LOOPBACK
 from connectors.embedded.process import EmbeddedService, EmbeddedServiceError, run_logged
 
-__all__ = ["SYSTEM_USER", "PostgresServer", "find_postgres_bindir"]
+__all__ = ["SYSTEM_USER", "PostgresServer", "bundled_postgres_bindir", "find_postgres_bindir"]
 
 #: Unprivileged account the server runs as when we are root.
 SYSTEM_USER = "sluice-pg"
@@ -78,11 +78,20 @@ def _candidate_bindirs() -> list[Path]:
     if system.is_dir():
         versioned = (p / "bin" for p in system.iterdir() if p.name.isdigit())
         found.extend(sorted(versioned, key=lambda p: int(p.parent.name), reverse=True))
-    spec = importlib.util.find_spec("pgserver")  # located, not imported: its import is heavy
-    if spec is not None and spec.origin is not None:
-        found.append(Path(spec.origin).parent / "pginstall" / "bin")
+    bundled = bundled_postgres_bindir()
+    if bundled is not None:
+        found.append(bundled)
     usable = [d for d in found if (d / "postgres").is_file() and (d / "initdb").is_file()]
     return list(dict.fromkeys(usable))  # de-duplicate, keep order
+
+
+def bundled_postgres_bindir() -> Path | None:
+    """The binaries shipped in the pgserver wheel, if it is installed."""
+    spec = importlib.util.find_spec("pgserver")  # located, not imported: its import is heavy
+    if spec is None or spec.origin is None:
+        return None
+    bindir = Path(spec.origin).parent / "pginstall" / "bin"
+    return bindir if (bindir / "postgres").is_file() else None
 
 
 def _major_version(bindir: Path) -> str | None:
@@ -145,7 +154,10 @@ class PostgresServer(EmbeddedService):
     ``initdb`` runs on the first start only (superuser ``postgres``, UTF8, C locale);
     data survives ``stop()``/``start()`` and ``kill()``/``start()`` (crash recovery).
     ``fast=True`` turns durability off (fsync, synchronous commit, full-page writes):
-    for test sessions only. Ready means a psycopg connection ran ``SELECT 1``.
+    for test sessions only. Note that with ``synchronous_commit=off`` a ``kill()`` can
+    lose the last few hundred milliseconds of acknowledged commits (the WAL writer had
+    not written them yet); ``stop()`` loses nothing. Ready means a psycopg connection
+    ran ``SELECT 1``.
     """
 
     name = "postgres"
@@ -155,10 +167,18 @@ class PostgresServer(EmbeddedService):
     start_timeout = 60.0
     stop_timeout = 30.0
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, fast: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        fast: bool = False,
+        bindir: Path | None = None,
+    ) -> None:
+        """``bindir`` pins the binaries; by default ``find_postgres_bindir`` picks them."""
         super().__init__(data_dir, port)
         self.fast = fast
-        self._bindir: Path | None = None
+        self._bindir = bindir
         self._user: str | None = None
 
     @property

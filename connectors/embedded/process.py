@@ -309,8 +309,8 @@ def _refuse_leftover(service: str, pid_file: Path) -> None:
         return  # the pid was reused by an unrelated process
     raise ServiceStartError(
         service,
-        f"a {service} from an earlier run (pid {pid}) still uses {pid_file.parent}; "
-        f"stop it (kill {pid}) and start again",
+        f"another {service} (pid {pid}) already uses {pid_file.parent}, perhaps left over "
+        f"from an earlier run; stop it (kill {pid}) first",
     )
 
 

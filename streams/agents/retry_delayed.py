@@ -1,0 +1,57 @@
+"""retry.<delay> → wait until the head record is due → re-run its effect.
+
+One agent per delay topic. A delay topic holds records of one delay only, so records
+arrive roughly in due order and waiting for the head blocks nothing that is due sooner;
+the main agents never wait at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streams.context import WorkerContext
+from streams.domain.retry import RetryHeaders, due_in
+from streams.effects import dead_letter_now
+from streams.records import Inbound
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def register(ctx: WorkerContext) -> None:
+    for wire in ctx.topology.wires:
+        if wire.agent.startswith("retry_"):
+            _register_one(ctx, wire.agent)
+
+
+def _register_one(ctx: WorkerContext, agent_name: str) -> None:
+    async def retry_agent(stream: Any) -> None:
+        async for event in stream.events():
+            record = Inbound.from_faust(event)
+            retry = RetryHeaders.from_kafka(record.headers)
+            if retry is None or not retry.effect:
+                await dead_letter_now(
+                    ctx.outbox,
+                    ctx.codec,
+                    record,
+                    reason="record on a retry topic without retry headers",
+                    error_class="InvalidEvent",
+                )
+                continue
+            # Capped: a corrupt but well-formed due time must not stall the partition.
+            wait = min(due_in(retry, ctx.clock.time()), ctx.runner.policy.max_wait(record.topic))
+            if wait > 0:
+                await ctx.clock.sleep(wait)
+            log.info(
+                "retrying effect",
+                extra={
+                    "position": record.position,
+                    "effect": retry.effect,
+                    "attempt": retry.attempt,
+                },
+            )
+            await ctx.runner.rerun(record, retry)
+
+    ctx.topology.app.agent(ctx.topology.reads(agent_name), name=agent_name)(retry_agent)

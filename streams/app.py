@@ -1,0 +1,99 @@
+"""Composition root of the worker: builds the faust app, topology and agents from settings.
+
+Nothing connects at import time. ``sluice worker`` calls ``run_worker``; tests run that
+command as a real process so they can SIGKILL it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import faust
+from connectors.postgres import PostgresProjection
+
+from connectors.kafka_admin import create_topics
+from schemas.catalog import topic_spec
+from schemas.codec import make_codec
+from sluice.clock import Clock, SystemClock
+from sluice.settings import Settings
+from streams.agents import normalise_webhooks, project_billing, project_webhooks, retry_delayed
+from streams.context import FaustOutbox, WorkerContext
+from streams.domain.retry import RetryPolicy
+from streams.effects import EffectRunner
+from streams.topology import build_topology
+
+__all__ = ["AGENT_MODULES", "create_worker", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+# Every agent module; each has ``register(ctx)``. Order is irrelevant to faust.
+AGENT_MODULES = (normalise_webhooks, project_webhooks, project_billing, retry_delayed)
+
+
+def create_worker(
+    settings: Settings,
+    *,
+    env: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
+    app_id: str | None = None,
+) -> WorkerContext:
+    """Build the faust app with every agent registered; nothing is started yet."""
+    env = os.environ if env is None else env
+    if not settings.database_url:
+        from sluice.errors import ConfigError
+
+        raise ConfigError("missing required setting DATABASE_URL")
+    policy = RetryPolicy.from_settings(env)
+    app = faust.App(
+        app_id or env.get("SLUICE_APP_ID") or "sluice",
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")],
+        store="rocksdb://",
+        datadir=str(settings.state_dir),
+        processing_guarantee=settings.processing_guarantee,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        table_standby_replicas=0,
+        key_serializer="json",
+        value_serializer="json",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        web_enabled=False,
+        autodiscover=False,
+    )
+    topology = build_topology(app, policy)
+    codec = make_codec(settings.schema_registry_url)
+    clock = clock or SystemClock()
+    outbox = FaustOutbox(topology)
+    ctx = WorkerContext(
+        settings=settings,
+        codec=codec,
+        clock=clock,
+        topology=topology,
+        outbox=outbox,
+        runner=EffectRunner(outbox=outbox, codec=codec, policy=policy, clock=clock),
+        projection=PostgresProjection(settings.database_url),
+    )
+    for module in AGENT_MODULES:
+        module.register(ctx)
+    return ctx
+
+
+def ensure_worker_topics(ctx: WorkerContext) -> None:
+    """Create the topics this worker reads and writes if missing (retry topics follow
+    the configured schedule, which may differ from the catalog's default)."""
+    names = {name for wire in ctx.topology.wires for name in (*wire.reads, *wire.writes)}
+    create_topics(
+        ctx.settings.kafka_bootstrap_servers,
+        [topic_spec(name) for name in sorted(names)],
+        replication_factor=ctx.settings.replication_factor,
+    )
+
+
+def run_worker(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT (faust's worker owns the event loop and the signals)."""
+    ctx = create_worker(settings)
+    ensure_worker_topics(ctx)
+    worker = faust.Worker(ctx.topology.app, loglevel=settings.log_level.lower(), quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,117 @@
+"""Dedupe by provider event id (DESIGN §5): the pure decision behind the dedupe agent.
+
+The agent keeps a table ``dedupe key -> first-processed time (ms)`` (RocksDB-backed in
+the worker; any ``Mapping[str, int]`` here) and, per raw webhook:
+
+1. ``decision = decide(table, dedupe_key(provider, providerEventId), now_ms, window, replay)``
+2. if ``decision.remember_ms is not None``: ``table[key] = decision.remember_ms``
+3. if ``decision.process``: pass the record on; else acknowledge and drop it.
+
+and periodically deletes ``expired_keys(table, now_ms, window)``. These functions read
+the mapping and never write it; the agent carries the decision out. Times come from the
+injected clock, never from here.
+
+This table is the first line against repeats; Postgres unique constraints and
+deterministic derived ids are the second, so a record processed twice (a crash between
+steps 2 and 3, say) does no harm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = [
+    "DEFAULT_WINDOW_MS",
+    "DedupeDecision",
+    "DedupeReason",
+    "decide",
+    "dedupe_key",
+    "expired_keys",
+]
+
+DEFAULT_WINDOW_MS: Final = 30 * 24 * 60 * 60 * 1000
+"""30 days. Longer than every window in which a provider sends the same event again on
+its own: Stripe retries for up to 3 days, Razorpay for 24 hours, and Stripe lets a
+merchant resend an event from the dashboard for 30 days. It also equals the retention of
+the raw webhook topics, so anything still replayable from Kafka is still remembered."""
+
+DedupeReason = Literal["first", "duplicate", "replay", "expired"]
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeDecision:
+    """What to do with one webhook.
+
+    :param process: pass the record on to normalisation.
+    :param reason: ``first`` (never seen), ``duplicate`` (seen within the window;
+        dropped), ``expired`` (seen, but longer ago than the window: treated as new),
+        ``replay`` (an operator replay: processed whatever the table says).
+    :param remember_ms: the time to store for the key, or ``None`` to leave the table as
+        it is.
+    """
+
+    process: bool
+    reason: DedupeReason
+    remember_ms: int | None
+
+
+def dedupe_key(provider: str, provider_event_id: str) -> str:
+    """The table key of a provider event: ``"<provider>:<provider event id>"``
+    (``stripe:evt_...``). Provider event ids are only unique per provider.
+
+    :raises ValueError: ``provider`` is empty or contains ``:`` (keys would be
+        ambiguous), or ``provider_event_id`` is empty. Both come from a decoded raw
+        record, where they are never empty, so this is a programming error.
+    """
+    if not provider or ":" in provider:
+        raise ValueError(f"provider must be a non-empty name without ':', got {provider!r}")
+    if not provider_event_id:
+        raise ValueError("provider_event_id must not be empty")
+    return f"{provider}:{provider_event_id}"
+
+
+def decide(
+    seen: Mapping[str, int], key: str, now_ms: int, window_ms: int, replay: bool
+) -> DedupeDecision:
+    """Whether to process the webhook with dedupe key ``key`` at ``now_ms``.
+
+    A key remembered at ``t`` is a duplicate while ``now_ms - t < window_ms``; from
+    ``now_ms - t >= window_ms`` on it is expired (the same boundary as
+    :func:`expired_keys`, so a key is never both purgeable and still deduplicating).
+    A remembered time in the future (the clock went back) counts as within the window:
+    dropping a repeat is safer than double-processing.
+
+    A replay is always processed. It records ``now_ms`` only when the key is absent or
+    expired (so a provider retry arriving after the replay is still dropped); a live
+    entry keeps its time, so replays neither extend nor restart the provider's window,
+    and replaying a batch costs no table writes.
+
+    Pure: reads ``seen[key]`` only.
+
+    :raises ValueError: ``window_ms`` is not positive (a configuration error).
+    """
+    if window_ms <= 0:
+        raise ValueError(f"dedupe window must be positive, got {window_ms} ms")
+    remembered = seen.get(key)
+    live = remembered is not None and now_ms - remembered < window_ms
+    if replay:
+        return DedupeDecision(process=True, reason="replay", remember_ms=None if live else now_ms)
+    if remembered is None:
+        return DedupeDecision(process=True, reason="first", remember_ms=now_ms)
+    if live:
+        return DedupeDecision(process=False, reason="duplicate", remember_ms=None)
+    return DedupeDecision(process=True, reason="expired", remember_ms=now_ms)
+
+
+def expired_keys(seen: Mapping[str, int], now_ms: int, window_ms: int) -> list[str]:
+    """Keys remembered at least ``window_ms`` before ``now_ms``, in the mapping's order:
+    the ones the periodic purge deletes. Pure; the caller deletes them.
+
+    :raises ValueError: ``window_ms`` is not positive.
+    """
+    if window_ms <= 0:
+        raise ValueError(f"dedupe window must be positive, got {window_ms} ms")
+    cutoff = now_ms - window_ms
+    return [key for key, remembered in seen.items() if remembered <= cutoff]

@@ -1,0 +1,604 @@
+"""The retry policy: classify a side effect's failure and decide what happens to the record.
+
+Pure code (STYLE items 1, 8, 9): nothing here produces, sleeps or reads a clock. The worker
+runs a side effect; when it raises, the worker calls :func:`decide_failure` and carries out
+the :data:`Decision`:
+
+- :class:`Retry`: produce the record (key and value bytes unchanged) to ``Retry.topic``
+  with ``merge_headers(original_headers, decision.headers)``;
+- :class:`DeadLetter`: produce a ``dlq`` record (``streams.domain.dlq``) and, when
+  ``alert`` is set (retries exhausted), an ``alerts`` record.
+
+A retry agent per ``retry.<delay>`` topic reads :meth:`RetryHeaders.from_kafka`, waits
+:func:`due_in` seconds on the injected clock, re-runs the effect and, on failure, calls
+:func:`decide_failure` again with the attempt, origin and first-failure time it read from
+the headers.
+
+**Attempts.** ``attempt`` counts retries: a record straight from its origin topic is
+attempt 0 (it carries no retry headers); its first retry carries ``sluice-attempt: 1``.
+``RetryPolicy.max_attempts`` is the number of *retries* allowed, so a record is delivered
+at most ``1 + max_attempts`` times; ``DeadLetter.attempts`` counts deliveries (1 when the
+first delivery failed permanently), as the ``dlq`` schema's ``attempts`` field does.
+
+**One delay per topic.** A ``retry.<delay>`` topic holds records of one delay only, so
+its agent need only wait for the head record. Jitter makes due times within one topic
+differ by up to ``2 * jitter * delay``, so a record may wait that much longer behind an
+earlier head; it is never released early.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import itertools
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Final, Literal, TypeAlias
+
+from schemas.catalog import RETRY_DELAYS, UnknownTopic, retry_topic_name, topic_spec
+from sluice.errors import ConfigError, InvalidEvent, PermanentError, TransientError
+
+__all__ = [
+    "ATTEMPT_HEADER",
+    "DELAYS_SETTING",
+    "DUE_AT_HEADER",
+    "EFFECT_HEADER",
+    "FIRST_FAILED_AT_HEADER",
+    "MAX_ATTEMPTS_SETTING",
+    "ORIGIN_HEADER",
+    "ORIGIN_OFFSET_HEADER",
+    "ORIGIN_PARTITION_HEADER",
+    "REASON_HEADER",
+    "REASON_MAX_CHARS",
+    "RETRY_HEADER_NAMES",
+    "DeadLetter",
+    "Decision",
+    "FailureKind",
+    "HeadersLike",
+    "Retry",
+    "RetryHeaders",
+    "RetryPolicy",
+    "classify",
+    "classify_http_status",
+    "clean_reason",
+    "decide_failure",
+    "due_in",
+    "failure_reason",
+    "merge_headers",
+    "normalise_headers",
+    "parse_retry_after",
+]
+
+FailureKind: TypeAlias = Literal["transient", "permanent", "invalid"]
+
+HeadersLike: TypeAlias = (
+    Mapping[str, bytes | str | None] | Iterable[tuple[str, bytes | str | None]] | None
+)
+"""Kafka headers as clients hand them over: confluent-kafka's list of pairs (or ``None``),
+faust's mapping. Values may be bytes, str or ``None`` (a null header)."""
+
+DELAYS_SETTING: Final = "SLUICE_RETRY_DELAYS"
+MAX_ATTEMPTS_SETTING: Final = "SLUICE_RETRY_MAX_ATTEMPTS"
+
+ATTEMPT_HEADER: Final = "sluice-attempt"
+"""Retry number the record is on: ``1`` on its first retry. ASCII decimal."""
+DUE_AT_HEADER: Final = "sluice-due-at"
+"""When the retry agent may re-run the effect: epoch milliseconds, ASCII decimal."""
+ORIGIN_HEADER: Final = "sluice-origin"
+"""The topic the record was first consumed from (UTF-8); ``dlq`` records and replays use
+it, so it is never a ``retry.<delay>`` topic."""
+ORIGIN_PARTITION_HEADER: Final = "sluice-origin-partition"
+ORIGIN_OFFSET_HEADER: Final = "sluice-origin-offset"
+EFFECT_HEADER: Final = "sluice-effect"
+"""Which side effect failed, when one origin topic feeds several (UTF-8), so the retry
+agent re-runs only that one."""
+REASON_HEADER: Final = "sluice-reason"
+"""Why the last attempt failed: :func:`failure_reason`, at most :data:`REASON_MAX_CHARS`."""
+FIRST_FAILED_AT_HEADER: Final = "sluice-first-failed-at"
+"""When the first delivery failed: epoch milliseconds, ASCII decimal."""
+
+RETRY_HEADER_NAMES: Final = frozenset(
+    {
+        ATTEMPT_HEADER,
+        DUE_AT_HEADER,
+        ORIGIN_HEADER,
+        ORIGIN_PARTITION_HEADER,
+        ORIGIN_OFFSET_HEADER,
+        EFFECT_HEADER,
+        REASON_HEADER,
+        FIRST_FAILED_AT_HEADER,
+    }
+)
+"""Every header this module owns; :func:`merge_headers` replaces them, replays strip them."""
+
+REASON_MAX_CHARS: Final = 500
+
+_DEFAULT_DELAYS: Final = tuple(seconds for _, seconds in RETRY_DELAYS)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_INT = re.compile(rb"-?[0-9]{1,19}")
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+# --------------------------------------------------------------------------------------
+# Policy
+
+
+@dataclass(frozen=True, init=False)
+class RetryPolicy:
+    """The retry schedule: which delay topic each retry waits in, how many retries, jitter.
+
+    :param delays: seconds to wait before each retry, shortest first (strictly
+        increasing); retry *n* (1-based) waits ``delays[min(n - 1, len - 1)]``, so retries
+        beyond the schedule repeat the last delay. Default: :data:`schemas.catalog.RETRY_DELAYS`.
+    :param max_attempts: retries allowed before the record is dead-lettered (``0``: never
+        retry). Default: one per delay.
+    :param jitter: fraction in ``[0, 1)``; a wait of ``delay`` becomes
+        ``delay * (1 ± jitter)``, spread by the injected random number.
+    :raises ConfigError: a delay is not positive, not a whole number of milliseconds (so
+        it has no ``retry.<delay>`` topic in the catalog), or out of order; ``max_attempts``
+        is negative; ``jitter`` is outside ``[0, 1)``.
+    """
+
+    delays: tuple[float, ...]
+    max_attempts: int
+    jitter: float
+
+    def __init__(
+        self,
+        delays: Iterable[float] = _DEFAULT_DELAYS,
+        max_attempts: int | None = None,
+        jitter: float = 0.2,
+    ) -> None:
+        delays = tuple(float(d) for d in delays)
+        _check_schedule(delays)
+        if max_attempts is None:
+            max_attempts = len(delays)
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+            raise ConfigError(f"retry max_attempts must be an int, got {max_attempts!r}")
+        if max_attempts < 0:
+            raise ConfigError(f"retry max_attempts must be 0 or more, got {max_attempts}")
+        if not (math.isfinite(jitter) and 0.0 <= jitter < 1.0):
+            raise ConfigError(f"retry jitter must be in [0, 1), got {jitter!r}")
+        object.__setattr__(self, "delays", delays)
+        object.__setattr__(self, "max_attempts", max_attempts)
+        object.__setattr__(self, "jitter", float(jitter))
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The ``retry.<delay>`` topic of each delay, in schedule order."""
+        return tuple(retry_topic_name(d) for d in self.delays)
+
+    def max_wait(self, topic: str) -> float:
+        """The longest a record in delay topic ``topic`` can legitimately wait:
+        ``delay * (1 + jitter)``. A retry agent caps :func:`due_in` at this, so a record
+        with a corrupt far-future due time cannot hold up its partition.
+
+        :raises ValueError: ``topic`` is not one of :attr:`topics`.
+        """
+        try:
+            delay = self.delays[self.topics.index(topic)]
+        except ValueError:
+            raise ValueError(f"{topic!r} is not a delay topic of this policy") from None
+        return delay * (1.0 + self.jitter)
+
+    @classmethod
+    def from_settings(cls, env: Mapping[str, str]) -> RetryPolicy:
+        """The policy configured by ``SLUICE_RETRY_DELAYS`` (``"5s,30s,5m,30m"``: numbers
+        with ``ms``/``s``/``m``/``h``, bare numbers are seconds) and
+        ``SLUICE_RETRY_MAX_ATTEMPTS`` (retries, a non-negative int). Unset or blank settings
+        take the defaults.
+
+        :raises ConfigError: naming the malformed setting.
+        """
+        raw_delays = env.get(DELAYS_SETTING, "").strip()
+        delays = _DEFAULT_DELAYS if not raw_delays else _parse_delays(raw_delays)
+        try:
+            _check_schedule(delays)
+        except ConfigError as exc:
+            raise ConfigError(f"malformed setting {DELAYS_SETTING}: {exc}") from None
+
+        raw_max = env.get(MAX_ATTEMPTS_SETTING, "").strip()
+        max_attempts: int | None = None
+        if raw_max:
+            if not re.fullmatch(r"[0-9]+", raw_max):
+                raise ConfigError(
+                    f"malformed setting {MAX_ATTEMPTS_SETTING}: {raw_max!r} is not "
+                    "a non-negative whole number"
+                )
+            max_attempts = int(raw_max)
+        return cls(delays, max_attempts)
+
+
+def _parse_delays(raw: str) -> tuple[float, ...]:
+    delays: list[float] = []
+    for part in raw.split(","):
+        item = part.strip().lower()
+        match = _DURATION.fullmatch(item)
+        if match is None:
+            raise ConfigError(
+                f"malformed setting {DELAYS_SETTING}: {part.strip()!r} is not a duration "
+                "like 500ms, 5s, 5m or 1h"
+            )
+        delays.append(float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
+    return tuple(delays)
+
+
+def _check_schedule(delays: tuple[float, ...]) -> None:
+    if not delays:
+        raise ConfigError("the retry schedule needs at least one delay")
+    for delay in delays:
+        if not math.isfinite(delay) or delay <= 0:
+            raise ConfigError(f"retry delay {delay!r}s is not a positive number of seconds")
+        try:
+            # Each delay needs its own delay topic: one topic holds records of one delay.
+            topic_spec(retry_topic_name(delay))
+        except (ValueError, UnknownTopic) as exc:
+            raise ConfigError(f"retry delay {delay!r}s has no catalog retry topic: {exc}") from None
+    for shorter, longer in itertools.pairwise(delays):
+        if longer <= shorter:
+            raise ConfigError(
+                f"retry delays must be strictly increasing, got {shorter:g}s then {longer:g}s"
+            )
+
+
+# --------------------------------------------------------------------------------------
+# Classification
+
+
+def classify(exc: BaseException) -> FailureKind:
+    """How the pipeline reacts to ``exc``, decided by its class (``sluice.errors``).
+
+    - :class:`~sluice.errors.TransientError`, :class:`TimeoutError`,
+      :class:`ConnectionError` and any other :class:`OSError`: ``"transient"``;
+    - :class:`~sluice.errors.PermanentError`: ``"permanent"``;
+    - :class:`~sluice.errors.InvalidEvent`: ``"invalid"``.
+
+    :raises BaseException: ``exc`` itself, for anything else (a bug, ``Backpressure``,
+        ``CancelledError``, ``KeyboardInterrupt``): unknown failures crash the worker
+        loudly instead of being retried or dead-lettered (STYLE item 8).
+    """
+    if isinstance(exc, InvalidEvent):
+        return "invalid"
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    if isinstance(exc, TransientError | OSError):  # TimeoutError, ConnectionError are OSErrors
+        return "transient"
+    raise exc
+
+
+def classify_http_status(status: int) -> Literal["transient", "permanent"]:
+    """How a connector should treat an HTTP error status from a downstream.
+
+    408, 425, 429 and every status from 500 up are ``"transient"``; other 3xx and 4xx are
+    ``"permanent"`` (a redirect Sluice does not follow is a configuration error).
+
+    :raises ValueError: for a status below 300: it is not a failure.
+    """
+    if status < 300:
+        raise ValueError(f"HTTP {status} is not an error status")
+    if status >= 500 or status in (408, 425, 429):
+        return "transient"
+    return "permanent"
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds (``"120"``) or an
+    HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``, relative to ``now``, epoch seconds).
+
+    :returns: ``None`` when the header is absent or unparseable (callers then use their
+        own backoff); ``0.0`` for a date in the past; never negative.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if _DELTA_SECONDS.fullmatch(text):
+        seconds = float(text)
+        return seconds if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC with no zone information
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+# --------------------------------------------------------------------------------------
+# Reasons
+
+_SECRET_PATTERNS: Final = (
+    # scheme://user:password@host -> scheme://***@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@"), r"\1***@"),
+    # Authorization: Bearer <token> / Basic <credentials>
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 ***"),
+    # password=..., token: ..., api_key="..."
+    (
+        re.compile(
+            r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"
+            r"""(["']?\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s,;&]+)"""
+        ),
+        r"\1\2***",
+    ),
+    # Stripe keys and webhook secrets
+    (re.compile(r"\b(sk_live|sk_test|rk_live|rk_test|whsec)_[A-Za-z0-9]+"), r"\1_***"),
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def clean_reason(text: str) -> str:
+    """``text`` made fit for a header or a ``dlq`` record: credentials in URLs,
+    ``password=``/``token=``-style pairs, bearer tokens and Stripe keys masked, control
+    characters (newlines included) collapsed to one space, and truncated to
+    :data:`REASON_MAX_CHARS` characters (ending ``…`` when cut).
+
+    Masking is a safety net, not a licence: connectors must not put secrets in messages.
+    """
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    text = _CONTROL.sub(" ", text).strip()
+    if len(text) > REASON_MAX_CHARS:
+        text = text[: REASON_MAX_CHARS - 1] + "…"
+    return text
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The short reason recorded for ``exc``: its message, cleaned by
+    :func:`clean_reason`, or its class name when the message is empty."""
+    return clean_reason(str(exc)) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------
+# Headers
+
+
+def normalise_headers(headers: HeadersLike) -> list[tuple[str, bytes]]:
+    """``headers`` as a list of ``(name, bytes)`` pairs, order and repeats kept; str values
+    are UTF-8 encoded and a null value becomes ``b""``."""
+    if headers is None:
+        return []
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    out: list[tuple[str, bytes]] = []
+    for name, value in pairs:
+        if value is None:
+            out.append((name, b""))
+        elif isinstance(value, str):
+            out.append((name, value.encode()))
+        else:
+            out.append((name, bytes(value)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RetryHeaders:
+    """The headers a retried record carries (see the ``*_HEADER`` constants).
+
+    :param attempt: retry number the record is on (``1`` on its first retry).
+    :param due_at_ms: when it may be retried, epoch milliseconds.
+    :param origin: the topic the record was first consumed from; empty when a garbled
+        record lost it.
+    :param reason: why the last attempt failed (already cleaned).
+    :param first_failed_at_ms: when its first delivery failed, epoch milliseconds.
+    :param origin_partition: / :param origin_offset: where it sits in ``origin``, so a
+        dead letter after retries names the original record.
+    :param effect: which side effect to re-run, when the origin feeds several.
+    """
+
+    attempt: int
+    due_at_ms: int
+    origin: str
+    reason: str
+    first_failed_at_ms: int
+    origin_partition: int | None = None
+    origin_offset: int | None = None
+    effect: str | None = None
+
+    @property
+    def due_at(self) -> float:
+        """:attr:`due_at_ms` in epoch seconds, the unit of the clock."""
+        return self.due_at_ms / 1000
+
+    def to_kafka(self) -> list[tuple[str, bytes]]:
+        """The headers as Kafka header pairs; optional fields that are ``None`` are left
+        out. Integers are ASCII decimal, text is UTF-8."""
+        pairs = [
+            (ATTEMPT_HEADER, str(self.attempt).encode()),
+            (DUE_AT_HEADER, str(self.due_at_ms).encode()),
+            (ORIGIN_HEADER, self.origin.encode()),
+            (REASON_HEADER, self.reason.encode()),
+            (FIRST_FAILED_AT_HEADER, str(self.first_failed_at_ms).encode()),
+        ]
+        if self.origin_partition is not None:
+            pairs.append((ORIGIN_PARTITION_HEADER, str(self.origin_partition).encode()))
+        if self.origin_offset is not None:
+            pairs.append((ORIGIN_OFFSET_HEADER, str(self.origin_offset).encode()))
+        if self.effect is not None:
+            pairs.append((EFFECT_HEADER, self.effect.encode()))
+        return pairs
+
+    @classmethod
+    def from_kafka(cls, headers: HeadersLike) -> RetryHeaders | None:
+        """Read the retry headers of a consumed record. Never raises.
+
+        :returns: ``None`` when the record carries none of them (it has not been retried);
+            otherwise every field that is missing or garbled takes a safe default rather
+            than crashing the retry agent: attempt ``0``, due at ``0`` (due now), origin and
+            reason ``""``, first failure at the due time, optional fields ``None``. When a
+            header repeats, the last value wins.
+        """
+        found: dict[str, bytes] = {}
+        for name, value in normalise_headers(headers):
+            if name in RETRY_HEADER_NAMES:
+                found[name] = value
+        if not found:
+            return None
+        attempt = _int_header(found, ATTEMPT_HEADER)
+        due_at_ms = _int_header(found, DUE_AT_HEADER)
+        first_failed = _int_header(found, FIRST_FAILED_AT_HEADER)
+        effect = found.get(EFFECT_HEADER)
+        return cls(
+            attempt=max(attempt or 0, 0),
+            due_at_ms=max(due_at_ms or 0, 0),
+            origin=found.get(ORIGIN_HEADER, b"").decode(errors="replace"),
+            reason=found.get(REASON_HEADER, b"").decode(errors="replace"),
+            first_failed_at_ms=max(first_failed if first_failed is not None else due_at_ms or 0, 0),
+            origin_partition=_non_negative(_int_header(found, ORIGIN_PARTITION_HEADER)),
+            origin_offset=_non_negative(_int_header(found, ORIGIN_OFFSET_HEADER)),
+            effect=effect.decode(errors="replace") if effect else None,
+        )
+
+
+def _int_header(found: Mapping[str, bytes], name: str) -> int | None:
+    value = found.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if _INT.fullmatch(value) else None
+
+
+def _non_negative(value: int | None) -> int | None:
+    return value if value is not None and value >= 0 else None
+
+
+def merge_headers(original: HeadersLike, retry_headers: RetryHeaders) -> list[tuple[str, bytes]]:
+    """The headers to produce a retried record with: the original headers in their order
+    (repeats kept, minus any earlier retry headers) followed by ``retry_headers``."""
+    kept = [(n, v) for n, v in normalise_headers(original) if n not in RETRY_HEADER_NAMES]
+    return kept + retry_headers.to_kafka()
+
+
+def due_in(headers: RetryHeaders, now: float) -> float:
+    """Seconds from ``now`` (epoch seconds) until the record is due; ``<= 0`` means due."""
+    return headers.due_at - now
+
+
+# --------------------------------------------------------------------------------------
+# Decisions
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Produce the record to ``topic`` with :func:`merge_headers` of ``headers``.
+
+    :param due_at: epoch seconds, equal to ``headers.due_at``.
+    :param attempt: the retry number it goes to, equal to ``headers.attempt``.
+    """
+
+    topic: str
+    due_at: float
+    attempt: int
+    headers: RetryHeaders
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Produce the record to ``dlq`` (and an ``alerts`` record when ``alert``).
+
+    :param reason: cleaned message of the last failure.
+    :param error_class: class name of the last failure.
+    :param attempts: deliveries made, the failed one included (``1`` on a first-try
+        permanent failure).
+    :param alert: retries were exhausted (a transient failure that never cleared).
+    """
+
+    reason: str
+    error_class: str
+    attempts: int
+    alert: bool
+
+
+Decision: TypeAlias = Retry | DeadLetter
+
+
+def decide_failure(
+    exc: BaseException,
+    *,
+    attempt: int,
+    policy: RetryPolicy,
+    now: float,
+    rand: Callable[[], float],
+    origin: str,
+    origin_partition: int | None = None,
+    origin_offset: int | None = None,
+    effect: str | None = None,
+    first_failed_at_ms: int | None = None,
+) -> Decision:
+    """What to do with a record whose side effect raised ``exc``. Pure and deterministic
+    for a given ``rand``.
+
+    - invalid or permanent (:func:`classify`): ``DeadLetter(alert=False)``;
+    - transient, ``attempt < policy.max_attempts``: ``Retry`` to the topic of
+      ``delays[i]``, ``i = min(attempt, len(delays) - 1)``, due
+      ``now + delays[i] * (1 + jitter * (2 * rand() - 1))`` (``rand() == 0`` gives the
+      shortest wait, ``1`` the longest), but never before ``now + retry_after`` of a
+      :class:`~sluice.errors.TransientError`. When ``retry_after`` is longer than
+      ``delays[i]`` the record goes to the shortest delay topic at least that long
+      instead, so it never holds up a topic's queue for longer than that topic's delay;
+      a ``retry_after`` beyond the longest delay is capped at the longest delay for the
+      same reason (the downstream is called early; if it refuses again the record moves
+      on to the next retry, and exhaustion dead-letters it with an alert);
+    - transient, retries used up: ``DeadLetter(alert=True)``.
+
+    :param attempt: retry number of the record that failed (``RetryHeaders.attempt``;
+        ``0`` for a record from its origin topic).
+    :param now: epoch seconds (the injected clock's time).
+    :param rand: a number in ``[0, 1]``, called once and only for a ``Retry``.
+    :param origin: topic the record was first consumed from (``RetryHeaders.origin`` on
+        a retry). Only when a retried record lost its origin header may this be the delay
+        topic it was found on; it is carried on as is rather than crashing the agent.
+    :param origin_partition: / :param origin_offset: / :param effect: carried into the
+        retry headers (copy them from ``RetryHeaders`` on a retry).
+    :param first_failed_at_ms: from ``RetryHeaders`` on a retry; defaults to ``now``.
+    :raises BaseException: ``exc`` itself when :func:`classify` does not know it.
+    :raises ValueError: ``attempt`` is negative or ``rand`` returned a number outside
+        ``[0, 1]`` (programming errors).
+    """
+    kind = classify(exc)
+    if attempt < 0:
+        raise ValueError(f"attempt must be 0 or more, got {attempt}")
+    reason = failure_reason(exc)
+    if kind != "transient" or attempt >= policy.max_attempts:
+        return DeadLetter(
+            reason=reason,
+            error_class=type(exc).__name__,
+            attempts=attempt + 1,
+            alert=kind == "transient",
+        )
+
+    index = min(attempt, len(policy.delays) - 1)
+    base = policy.delays[index]
+    r = rand()
+    if not 0.0 <= r <= 1.0:
+        raise ValueError(f"rand() must return a number in [0, 1], got {r!r}")
+    wait = base * (1.0 + policy.jitter * (2.0 * r - 1.0))
+
+    retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+    if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
+        retry_after = min(retry_after, policy.delays[-1])
+        if retry_after > base:
+            index = next(i for i, d in enumerate(policy.delays) if d >= retry_after)
+        wait = max(wait, retry_after)
+
+    due_at_ms = math.ceil((now + wait) * 1000)  # rounding up: never due early
+    headers = RetryHeaders(
+        attempt=attempt + 1,
+        due_at_ms=due_at_ms,
+        origin=origin,
+        reason=reason,
+        first_failed_at_ms=(
+            first_failed_at_ms if first_failed_at_ms is not None else math.floor(now * 1000)
+        ),
+        origin_partition=origin_partition,
+        origin_offset=origin_offset,
+        effect=effect,
+    )
+    return Retry(
+        topic=retry_topic_name(policy.delays[index]),
+        due_at=headers.due_at,
+        attempt=headers.attempt,
+        headers=headers,
+    )

@@ -1,0 +1,210 @@
+"""Run side effects with the one retry/dead-letter mechanism every agent shares.
+
+An *effect* is an async function over a batch of records (a Postgres write, say). The
+runner calls it; on failure it asks the pure policy (``streams.domain.retry``) what to
+do with each record and carries that out through an ``Outbox``: the next
+``retry.<delay>`` topic with attempt/due/origin/reason headers, or ``dlq`` (plus an
+``alerts`` record when retries were exhausted). Agents never sleep and never retry
+inline, so one bad record or one slow downstream never holds up fresh records.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from schemas.codec import Codec
+from sluice.clock import Clock
+from streams.domain.dlq import DeadLetterGuard, alert_record, dead_letter_record, encode_alert
+from streams.domain.retry import (
+    DeadLetter,
+    Retry,
+    RetryHeaders,
+    RetryPolicy,
+    classify,
+    decide_failure,
+    merge_headers,
+)
+from streams.records import Inbound
+
+__all__ = ["Effect", "EffectRunner", "Outbox", "dead_letter_now"]
+
+log = logging.getLogger(__name__)
+
+Effect = Callable[[Sequence[Inbound]], Awaitable[None]]
+
+
+class Outbox(Protocol):
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """Hand a record to the producer (durable before the consumed offset commits)."""
+        ...
+
+
+@dataclass
+class EffectRunner:
+    """Runs named effects; failures become retry or dead-letter records.
+
+    Effects are registered by name so a retry agent can re-run the same effect for a
+    record it took from a delay topic (the ``sluice-effect`` header names it).
+    """
+
+    outbox: Outbox
+    codec: Codec
+    policy: RetryPolicy
+    clock: Clock
+    guard: DeadLetterGuard = field(default_factory=DeadLetterGuard)
+    rand: Callable[[], float] = random.random
+    effects: dict[str, Effect] = field(default_factory=dict)
+
+    def register(self, name: str, effect: Effect) -> None:
+        self.effects[name] = effect
+
+    async def run(self, name: str, records: Sequence[Inbound]) -> None:
+        """Run effect ``name`` over records fresh from their origin topic."""
+        await self._run(name, [(record, None) for record in records])
+
+    async def rerun(self, record: Inbound, retry: RetryHeaders) -> None:
+        """Run the effect a retried record names again (called once it is due)."""
+        await self._run(retry.effect or "", [(record, retry)])
+
+    async def _run(self, name: str, batch: Sequence[tuple[Inbound, RetryHeaders | None]]) -> None:
+        effect = self.effects.get(name)
+        if effect is None:
+            await self._dead_letter_unknown(name, batch)
+            return
+        try:
+            await effect([record for record, _ in batch])
+        except Exception as exc:
+            # Unknown exception types propagate from classify(): they are bugs, and a
+            # crash is louder and safer than dead-lettering every record.
+            kind = classify(exc)
+            if kind != "transient" and len(batch) > 1:
+                # One bad record fails its whole batch; run them one by one so only the
+                # bad one is dead-lettered.
+                for item in batch:
+                    await self._run(name, [item])
+                return
+            for record, retry in batch:
+                await self._fail(name, record, retry, exc)
+            return
+        for _ in batch:
+            self.guard.record(False)
+
+    async def _fail(
+        self, name: str, record: Inbound, retry: RetryHeaders | None, exc: Exception
+    ) -> None:
+        origin = retry.origin if retry and retry.origin else record.topic
+        decision = decide_failure(
+            exc,
+            attempt=retry.attempt if retry else 0,
+            policy=self.policy,
+            now=self.clock.time(),
+            rand=self.rand,
+            origin=origin,
+            origin_partition=retry.origin_partition if retry else record.partition,
+            origin_offset=retry.origin_offset if retry else record.offset,
+            effect=name,
+            first_failed_at_ms=retry.first_failed_at_ms if retry else None,
+        )
+        if isinstance(decision, Retry):
+            log.warning(
+                "effect failed, retrying",
+                extra={
+                    "position": record.position,
+                    "effect": name,
+                    "attempt": decision.attempt,
+                    "retry_topic": decision.topic,
+                    "reason": decision.headers.reason,
+                },
+            )
+            await self.outbox.send(
+                decision.topic,
+                record.key,
+                record.value,
+                merge_headers(record.headers, decision.headers),
+            )
+            self.guard.record(False)
+            return
+        await self._dead_letter(record, retry, decision)
+
+    async def _dead_letter(
+        self, record: Inbound, retry: RetryHeaders | None, decision: DeadLetter
+    ) -> None:
+        # Trips (raises) before producing when too many records in a row go to dlq: a
+        # bad deploy halts the agent, and the record that tripped it is processed again
+        # after the fix instead of being dead-lettered.
+        self.guard.record(True)
+        await dead_letter_now(
+            self.outbox,
+            self.codec,
+            record,
+            reason=decision.reason,
+            error_class=decision.error_class,
+            attempts=decision.attempts,
+            now=self.clock.time(),
+            retry=retry,
+            alert=decision.alert,
+        )
+
+    async def _dead_letter_unknown(
+        self, name: str, batch: Sequence[tuple[Inbound, RetryHeaders | None]]
+    ) -> None:
+        for record, retry in batch:
+            self.guard.record(True)
+            await dead_letter_now(
+                self.outbox,
+                self.codec,
+                record,
+                reason=f"no effect named {name!r} in this worker",
+                error_class="UnknownEffect",
+                attempts=(retry.attempt if retry else 0) + 1,
+                now=self.clock.time(),
+                retry=retry,
+            )
+
+
+async def dead_letter_now(
+    outbox: Outbox,
+    codec: Codec,
+    record: Inbound,
+    *,
+    reason: str,
+    error_class: str,
+    attempts: int = 1,
+    now: float | None = None,
+    retry: RetryHeaders | None = None,
+    alert: bool = False,
+) -> None:
+    """Send ``record`` to ``dlq`` (and an alert when ``alert``), naming its origin."""
+    now = time.time() if now is None else now
+    origin_topic = retry.origin if retry and retry.origin else record.topic
+    partition = retry.origin_partition if retry and retry.origin_partition is not None else None
+    offset = retry.origin_offset if retry and retry.origin_offset is not None else None
+    dead = dead_letter_record(
+        origin_topic=origin_topic,
+        origin_partition=record.partition if partition is None else partition,
+        origin_offset=record.offset if offset is None else offset,
+        key=record.key,
+        value=record.value,
+        headers=record.headers,
+        reason=reason,
+        error_class=error_class,
+        attempts=attempts,
+        now_ms=int(now * 1000),
+        correlation_id=None,
+    )
+    log.error(
+        "record dead-lettered",
+        extra={"position": record.position, "reason": dead["reason"], "attempts": attempts},
+    )
+    headers = [("event-type", b"dlq.record"), ("event-id", dead["eventId"].encode())]
+    await outbox.send("dlq", record.key, codec.encode("dlq", dead), headers)
+    if alert:
+        alert_value = encode_alert(alert_record(dead))
+        await outbox.send("alerts", dead["eventId"].encode(), alert_value, [])

@@ -1,0 +1,107 @@
+"""The worker's topology, declared once and read top to bottom.
+
+Which topic feeds which agent, which table each agent owns, which topics it writes.
+This is the only module that turns catalog entries into faust topics and tables;
+agents take their handles from the ``Topology`` built here.
+
+    webhooks.stripe, webhooks.razorpay
+        ├─► normalise_webhooks  (table dedupe_seen) ─► billing.* · dlq
+        └─► project_webhooks    (Postgres webhook_events) ─► retry.* · dlq
+    billing.*
+        └─► project_billing     (Postgres payments, refunds, ...) ─► retry.* · dlq
+    retry.<delay>  (one agent per delay topic; waits for the head record's due time)
+        └─► retry_<delay>       re-runs the named effect ─► next retry.* · dlq · alerts
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from schemas.catalog import BILLING_TOPICS, WEBHOOK_TOPICS, topic_spec
+from streams.domain.retry import RetryPolicy
+
+__all__ = ["WIRING", "Topology", "Wire", "build_topology"]
+
+
+@dataclass(frozen=True)
+class Wire:
+    agent: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    tables: tuple[str, ...] = ()
+
+
+def wiring(policy: RetryPolicy) -> tuple[Wire, ...]:
+    """Every agent with what it reads, writes and owns (checked against the catalog)."""
+    retry_topics = policy.topics
+    failures = (*retry_topics, "dlq", "alerts")
+    return (
+        Wire(
+            "normalise_webhooks",
+            reads=tuple(WEBHOOK_TOPICS),
+            writes=(*BILLING_TOPICS, "dlq"),
+            tables=("dedupe_seen",),
+        ),
+        Wire("project_webhooks", reads=tuple(WEBHOOK_TOPICS), writes=failures),
+        Wire("project_billing", reads=tuple(BILLING_TOPICS), writes=failures),
+        *(
+            Wire(f"retry_{topic.removeprefix('retry.')}", reads=(topic,), writes=failures)
+            for topic in retry_topics
+        ),
+    )
+
+
+WIRING = wiring(RetryPolicy())
+
+
+@dataclass(frozen=True)
+class Topology:
+    app: faust.App
+    topics: dict[str, Any]  # name -> faust TopicT
+    dedupe_seen: Any  # faust Table[str, int]: dedupe key -> first-seen epoch ms
+    wires: tuple[Wire, ...]
+
+    def topic(self, name: str) -> Any:
+        return self.topics[name]
+
+    def reads(self, agent: str) -> Any:
+        """One faust topic over every topic ``agent`` reads."""
+        [wire] = [wire for wire in self.wires if wire.agent == agent]
+        return self.app.topic(
+            *wire.reads,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+
+def build_topology(app: faust.App, policy: RetryPolicy) -> Topology:
+    wires = wiring(policy)
+    names = sorted({name for wire in wires for name in (*wire.reads, *wire.writes)})
+    topics = {
+        name: app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=topic_spec(name).partitions,
+        )
+        for name in names
+    }
+    dedupe_seen = app.Table(
+        "dedupe_seen",
+        default=None,
+        key_type=str,
+        value_type=int,
+        # Co-partitioned with the webhook topics: an entry lives in the partition of the
+        # webhook that created it.
+        partitions=topic_spec(WEBHOOK_TOPICS[0]).partitions,
+        options={"driver": "rocksdict"},
+        help="dedupe key (provider:eventId) -> first-seen epoch ms",
+    )
+    return Topology(app=app, topics=topics, dedupe_seen=dedupe_seen, wires=wires)

@@ -1,7 +1,8 @@
 """Benchmark the ingress against a no-op route on the same server, in one run.
 
-    python -m bench.ingress [--duration S] [--concurrency 1,4,16,64] [--bootstrap HOST:PORT]
-                            [--paced-duration S] [--json] [--profile-server FILE]
+    python -m bench.ingress [--duration S] [--warmup S] [--settle S] [--concurrency 1,4,16,64]
+                            [--paced-duration S] [--bootstrap HOST:PORT] [--json]
+                            [--profile-server FILE]
 
 Signed Stripe webhooks go to ``POST /v1/webhooks/stripe`` (verify, encode, publish with
 ``acks=all`` and wait for Kafka) and, from the same load generator, to ``POST
@@ -32,6 +33,7 @@ import math
 import os
 import platform
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +41,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 import aiohttp
@@ -54,7 +57,7 @@ from bench._load import (
 )
 from bench._server import BASELINE_PATH, INGRESS_PATH
 
-__all__ = ["Report", "machine_info", "main", "parse_levels", "render"]
+__all__ = ["Report", "machine_info", "main", "parse_levels", "render", "server_cost_us"]
 
 SECRET = "whsec_bench_only"
 RATIO_GOAL = 0.5
@@ -67,6 +70,7 @@ _INITIAL_RATE_HINT = 2000.0
 _POOL_HEADROOM = 2.5
 _MAX_POOL = 200_000
 _SETTLE_CONCURRENCY = 16
+_CLIENT_BOUND_PERCENT = 90.0
 
 
 @dataclass
@@ -97,8 +101,10 @@ class Report:
         return sum(r.errors for r in (*self.closed, *self.paced))
 
     def as_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data; NaN (a run with no answers) becomes null."""
+        ingress, baseline = self.best("ingress"), self.best("baseline")
         paced_ingress = self.paced_ingress
-        return {
+        document = {
             "machine": self.machine,
             "duration_s": self.duration_s,
             "warmup_s": self.warmup_s,
@@ -107,11 +113,28 @@ class Report:
             "summary": {
                 "ratio": self.ratio,
                 "ratio_goal": RATIO_GOAL,
+                "ingress_peak_rps": ingress.rps if ingress else None,
+                "baseline_peak_rps": baseline.rps if baseline else None,
+                "ingress_server_us_per_request": server_cost_us(ingress) if ingress else None,
+                "baseline_server_us_per_request": server_cost_us(baseline) if baseline else None,
+                "paced_rps": paced_ingress.target_rps if paced_ingress else None,
                 "paced_p99_ms": paced_ingress.p99_ms if paced_ingress else None,
                 "p99_goal_ms": P99_GOAL_MS,
                 "errors": self.errors,
             },
         }
+        cleaned: dict[str, Any] = _no_nan(document)
+        return cleaned
+
+
+def _no_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _no_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(item) for item in value]
+    return value
 
 
 # -- machine ---------------------------------------------------------------------------
@@ -273,7 +296,7 @@ async def _run(
         _progress(
             f"settling: {settle_s:g} s of ingress load at c={_SETTLE_CONCURRENCY}, not recorded"
         )
-        await closed_loop(
+        settled = await closed_loop(
             "settle",
             urls["ingress"],
             requests,
@@ -282,6 +305,8 @@ async def _run(
             duration_s=settle_s,
         )
         del requests
+        if settled.errors:
+            _progress(f"  {settled.errors} requests failed while settling (not counted)")
     for concurrency in levels:
         for target, url in urls.items():
             requests = prepare_stripe_requests(
@@ -417,7 +442,34 @@ def _summary(report: Report) -> str:
             f"(goal <= {P99_GOAL_MS:g} ms: {_verdict(paced_ingress.p99_ms <= P99_GOAL_MS)})"
         )
     parts.append(f"errors {report.errors}")
-    return "; ".join(parts)
+    lines = ["; ".join(parts)]
+    ingress_cost, baseline_cost = server_cost_us(ingress), server_cost_us(baseline)
+    if ingress_cost is not None and baseline_cost is not None:
+        lines.append(
+            f"server CPU per request at those peaks: ingress {ingress_cost:.0f} us, baseline "
+            f"{baseline_cost:.0f} us (cost ratio {baseline_cost / ingress_cost:.2f})"
+        )
+    if baseline.cpu_percent.get("loadgen", 0.0) >= _CLIENT_BOUND_PERCENT:
+        lines.append(
+            f"note: the load generator used {baseline.cpu_percent['loadgen']:.0f}% of a core at "
+            "the baseline peak, so the baseline is capped by the client and the ratio above "
+            "flatters the ingress; the cost ratio is the server-side view"
+        )
+    noisy = [r for r in (*report.closed, *report.paced) if r.cpu_percent.get("other", 0.0) >= 25]
+    if noisy:
+        lines.append(
+            f"warning: {len(noisy)} run(s) shared the machine with other work (>= 25% of a core "
+            "outside the bench); rerun on a quiet machine before quoting the numbers"
+        )
+    return "\n".join(lines)
+
+
+def server_cost_us(result: PhaseResult) -> float | None:
+    """The server process's CPU time per answered request, in microseconds."""
+    server = result.cpu_percent.get("server")
+    if server is None or result.rps <= 0:
+        return None
+    return server / 100 / result.rps * 1e6
 
 
 def _verdict(met: bool) -> str:
@@ -472,11 +524,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.duration <= 0 or args.paced_duration <= 0 or min(args.warmup, args.settle) < 0:
-        _parser().error("durations must be positive (warm-up and settle may be 0)")
-    bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None
+def _measure(args: argparse.Namespace, bootstrap: str | None) -> Report:
     with (
         tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp,
         _kafka(bootstrap, Path(tmp)) as kafka,
@@ -499,6 +547,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.settle,
                 )
             )
+    return report
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the server and the embedded broker are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.duration <= 0 or args.paced_duration <= 0 or min(args.warmup, args.settle) < 0:
+        _parser().error("durations must be positive (warm-up and settle may be 0)")
+    bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None
+    try:
+        report = _measure(args, bootstrap)
+    except KeyboardInterrupt:
+        _progress("interrupted; the server and Kafka were stopped")
+        return 130
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

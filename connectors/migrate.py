@@ -186,6 +186,8 @@ def _apply_next(
 
 
 def _describe(exc: psycopg.Error) -> str:
+    """Class, SQLSTATE and primary message only: DETAIL lines can quote row values."""
     sqlstate = f" [{exc.sqlstate}]" if exc.sqlstate else ""
-    message = exc.diag.message_primary or str(exc).strip().splitlines()[0]
+    lines = str(exc).strip().splitlines()
+    message = exc.diag.message_primary or (lines[0] if lines else "")
     return f"{type(exc).__name__}{sqlstate}: {message}"

@@ -62,7 +62,10 @@ class KafkaPublisher:
             "acks": "all",
             # Small batches: a webhook sender is waiting on each record.
             "linger.ms": 2,
-            "compression.type": "lz4",
+            # No compression: batches are a few small webhooks, and every consumer
+            # (aiokafka inside faust, kcat, partners' clients) must read them without
+            # optional codec libraries.
+            "compression.type": "none",
             # librdkafka keeps retrying until this deadline; past it the record fails
             # for good. Bounded so a long outage does not hoard memory.
             "delivery.timeout.ms": max(int(timeout_s * 1000) * 6, 30_000),

@@ -1,5 +1,7 @@
 pytest_plugins = [
     "tests.fixtures.services",
+    "tests.fixtures.postgres",
     "tests.fixtures.kafka",
     "tests.fixtures.ingress",
+    "tests.fixtures.worker",
 ]

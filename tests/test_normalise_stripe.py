@@ -41,178 +41,45 @@ SUBSCRIPTION_ID = payload_id("sub", DEFAULT_ORDER_ID)
 CUSTOMER_ID = payload_id("cus", DEFAULT_USER_ID, length=14)
 
 # Written out independently of stripe_mapping.EVENT_TOPICS: DESIGN §5 as a test oracle.
+SUCCEEDED, FAILED = "billing.payment.succeeded", "billing.payment.failed"
+PENDING = "billing.payment.pending"
+REFUNDED = "billing.payment.refunded"
+COMPLETED, CO_FAILED = "billing.checkout.completed", "billing.checkout.failed"
+EXPIRED = "billing.checkout.expired"
+INVOICE, SUBSCRIPTION = "billing.invoice.updated", "billing.subscription.updated"
+AMOUNT = DEFAULT_AMOUNT
 # type -> (topic, status, providerObjectId, paymentId, refundId, amountMinor)
 EXPECTED: dict[str, tuple[str, str, str, str | None, str | None, int | None]] = {
-    "payment_intent.succeeded": (
-        "billing.payment.succeeded",
-        "succeeded",
-        PI_ID,
-        PI_ID,
-        None,
-        DEFAULT_AMOUNT,
-    ),
-    "payment_intent.payment_failed": (
-        "billing.payment.failed",
-        "failed",
-        PI_ID,
-        PI_ID,
-        None,
-        DEFAULT_AMOUNT,
-    ),
-    "payment_intent.canceled": (
-        "billing.payment.failed",
-        "canceled",
-        PI_ID,
-        PI_ID,
-        None,
-        DEFAULT_AMOUNT,
-    ),
-    "payment_intent.processing": (
-        "billing.payment.pending",
-        "pending",
-        PI_ID,
-        PI_ID,
-        None,
-        DEFAULT_AMOUNT,
-    ),
-    "payment_intent.requires_action": (
-        "billing.payment.pending",
-        "requires_action",
-        PI_ID,
-        PI_ID,
-        None,
-        DEFAULT_AMOUNT,
-    ),
-    "charge.refunded": (
-        "billing.payment.refunded",
-        "refunded",
-        REFUND_ID,
-        PI_ID,
-        REFUND_ID,
-        DEFAULT_AMOUNT,
-    ),
-    "refund.created": (
-        "billing.payment.refunded",
-        "succeeded",
-        REFUND_ID,
-        PI_ID,
-        REFUND_ID,
-        DEFAULT_AMOUNT,
-    ),
-    "refund.updated": (
-        "billing.payment.refunded",
-        "succeeded",
-        REFUND_ID,
-        PI_ID,
-        REFUND_ID,
-        DEFAULT_AMOUNT,
-    ),
-    "refund.failed": (
-        "billing.payment.refunded",
-        "failed",
-        REFUND_ID,
-        PI_ID,
-        REFUND_ID,
-        DEFAULT_AMOUNT,
-    ),
-    "checkout.session.completed": (
-        "billing.checkout.completed",
-        "complete",
-        SESSION_ID,
-        PI_ID,
-        None,
-        DEFAULT_AMOUNT,
-    ),
+    "payment_intent.succeeded": (SUCCEEDED, "succeeded", PI_ID, PI_ID, None, AMOUNT),
+    "payment_intent.payment_failed": (FAILED, "failed", PI_ID, PI_ID, None, AMOUNT),
+    "payment_intent.canceled": (FAILED, "canceled", PI_ID, PI_ID, None, AMOUNT),
+    "payment_intent.processing": (PENDING, "pending", PI_ID, PI_ID, None, AMOUNT),
+    "payment_intent.requires_action": (PENDING, "requires_action", PI_ID, PI_ID, None, AMOUNT),
+    "charge.refunded": (REFUNDED, "refunded", REFUND_ID, PI_ID, REFUND_ID, AMOUNT),
+    "refund.created": (REFUNDED, "succeeded", REFUND_ID, PI_ID, REFUND_ID, AMOUNT),
+    "refund.updated": (REFUNDED, "succeeded", REFUND_ID, PI_ID, REFUND_ID, AMOUNT),
+    "refund.failed": (REFUNDED, "failed", REFUND_ID, PI_ID, REFUND_ID, AMOUNT),
+    "checkout.session.completed": (COMPLETED, "complete", SESSION_ID, PI_ID, None, AMOUNT),
     "checkout.session.async_payment_succeeded": (
-        "billing.checkout.completed",
+        COMPLETED,
         "complete",
         SESSION_ID,
         PI_ID,
         None,
-        DEFAULT_AMOUNT,
+        AMOUNT,
     ),
-    "checkout.session.async_payment_failed": (
-        "billing.checkout.failed",
-        "failed",
-        SESSION_ID,
-        PI_ID,
-        None,
-        DEFAULT_AMOUNT,
-    ),
+    "checkout.session.async_payment_failed": (CO_FAILED, "failed", SESSION_ID, PI_ID, None, AMOUNT),
     # An expired session never got a payment intent.
-    "checkout.session.expired": (
-        "billing.checkout.expired",
-        "expired",
-        SESSION_ID,
-        None,
-        None,
-        DEFAULT_AMOUNT,
-    ),
-    "invoice.paid": ("billing.invoice.updated", "paid", INVOICE_ID, None, None, DEFAULT_AMOUNT),
-    "invoice.payment_succeeded": (
-        "billing.invoice.updated",
-        "paid",
-        INVOICE_ID,
-        None,
-        None,
-        DEFAULT_AMOUNT,
-    ),
-    "invoice.payment_failed": (
-        "billing.invoice.updated",
-        "open",
-        INVOICE_ID,
-        None,
-        None,
-        DEFAULT_AMOUNT,
-    ),
-    "invoice.finalized": (
-        "billing.invoice.updated",
-        "open",
-        INVOICE_ID,
-        None,
-        None,
-        DEFAULT_AMOUNT,
-    ),
-    "customer.subscription.created": (
-        "billing.subscription.updated",
-        "active",
-        SUBSCRIPTION_ID,
-        None,
-        None,
-        None,
-    ),
-    "customer.subscription.updated": (
-        "billing.subscription.updated",
-        "active",
-        SUBSCRIPTION_ID,
-        None,
-        None,
-        None,
-    ),
-    "customer.subscription.deleted": (
-        "billing.subscription.updated",
-        "canceled",
-        SUBSCRIPTION_ID,
-        None,
-        None,
-        None,
-    ),
-    "customer.subscription.paused": (
-        "billing.subscription.updated",
-        "paused",
-        SUBSCRIPTION_ID,
-        None,
-        None,
-        None,
-    ),
-    "customer.subscription.resumed": (
-        "billing.subscription.updated",
-        "active",
-        SUBSCRIPTION_ID,
-        None,
-        None,
-        None,
-    ),
+    "checkout.session.expired": (EXPIRED, "expired", SESSION_ID, None, None, AMOUNT),
+    "invoice.paid": (INVOICE, "paid", INVOICE_ID, None, None, AMOUNT),
+    "invoice.payment_succeeded": (INVOICE, "paid", INVOICE_ID, None, None, AMOUNT),
+    "invoice.payment_failed": (INVOICE, "open", INVOICE_ID, None, None, AMOUNT),
+    "invoice.finalized": (INVOICE, "open", INVOICE_ID, None, None, AMOUNT),
+    "customer.subscription.created": (SUBSCRIPTION, "active", SUBSCRIPTION_ID, None, None, None),
+    "customer.subscription.updated": (SUBSCRIPTION, "active", SUBSCRIPTION_ID, None, None, None),
+    "customer.subscription.deleted": (SUBSCRIPTION, "canceled", SUBSCRIPTION_ID, None, None, None),
+    "customer.subscription.paused": (SUBSCRIPTION, "paused", SUBSCRIPTION_ID, None, None, None),
+    "customer.subscription.resumed": (SUBSCRIPTION, "active", SUBSCRIPTION_ID, None, None, None),
 }
 # Topics keyed by their own object id, whatever the order id (schemas/catalog.py).
 OBJECT_KEYED = {"billing.invoice.updated", "billing.subscription.updated"}
@@ -473,6 +340,34 @@ def test_charge_refunded_without_amounts_uses_the_refunded_flag() -> None:
     assert only_event(normalise(raw_record(event))).record["status"] == "refunded"
 
 
+@pytest.mark.parametrize(
+    ("event_type", "field", "value"),
+    [
+        (
+            "charge.refunded",
+            "refunds",
+            {"data": [None, 1, {"id": 5}, {"id": "re_x", "created": "?"}]},
+        ),
+        ("charge.refunded", "refunds", {"data": {"id": "re_x"}}),
+        ("invoice.paid", "payments", {"data": [None, {"payment": []}, {"payment": {"x": 1}}]}),
+        ("invoice.paid", "payments", {"data": "none"}),
+        ("invoice.paid", "parent", {"subscription_details": []}),
+        ("payment_intent.payment_failed", "last_payment_error", {"code": ["card_declined"]}),
+        ("customer.subscription.deleted", "cancellation_details", {"reason": {"x": 1}}),
+    ],
+)
+def test_odd_nested_values_are_ignored(
+    codec: Codec, event_type: str, field: str, value: object
+) -> None:
+    event = stripe_event(event_type)
+    event["data"]["object"][field] = value
+    domain_event = only_event(normalise(raw_record(event)))
+    assert_encodes(codec, domain_event)
+    if event_type == "charge.refunded":
+        # "re_x" is the only usable refund; without one the charge is the object.
+        assert domain_event.record["refundId"] in ("re_x", None)
+
+
 # -- order and user ids, keys ---------------------------------------------------------
 
 
@@ -639,6 +534,19 @@ def test_unknown_event_type_is_unmapped(event_type: str) -> None:
     assert result.events == ()
     assert result.reason is not None
     assert event_type in result.reason
+
+
+def test_reasons_quoting_provider_values_stay_short() -> None:
+    event = stripe_event("payment_intent.succeeded")
+    event["type"] = "x" * 100_000
+    result = normalise(raw_record(event))
+    assert result.outcome == "unmapped"
+    assert result.reason is not None
+    assert len(result.reason) <= 300
+    event = stripe_event("payment_intent.succeeded")
+    event["data"]["object"]["object"] = "y" * 100_000
+    reason = _invalid(raw_record(event))
+    assert len(reason) <= 300
 
 
 def test_unknown_type_with_odd_data_is_still_unmapped() -> None:

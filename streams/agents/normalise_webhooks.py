@@ -48,7 +48,13 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
         )
         return
     seen = ctx.topology.dedupe_seen
-    key = dedupe_key(raw["provider"], raw["providerEventId"])
+    try:
+        key = dedupe_key(raw["provider"], raw["providerEventId"])
+    except ValueError as exc:  # schema-valid but without a usable id
+        await dead_letter_now(
+            ctx.outbox, ctx.codec, record, reason=str(exc), error_class="InvalidEvent"
+        )
+        return
     replay = bool(raw.get("replay")) or header_value(record.headers, REPLAY_HEADER) == "1"
     now_ms = int(ctx.clock.time() * 1000)
     window_ms = int(ctx.settings.dedupe_window_s * 1000)

@@ -2,39 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from connectors.postgres import WebhookRow
-
+from sluice.errors import InvalidEvent
 from streams.context import WorkerContext
 from streams.domain.normalise import normalise
+from streams.domain.status import WebhookStatus
 from streams.records import Inbound
 
 __all__ = ["register", "webhook_row"]
 
+log = logging.getLogger(__name__)
+
 AGENT = "project_webhooks"
 
 # What normalisation did with the webhook, as webhook_events.status.
-_STATUS = {"mapped": "PROCESSED", "unmapped": "IGNORED", "invalid": "FAILED"}
+_STATUS = {
+    "mapped": WebhookStatus.PROCESSED,
+    "unmapped": WebhookStatus.IGNORED,
+    "invalid": WebhookStatus.FAILED,
+}
 
 
 def webhook_row(raw: dict[str, Any], processed_at: datetime) -> WebhookRow:
     """The ``webhook_events`` row for a decoded raw webhook record (pure)."""
     result = normalise(raw)
-    return WebhookRow(
-        provider=raw["provider"],
-        event_id=raw["providerEventId"],
-        event_type=raw["eventType"],
-        signature=raw["signatureHeader"],
-        raw_body=raw["rawBody"],
-        content_type=raw["contentType"],
-        correlation_id=raw["correlationId"],
-        received_at=datetime.fromtimestamp(raw["receivedAt"] / 1000, UTC),
-        processed_at=processed_at,
-        status=_STATUS[result.outcome],
-        reason=result.reason,
+    return WebhookRow.from_record(
+        raw, status=_STATUS[result.outcome], reason=result.reason, processed_at=processed_at
     )
 
 
@@ -44,10 +42,16 @@ def register(ctx: WorkerContext) -> None:
 
     async def record(records: Sequence[Inbound]) -> None:
         now = datetime.fromtimestamp(ctx.clock.time(), UTC)
-        rows = [
-            webhook_row(ctx.codec.decode(item.value, topic=item.topic).record, now)
-            for item in records
-        ]
+        rows = []
+        for item in records:
+            try:
+                raw = ctx.codec.decode(item.value, topic=item.topic).record
+            except InvalidEvent:
+                # normalise_webhooks owns dead-lettering undecodable raw records; one
+                # dead letter per bad record, not one per agent that read it.
+                log.warning("undecodable webhook record skipped", extra={"position": item.position})
+                continue
+            rows.append(webhook_row(raw, now))
         projection = await ctx.connectors()
         await projection.record_webhooks(rows)
 

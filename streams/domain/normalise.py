@@ -54,6 +54,9 @@ Outcome = Literal["mapped", "unmapped", "invalid"]
 
 REFUNDED_TOPIC: Final = "billing.payment.refunded"
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+# Reasons quote provider values (an event type, an object kind) and end up in logs, the
+# dlq record and webhook_events: a sender must not be able to make them large.
+_MAX_REASON = 300
 _ORDER_ID_KEYS = ("orderId", "order_id")
 _USER_ID_KEYS = ("userId", "user_id")
 # Which record field keys each billing topic, as the topic catalog declares it (orderId,
@@ -142,11 +145,11 @@ def normalise(raw: Mapping[str, Any]) -> Normalised:
     """
     envelope = _envelope(raw)
     if isinstance(envelope, str):
-        return Normalised("invalid", reason=envelope)
+        return Normalised("invalid", reason=_clip(envelope))
     provider = envelope.provider
     mapper = _MAPPERS.get(provider)
     if mapper is None:
-        return Normalised("unmapped", reason=f"no mapping for provider {provider!r}")
+        return Normalised("unmapped", reason=_clip(f"no mapping for provider {provider!r}"))
     try:
         body = json.loads(envelope.raw_body)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
@@ -157,10 +160,11 @@ def normalise(raw: Mapping[str, Any]) -> Normalised:
         extracted = mapper(body)
     except InvalidEvent as exc:
         where = f" (field {exc.field})" if exc.field else ""
-        return Normalised("invalid", reason=f"{provider} event: {exc}{where}")
+        return Normalised("invalid", reason=_clip(f"{provider} event: {exc}{where}"))
     if extracted is None:
         event_type = body.get(_TYPE_FIELD[provider])
-        return Normalised("unmapped", reason=f"{provider} event type {event_type!r} is not mapped")
+        reason = f"{provider} event type {event_type!r} is not mapped"
+        return Normalised("unmapped", reason=_clip(reason))
     event = _domain_event(envelope, extracted)
     return Normalised("mapped", events=(event,))
 
@@ -244,6 +248,10 @@ def _key(topic: str, record: Mapping[str, Any]) -> str:
     if topic == REFUNDED_TOPIC and record["paymentId"] is not None:
         return str(record["paymentId"])
     return str(record["providerObjectId"])
+
+
+def _clip(reason: str) -> str:
+    return reason if len(reason) <= _MAX_REASON else reason[: _MAX_REASON - 1] + "…"
 
 
 def _is_long(value: object) -> TypeGuard[int]:

@@ -12,15 +12,14 @@ cannot disagree.
   failure never undoes a success, and refunds only ever add up. The status comes from
   the topic (``billing.payment.succeeded`` ...), not the record's ``status`` string: the
   mapper already derived that string from the event type.
-- **Refunds** — ``UNKNOWN < PENDING < SUCCEEDED < FAILED = CANCELED``. ``failed`` and
+- **Refunds** — ``UNKNOWN < PENDING < SUCCEEDED < CANCELED < FAILED``. ``failed`` and
   ``canceled`` are terminal, and Stripe documents that a refund can still fail after it
   was reported ``succeeded``, so the terminal states outrank success.
-- **Invoices** — ``UNKNOWN < DRAFT < OPEN < UNCOLLECTIBLE < PAID = VOID`` (Stripe's
-  lifecycle: an uncollectible invoice can still be paid or voided; paid and void are
-  terminal and exclusive).
-- **Checkout sessions** — ``OPEN < COMPLETED < FAILED = EXPIRED``. An async payment can
-  fail after the session completed, never the other way round; a session that expired
-  never completed. Like payments, the status comes from the topic.
+- **Invoices** — ``UNKNOWN < DRAFT < OPEN < UNCOLLECTIBLE < VOID < PAID`` (Stripe's
+  lifecycle: an uncollectible invoice can still be paid or voided).
+- **Checkout sessions** — ``OPEN < COMPLETED < EXPIRED < FAILED``. An async payment can
+  fail after the session completed, never the other way round. Like payments, the
+  status comes from the topic.
 - **Subscriptions** are *not* ranked: they legitimately move back and forth (active →
   past_due → active, paused → active). The newest event wins, compared by
   :func:`subscription_order_key` — event time first, then a tie-break that makes equal
@@ -30,6 +29,10 @@ cannot disagree.
 - **Webhook events** — ``RECEIVED < FAILED < IGNORED < PROCESSED``: a replay that
   succeeds after a failure moves the row on; a late failure of a redelivery does not
   undo a success.
+
+Every order is *strict*, even between states that exclude each other in reality (a
+refund is failed or canceled, never both; an invoice paid or void): with no ties, the
+final row cannot depend on which of two contradicting events came first.
 
 ``UNKNOWN`` is what the mapper writes when a provider object had no readable status; it
 ranks lowest, so the first real status replaces it, and it keeps the row's other data.
@@ -166,8 +169,8 @@ REFUND_RANK: Final[Mapping[RefundStatus, int]] = MappingProxyType(
         RefundStatus.UNKNOWN: -1,
         RefundStatus.PENDING: 0,
         RefundStatus.SUCCEEDED: 1,
-        RefundStatus.FAILED: 2,
         RefundStatus.CANCELED: 2,
+        RefundStatus.FAILED: 3,
     }
 )
 INVOICE_RANK: Final[Mapping[InvoiceStatus, int]] = MappingProxyType(
@@ -176,16 +179,16 @@ INVOICE_RANK: Final[Mapping[InvoiceStatus, int]] = MappingProxyType(
         InvoiceStatus.DRAFT: 0,
         InvoiceStatus.OPEN: 1,
         InvoiceStatus.UNCOLLECTIBLE: 2,
-        InvoiceStatus.PAID: 3,
         InvoiceStatus.VOID: 3,
+        InvoiceStatus.PAID: 4,
     }
 )
 CHECKOUT_RANK: Final[Mapping[CheckoutStatus, int]] = MappingProxyType(
     {
         CheckoutStatus.OPEN: 0,
         CheckoutStatus.COMPLETED: 1,
-        CheckoutStatus.FAILED: 2,
         CheckoutStatus.EXPIRED: 2,
+        CheckoutStatus.FAILED: 3,
     }
 )
 WEBHOOK_RANK: Final[Mapping[WebhookStatus, int]] = MappingProxyType(
@@ -234,7 +237,7 @@ def rank(status: RankedStatus) -> int:
 def supersedes(new: RankedStatus, old: RankedStatus) -> bool:
     """Whether a row in ``old`` moves to ``new``: strictly higher rank only.
 
-    Equal ranks keep the old status (a tie never flips a row back and forth).
+    Every vocabulary is strictly ordered, so only the same status ranks equal.
     Raises ``TypeError`` when the two belong to different vocabularies.
     """
     if type(new) is not type(old):

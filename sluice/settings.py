@@ -62,6 +62,7 @@ class Settings:
     # transactions, and correctness never depends on it (sinks are idempotent).
     processing_guarantee: str = "at_least_once"
     dedupe_window_s: float = 30 * 24 * 3600.0
+    dedupe_purge_every_s: float = 60.0
     replication_factor: int = 1
     worker_web_port: int | None = None
     worker_batch_size: int = 500
@@ -140,6 +141,7 @@ def load_settings(
         log_level=(text("SLUICE_LOG_LEVEL") or "INFO").upper(),
         processing_guarantee=text("SLUICE_PROCESSING_GUARANTEE") or "at_least_once",
         dedupe_window_s=parsed("SLUICE_DEDUPE_WINDOW", parse_duration, 30 * 24 * 3600.0),
+        dedupe_purge_every_s=parsed("SLUICE_DEDUPE_PURGE_EVERY", parse_duration, 60.0),
         replication_factor=parsed("SLUICE_REPLICATION_FACTOR", int, 1),
         worker_web_port=parsed("SLUICE_WORKER_WEB_PORT", int, None),
         worker_batch_size=parsed("SLUICE_WORKER_BATCH_SIZE", int, 500),

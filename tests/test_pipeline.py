@@ -226,3 +226,33 @@ async def test_partial_then_full_refund_ends_refunded(pipeline: Pipeline) -> Non
         "SELECT amount_minor, amount_refunded_minor FROM payments WHERE provider_payment_id = %s",
         intent,
     ) == [(5000, 5000)]
+
+
+async def test_dedupe_survives_a_restart_with_local_state_wiped(pipeline: Pipeline) -> None:
+    import shutil
+
+    event = stripe_event(
+        "payment_intent.succeeded", event_id=_uid("evt"), order_id=_uid("ord"), object_id=_uid("pi")
+    )
+    assert await post_stripe(pipeline.ingress, event) == 200
+    await pipeline.wait_for(
+        "the first delivery",
+        lambda: _webhook_status(pipeline, "stripe", str(event["id"])) == "PROCESSED",
+    )
+
+    pipeline.worker.stop()
+    shutil.rmtree(pipeline.worker.env["SLUICE_STATE_DIR"])  # RocksDB gone: only the changelog
+    pipeline.worker.start()
+
+    assert await post_stripe(pipeline.ingress, event) == 200
+    marker = stripe_event("payment_intent.succeeded", event_id=_uid("evt"), order_id=_uid("ord"))
+    assert await post_stripe(pipeline.ingress, marker) == 200
+    await pipeline.wait_for(
+        "the marker after the wiped restart",
+        lambda: _webhook_status(pipeline, "stripe", str(marker["id"])) == "PROCESSED",
+    )
+    await pipeline.wait_for(
+        "the redelivery to be read",
+        lambda: len(read_topic(pipeline.bootstrap, "webhooks.stripe", key=str(event["id"]))) == 2,
+    )
+    assert len(_domain_events(pipeline, "billing.payment.succeeded", str(event["id"]))) == 1

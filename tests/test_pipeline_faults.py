@@ -59,14 +59,24 @@ async def test_sigkill_twice_mid_stream_loses_and_doubles_nothing(pipeline: Pipe
     batch = uuid.uuid4().hex[:8]
     events = [_payment_event(batch, n) for n in range(2000)]
 
+    kills_at: list[int] = []
+
     async def killer() -> None:
+        # Kill only once this worker has visibly made progress, so each SIGKILL lands
+        # mid-stream: after some rows, before all of them.
         for _ in range(2):
-            await asyncio.sleep(1.5)
+            floor = _counts(pipeline, batch)[0]
+            await pipeline.wait_for(
+                "progress before the kill",
+                lambda floor=floor: _counts(pipeline, batch)[0] >= floor + 200,  # type: ignore[misc]
+            )
             pipeline.worker.kill()
-            await asyncio.sleep(0.5)
+            kills_at.append(_counts(pipeline, batch)[0])
             pipeline.worker.start()
 
-    await asyncio.gather(_send_all(pipeline, events), killer())
+    await asyncio.gather(_send_all(pipeline, events, concurrency=4), killer())
+    assert len(kills_at) == 2
+    assert all(0 < seen < 2000 for seen in kills_at), kills_at
 
     await pipeline.wait_for(
         "all 2000 webhooks projected",

@@ -19,12 +19,12 @@ __all__ = ["handle", "purge_partition", "register"]
 log = logging.getLogger(__name__)
 
 AGENT = "normalise_webhooks"
-# How often each partition's expired dedupe ids are purged.
-PURGE_EVERY_S = 60.0
 
 
 def register(ctx: WorkerContext) -> None:
     app = ctx.topology.app
+    # Each partition's expired ids are purged at most once per interval, while one of its
+    # events is in hand (see purge_partition for why).
     last_purge: dict[int, float] = {}
 
     async def normalise_webhooks(stream: Any) -> None:
@@ -32,7 +32,8 @@ def register(ctx: WorkerContext) -> None:
             record = Inbound.from_faust(event)
             await handle(ctx, record)
             now = time.monotonic()
-            if now - last_purge.get(record.partition, 0.0) >= PURGE_EVERY_S:
+            due = last_purge.setdefault(record.partition, now) + ctx.settings.dedupe_purge_every_s
+            if now >= due:
                 last_purge[record.partition] = now
                 purge_partition(ctx, record.partition)
 
@@ -116,7 +117,12 @@ def _partition_entries(table: Any, partition: int) -> dict[str, int]:
     if db is None:
         return {}
     entries: dict[str, int] = {}
+    # The partition's RocksDB also holds faust's own bookkeeping (its committed-offset
+    # marker), which is not a table entry and not JSON.
+    internal = getattr(store, "offset_key", b"__faust\0offset__")
     for raw_key, raw_value in db.items():
+        if raw_key == internal:
+            continue
         value = store._decode_value(raw_value)
         if isinstance(value, int):
             entries[store._decode_key(raw_key)] = value

@@ -1,0 +1,466 @@
+"""Part 1 of ``bench.pipeline``: signed webhooks through the ingress to Postgres rows.
+
+The real processes, as deployed: ``sluice ingress`` and ``sluice worker`` (its consumer
+group committed at the current end of every topic it reads, so it handles this run's
+webhooks only). The bench POSTs signed Stripe ``payment_intent.succeeded`` webhooks, one
+fresh payment each, records when each 200 arrives, and a thread polls ``payments`` for
+the outstanding payment ids every ``POLL_EVERY_S``, recording when each row is first
+visible. End-to-end latency is (first seen) - (200 read): the time the merchant's data
+takes to show up after Stripe was told it was received. The poll interval bounds its
+resolution (a row is stamped with the start of the first poll that returns it).
+
+Phases: a probe (waits for the worker to join), a paced warm-up, the paced run (open
+loop at ``rate``: each request is sent at its scheduled time whether or not earlier
+ones answered), then optionally a burst (closed loop, ``concurrency`` requests in
+flight) for the pipeline's sustained maximum. For the paced run the billing records the
+worker wrote are read back, so their timestamps split the latency into its two halves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+import psycopg
+
+from bench._load import CpuMeter
+from bench._pipeline_infra import (
+    Child,
+    child_env,
+    commit_group,
+    end_offsets,
+    progress,
+    read_records,
+)
+from bench._pipeline_input import (
+    Distribution,
+    PaymentWebhook,
+    distribution,
+    match_latencies,
+    prepare_payment_webhooks,
+    stage_latencies,
+)
+from connectors.embedded.ports import LOOPBACK, free_port
+from schemas.codec import make_codec
+from streams.topology import WIRING
+
+__all__ = [
+    "POLL_EVERY_S",
+    "E2EOptions",
+    "EndToEnd",
+    "PhaseResult",
+    "RowWatcher",
+    "new_run_id",
+    "run_end_to_end",
+]
+
+POLL_EVERY_S: Final = 0.02
+SECRET: Final = "whsec_bench_pipeline"
+BILLING_TOPIC: Final = "billing.payment.succeeded"
+_PROBE_TIMEOUT_S = 180.0  # the worker's start: imports, group join, topic declaration
+_READY_TIMEOUT_S = 60.0
+_CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=30)
+_MAX_CONNECTIONS = 512
+_ROWS_QUERY: Final = (
+    "SELECT provider_payment_id FROM payments "
+    "WHERE provider = 'stripe' AND provider_payment_id = ANY(%s)"
+)
+
+
+@dataclass
+class PhaseResult:
+    """One measured phase.
+
+    :param ingress_rps: 200s per second while sending.
+    :param rows_per_s: rows that became visible per second, from the first request sent
+        to the last row seen: the pipeline's sustained end-to-end throughput.
+    :param drain_s: from the last 200 to the last row.
+    """
+
+    name: str
+    sent: int
+    errors: int
+    ingress_rps: float
+    rows_per_s: float
+    drain_s: float
+    http: Distribution
+    e2e: Distribution
+    missing: int
+    early: int
+    target_rps: float | None = None
+    concurrency: int | None = None
+    stages: dict[str, Distribution] = field(default_factory=dict)
+    cpu_percent: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EndToEnd:
+    worker_ready_s: float = math.nan
+    phases: list[PhaseResult] = field(default_factory=list)
+
+    def phase(self, name: str) -> PhaseResult | None:
+        return next((p for p in self.phases if p.name == name), None)
+
+
+# -- the row watcher -----------------------------------------------------------------------
+
+
+class RowWatcher(threading.Thread):
+    """Polls ``payments`` for the payment ids it was given; records when each first shows.
+
+    Its own connection, on its own thread, so queries never stall the load generator's
+    event loop. Times are ``time.monotonic()`` at the start of the query that returned
+    the row.
+    """
+
+    def __init__(self, dsn: str, interval_s: float = POLL_EVERY_S) -> None:
+        super().__init__(name="row-watcher", daemon=True)
+        self._dsn = dsn
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()
+        self._seen: dict[str, float] = {}
+        self._stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def expect(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            self._pending.update(ids)
+
+    def seen(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._seen)
+
+    def outstanding(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self._dsn, autocommit=True) as conn:
+                while not self._stop_event.is_set():
+                    with self._lock:
+                        pending = list(self._pending)
+                    if pending:
+                        at = time.monotonic()
+                        rows = conn.execute(_ROWS_QUERY, (pending,)).fetchall()
+                        with self._lock:
+                            for (payment_id,) in rows:
+                                self._seen.setdefault(payment_id, at)
+                                self._pending.discard(payment_id)
+                    self._stop_event.wait(self._interval_s)
+        except BaseException as exc:  # reported by the waiting side
+            self.error = exc
+
+
+# -- the load ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Sent:
+    scheduled: dict[str, float] = field(default_factory=dict)
+    acked: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
+    first_at: float = math.inf
+    last_acked_at: float = -math.inf
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, webhook: PaymentWebhook, scheduled: float, log: _Sent
+) -> None:
+    log.scheduled[webhook.payment_id] = scheduled
+    log.first_at = min(log.first_at, scheduled)
+    try:
+        async with session.post(url, data=webhook.body, headers=webhook.headers) as response:
+            await response.read()
+            ok = response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        ok = False
+    now = time.monotonic()
+    if ok:
+        log.acked[webhook.payment_id] = now
+        log.last_acked_at = max(log.last_acked_at, now)
+    else:
+        log.errors += 1
+
+
+def _session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=_MAX_CONNECTIONS)
+    return aiohttp.ClientSession(connector=connector, timeout=_CLIENT_TIMEOUT)
+
+
+async def _paced(url: str, webhooks: Sequence[PaymentWebhook], rate: float) -> _Sent:
+    """Open loop: webhook ``i`` is sent at ``start + i / rate``, answered or not."""
+    log = _Sent()
+    async with _session() as session:
+        in_flight: set[asyncio.Task[None]] = set()
+        began = time.monotonic()
+        for index, webhook in enumerate(webhooks):
+            scheduled = began + index / rate
+            delay = scheduled - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(_post(session, url, webhook, scheduled, log))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
+    return log
+
+
+async def _closed(url: str, webhooks: Sequence[PaymentWebhook], concurrency: int) -> _Sent:
+    """Closed loop: ``concurrency`` senders, each posting its next webhook at once."""
+    log = _Sent()
+    queue = iter(webhooks)
+
+    async def sender(session: aiohttp.ClientSession) -> None:
+        for webhook in queue:  # shared iterator: each webhook is sent once
+            await _post(session, url, webhook, time.monotonic(), log)
+
+    async with _session() as session:
+        await asyncio.gather(*(sender(session) for _ in range(concurrency)))
+    return log
+
+
+async def _wait_rows(watcher: RowWatcher, worker: Child, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while watcher.outstanding():
+        if watcher.error is not None:
+            raise RuntimeError(f"polling Postgres failed: {watcher.error}")
+        if not worker.alive():
+            raise RuntimeError(f"the worker exited:\n{worker.log_tail()}")
+        if time.monotonic() > deadline:
+            progress(f"{watcher.outstanding()} rows still missing after {timeout_s:g} s")
+            return
+        await asyncio.sleep(0.05)
+
+
+def _phase(name: str, log: _Sent, seen: dict[str, float], sent: int) -> PhaseResult:
+    matched = match_latencies(log.acked, seen)
+    rows = [seen[key] for key in log.scheduled if key in seen]
+    last_row = max(rows, default=math.nan)
+    return PhaseResult(
+        name=name,
+        sent=sent,
+        errors=log.errors,
+        ingress_rps=_per_s(len(log.acked), log.last_acked_at - log.first_at),
+        rows_per_s=_per_s(len(rows), last_row - log.first_at),
+        drain_s=last_row - log.last_acked_at if rows and log.acked else math.nan,
+        http=distribution([log.acked[key] - log.scheduled[key] for key in log.acked]),
+        e2e=distribution(matched.latencies_s),
+        missing=matched.missing,
+        early=matched.early,
+    )
+
+
+def _per_s(count: int, seconds: float) -> float:
+    return count / seconds if count and seconds > 0 else math.nan
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class E2EOptions:
+    rate: float
+    duration_s: float
+    warmup_s: float
+    burst: int
+    burst_concurrency: int
+
+
+def run_end_to_end(
+    options: E2EOptions,
+    *,
+    bootstrap: str,
+    database_url: str,
+    run_id: str,
+    workdir: Path,
+    pids: dict[str, int | None],
+) -> EndToEnd:
+    """Start ingress and worker, run the phases, stop both. Blocks; bounded by time-outs."""
+    paced_count = round(options.rate * options.duration_s)
+    warmup_count = round(options.rate * options.warmup_s)
+    progress(f"preparing {1 + warmup_count + paced_count + options.burst:,} signed webhooks ...")
+    signed_at = int(time.time())
+    probe, warmup, paced, burst = _split(
+        prepare_payment_webhooks(
+            1 + warmup_count + paced_count + options.burst, SECRET, timestamp=signed_at
+        ),
+        (1, warmup_count, paced_count, options.burst),
+    )
+    public_port, internal_port = free_port(None), free_port(None)
+    ingress_env = child_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "STRIPE_WEBHOOK_SECRET": SECRET,
+            "RAZORPAY_WEBHOOK_SECRET": "rzp_bench_only",
+            "INGRESS_PUBLIC_HOST": LOOPBACK,
+            "INGRESS_PUBLIC_PORT": str(public_port),
+            "INGRESS_INTERNAL_HOST": LOOPBACK,
+            "INGRESS_INTERNAL_PORT": str(internal_port),
+        }
+    )
+    app_id = f"bench-worker-{run_id}"
+    worker_topics = sorted({name for wire in WIRING for name in wire.reads})
+    commit_group(bootstrap, app_id, end_offsets(bootstrap, worker_topics))
+    worker_env = child_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DATABASE_URL": database_url,
+            "SLUICE_APP_ID": app_id,
+            "SLUICE_STATE_DIR": str(workdir / "worker-state"),
+        }
+    )
+    result = EndToEnd()
+    sluice = [sys.executable, "-m", "sluice"]
+    progress("starting `sluice ingress` and `sluice worker` ...")
+    ingress = Child("ingress", [*sluice, "ingress"], ingress_env, workdir)
+    try:
+        worker = Child("worker", [*sluice, "worker"], worker_env, workdir)
+        try:
+            watcher = RowWatcher(database_url)
+            watcher.start()
+            try:
+                asyncio.run(
+                    _drive(
+                        options,
+                        result,
+                        url=f"http://{LOOPBACK}:{public_port}/v1/webhooks/stripe",
+                        ready_url=f"http://{LOOPBACK}:{internal_port}/readyz",
+                        batches=(probe, warmup, paced, burst),
+                        watcher=watcher,
+                        ingress=ingress,
+                        worker=worker,
+                        bootstrap=bootstrap,
+                        pids={**pids, "ingress": ingress.pid, "worker": worker.pid},
+                    )
+                )
+            finally:
+                watcher.stop()
+        finally:
+            progress("stopping the worker ...")
+            worker.stop()
+    finally:
+        ingress.stop()
+    return result
+
+
+def _split(items: list[PaymentWebhook], sizes: Sequence[int]) -> tuple[list[PaymentWebhook], ...]:
+    parts: list[list[PaymentWebhook]] = []
+    start = 0
+    for size in sizes:
+        parts.append(items[start : start + size])
+        start += size
+    return tuple(parts)
+
+
+async def _wait_ready(url: str, child: Child) -> None:
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            if not child.alive():
+                raise RuntimeError(f"the ingress exited:\n{child.log_tail()}")
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the ingress was not ready in {_READY_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.2)
+
+
+async def _drive(
+    options: E2EOptions,
+    result: EndToEnd,
+    *,
+    url: str,
+    ready_url: str,
+    batches: tuple[list[PaymentWebhook], ...],
+    watcher: RowWatcher,
+    ingress: Child,
+    worker: Child,
+    bootstrap: str,
+    pids: dict[str, int | None],
+) -> None:
+    probe, warmup, paced, burst = batches
+    await _wait_ready(ready_url, ingress)
+    began = time.monotonic()
+    watcher.expect(w.payment_id for w in probe)
+    log = await _closed(url, probe, 1)
+    if log.errors:
+        raise RuntimeError(f"the ingress refused the probe webhook:\n{ingress.log_tail()}")
+    await _wait_rows(watcher, worker, _PROBE_TIMEOUT_S)
+    if watcher.outstanding():
+        raise RuntimeError(f"the worker wrote no row in {_PROBE_TIMEOUT_S:g} s")
+    result.worker_ready_s = time.monotonic() - began
+    progress(f"worker ready: first row {result.worker_ready_s:.1f} s after the first webhook")
+
+    if warmup:
+        progress(f"warm-up: {len(warmup)} webhooks at {options.rate:g}/s ...")
+        watcher.expect(w.payment_id for w in warmup)
+        await _paced(url, warmup, options.rate)
+        await _wait_rows(watcher, worker, 60)
+
+    progress(f"paced: {len(paced):,} webhooks at {options.rate:g}/s ...")
+    before = end_offsets(bootstrap, [BILLING_TOPIC])
+    meter = CpuMeter({**pids, "bench": os.getpid()})
+    watcher.expect(w.payment_id for w in paced)
+    meter.start()
+    log = await _paced(url, paced, options.rate)
+    await _wait_rows(watcher, worker, 60)
+    cpu = meter.stop()
+    after = end_offsets(bootstrap, [BILLING_TOPIC])
+    phase = _phase(f"paced {options.rate:g}/s", log, watcher.seen(), len(paced))
+    phase.target_rps, phase.cpu_percent = options.rate, cpu
+    phase.stages = stage_latencies(log.acked, _billed_at(bootstrap, before, after), watcher.seen())
+    result.phases.append(phase)
+
+    if burst:
+        progress(f"burst: {len(burst):,} webhooks, {options.burst_concurrency} in flight ...")
+        meter = CpuMeter({**pids, "bench": os.getpid()})
+        watcher.expect(w.payment_id for w in burst)
+        meter.start()
+        log = await _closed(url, burst, options.burst_concurrency)
+        await _wait_rows(watcher, worker, 180)
+        cpu = meter.stop()
+        phase = _phase(f"burst c={options.burst_concurrency}", log, watcher.seen(), len(burst))
+        phase.concurrency, phase.cpu_percent = options.burst_concurrency, cpu
+        result.phases.append(phase)
+
+
+def _billed_at(
+    bootstrap: str, before: dict[tuple[str, int], int], after: dict[tuple[str, int], int]
+) -> dict[str, float]:
+    """paymentId -> when the worker wrote its billing record (monotonic seconds)."""
+    codec = make_codec(None)
+    offset = time.time() - time.monotonic()
+    billed: dict[str, float] = {}
+    for message in read_records(bootstrap, before, after):
+        value = message.value()
+        if value is None:
+            continue
+        record = codec.decode(value, topic=BILLING_TOPIC).record
+        payment_id = record.get("paymentId")
+        if isinstance(payment_id, str):
+            billed[payment_id] = message.timestamp()[1] / 1000 - offset
+    return billed
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:8]

@@ -1,0 +1,392 @@
+"""What ``bench.pipeline`` runs on: Kafka, PostgreSQL, child processes, offsets.
+
+Kafka and PostgreSQL are the given ones (``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``)
+or embedded ones in the run's temporary directory. Every child process (ingress, worker,
+the agents under test) is started in a session of its own and stopped by its pid, with
+SIGKILL to its process group if it does not stop in time; nothing outlives the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TextIO
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from connectors.embedded.process import ChildProcess
+
+__all__ = [
+    "ROOT",
+    "Child",
+    "Kafka",
+    "OutputCounter",
+    "Postgres",
+    "child_env",
+    "commit_group",
+    "create_topic",
+    "delete_groups",
+    "delete_topics",
+    "end_offsets",
+    "kafka",
+    "machine_info",
+    "postgres",
+    "progress",
+    "read_records",
+    "running",
+    "topics_containing",
+    "total",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+_ADMIN_TIMEOUT_S = 30.0
+
+
+def progress(message: str, stream: TextIO = sys.stderr) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=stream, flush=True)
+
+
+def machine_info() -> dict[str, str]:
+    """What the numbers were measured on."""
+    import confluent_kafka
+
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu_model": _proc_value("/proc/cpuinfo", "model name") or platform.processor() or "?",
+        "memory": _memory(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "confluent-kafka": _version("confluent-kafka"),
+        "faust-streaming": _version("faust-streaming"),
+        "aiokafka": _version("aiokafka"),
+        "quixstreams": _version("quixstreams"),
+        "rocksdict": _version("rocksdict"),
+    }
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _proc_value(path: str, key: str) -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
+    return None
+
+
+def _memory() -> str:
+    total_kb = _proc_value("/proc/meminfo", "MemTotal")
+    with contextlib.suppress(ValueError, AttributeError, IndexError):
+        return f"{int(str(total_kb).split()[0]) / 1024 / 1024:.1f} GiB"
+    return "unknown"
+
+
+# -- services ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kafka:
+    bootstrap: str
+    description: str
+    pid: int | None
+    embedded: bool
+
+
+@contextlib.contextmanager
+def kafka(bootstrap: str | None, workdir: Path) -> Iterator[Kafka]:
+    """The given cluster, or an embedded broker for the block; catalog topics created."""
+    from connectors.embedded.kafka import KAFKA_VERSION, KafkaBroker
+    from connectors.kafka_admin import create_topics
+    from schemas.catalog import all_topics
+
+    if bootstrap:
+        create_topics(bootstrap, all_topics())
+        yield Kafka(bootstrap, f"external cluster at {bootstrap}", None, embedded=False)
+        return
+    progress("starting an embedded Kafka broker ...")
+    with KafkaBroker(workdir / "kafka") as broker:
+        create_topics(broker.bootstrap_servers, all_topics())
+        description = (
+            f"Apache Kafka {KAFKA_VERSION} (embedded, KRaft, 1 broker, "
+            f"Java {_java_version()}, heap {broker.heap})"
+        )
+        yield Kafka(broker.bootstrap_servers, description, broker.pid, embedded=True)
+        progress("stopping Kafka ...")
+
+
+@dataclass(frozen=True)
+class Postgres:
+    url: str
+    description: str
+    pid: int | None
+
+
+@contextlib.contextmanager
+def postgres(database_url: str | None, workdir: Path) -> Iterator[Postgres]:
+    """The given database, or a fresh one on an embedded server; migrations applied.
+
+    The embedded server keeps its default durability (fsync and synchronous commit on),
+    like a production database: the projection's commits cost what they would there.
+    """
+    from connectors.embedded.postgres import PostgresServer
+    from connectors.migrate import apply_migrations
+
+    if database_url:
+        apply_migrations(database_url)
+        yield Postgres(database_url, "external database (DATABASE_URL)", None)
+        return
+    progress("starting an embedded PostgreSQL ...")
+    with PostgresServer(workdir / "postgres") as server:
+        url = server.create_database("sluice_bench")
+        apply_migrations(url)
+        version = _postgres_version(url)
+        yield Postgres(url, f"PostgreSQL {version} (embedded, durable commits)", server.pid)
+        progress("stopping PostgreSQL ...")
+
+
+def _postgres_version(url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]).split()[0] if row else "unknown"
+
+
+def _java_version() -> str:
+    from connectors.embedded.kafka import find_java
+
+    try:
+        out = subprocess.run(
+            [find_java(), "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    first = (out.stderr or out.stdout).splitlines()[:1]
+    parts = first[0].split('"') if first else []
+    return parts[1] if len(parts) > 1 else "unknown"
+
+
+# -- child processes ---------------------------------------------------------------------
+
+
+def child_env(settings: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without Sluice's own settings, plus ``settings``."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("SLUICE_", "PARTNER_", "INGRESS_"))
+        and name not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SCHEMA_REGISTRY_URL")
+    }
+    env.update(settings)
+    return env
+
+
+class Child:
+    """One child process of the bench (ingress, worker, agent under test)."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], workdir: Path):
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._process = ChildProcess.spawn(
+            name,
+            argv,
+            log_path=self.log_path,
+            pid_file=workdir / f"{name}.pid",
+            cwd=ROOT,
+            env=env,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def alive(self) -> bool:
+        return self._process.is_running()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return self._process.log_tail(lines)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM, then SIGKILL to its process group after ``timeout_s``; reaps it."""
+        self._process.stop(signal.SIGTERM, timeout_s)
+
+
+@contextlib.contextmanager
+def running(
+    name: str, argv: Sequence[str], env: Mapping[str, str], workdir: Path
+) -> Iterator[Child]:
+    child = Child(name, argv, env, workdir)
+    try:
+        yield child
+    finally:
+        child.stop()
+
+
+# -- topics and offsets ------------------------------------------------------------------
+
+
+def _admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+def create_topic(
+    bootstrap: str, name: str, partitions: int, config: Mapping[str, str] | None = None
+) -> None:
+    admin = _admin(bootstrap)  # referenced until the result is in: it owns the request
+    topic = NewTopic(
+        name, num_partitions=partitions, replication_factor=1, config=dict(config or {})
+    )
+    futures = admin.create_topics([topic], operation_timeout=_ADMIN_TIMEOUT_S)
+    futures[name].result(timeout=_ADMIN_TIMEOUT_S)
+
+
+def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
+    """Delete ``names`` (best effort: a topic already gone is fine)."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return
+    admin = _admin(bootstrap)
+    futures = admin.delete_topics(wanted, operation_timeout=_ADMIN_TIMEOUT_S)
+    for future in futures.values():
+        with contextlib.suppress(KafkaException):
+            future.result(timeout=_ADMIN_TIMEOUT_S)
+
+
+def topics_containing(bootstrap: str, text: str) -> list[str]:
+    metadata = _admin(bootstrap).list_topics(timeout=_ADMIN_TIMEOUT_S)
+    return sorted(name for name in metadata.topics if text in name)
+
+
+def delete_groups(bootstrap: str, groups: Iterable[str]) -> None:
+    wanted = sorted(set(groups))
+    if not wanted:
+        return
+    admin = _admin(bootstrap)
+    futures = admin.delete_consumer_groups(wanted, request_timeout=_ADMIN_TIMEOUT_S)
+    for future in futures.values():
+        with contextlib.suppress(KafkaException):
+            future.result(timeout=_ADMIN_TIMEOUT_S)
+
+
+def _partitions(consumer: Consumer, topic: str) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=_ADMIN_TIMEOUT_S).topics[topic]
+    if metadata.error is not None:
+        raise KafkaException(metadata.error)
+    return sorted(metadata.partitions)
+
+
+def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    """The current end (high watermark) of every partition of ``topics``."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "sluice-bench-probe"})
+    try:
+        ends: dict[tuple[str, int], int] = {}
+        for topic in topics:
+            for partition in _partitions(consumer, topic):
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=_ADMIN_TIMEOUT_S, cached=False
+                )
+                ends[(topic, partition)] = high
+        return ends
+    finally:
+        consumer.close()
+
+
+def total(offsets: Mapping[tuple[str, int], int]) -> int:
+    return sum(offsets.values())
+
+
+def commit_group(bootstrap: str, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+    """Commit ``offsets`` for consumer group ``group`` before any member joins it, so its
+    consumers start exactly there (and not at the topics' history)."""
+    if not offsets:
+        return
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())],
+            asynchronous=False,
+        )
+    finally:
+        consumer.close()
+
+
+def read_records(
+    bootstrap: str,
+    start: Mapping[tuple[str, int], int],
+    end: Mapping[tuple[str, int], int],
+    *,
+    timeout_s: float = 60.0,
+) -> list[Message]:
+    """Every record between ``start`` (default: 0) and ``end`` on ``end``'s partitions."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "sluice-bench-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    wanted = {tp: high for tp, high in end.items() if high > start.get(tp, 0)}
+    consumer.assign([TopicPartition(t, p, start.get((t, p), 0)) for (t, p) in wanted])
+    records: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while wanted:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read back {sorted(wanted)} in {timeout_s:g} s")
+            for message in consumer.consume(num_messages=1000, timeout=0.5):
+                if message.error() is not None:
+                    continue
+                topic, partition, offset = message.topic(), message.partition(), message.offset()
+                if topic is None or partition is None or offset is None:
+                    continue
+                if (topic, partition) in wanted:
+                    records.append(message)
+                    if offset + 1 >= wanted[(topic, partition)]:
+                        del wanted[(topic, partition)]
+        return records
+    finally:
+        consumer.close()
+
+
+class OutputCounter:
+    """Counts the records on some topics by polling their high watermarks."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str]) -> None:
+        self._consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "sluice-bench-counter"}
+        )
+        self._partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in _partitions(self._consumer, topic)
+        ]
+
+    def count(self) -> int:
+        return sum(
+            self._consumer.get_watermark_offsets(tp, timeout=_ADMIN_TIMEOUT_S, cached=False)[1]
+            for tp in self._partitions
+        )
+
+    def close(self) -> None:
+        self._consumer.close()

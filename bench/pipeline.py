@@ -1,0 +1,441 @@
+"""Benchmark the whole pipeline, and the normalise agent against a bare loop and Quix.
+
+    python -m bench.pipeline [--rate 500] [--duration 20] [--warmup 3] [--burst 10000]
+                             [--burst-concurrency 32] [--events 20000] [--duplicate-every 10]
+                             [--skip-e2e] [--skip-race] [--json] [--profile-dir DIR]
+
+**Part 1, end to end.** ``sluice ingress`` and ``sluice worker`` as child processes;
+signed Stripe ``payment_intent.succeeded`` webhooks (one fresh payment each) POSTed at
+``--rate`` for ``--duration`` seconds; end-to-end latency = when the ``payments`` row is
+first visible minus when the HTTP 200 was read (p50/p99/max), the sustained rows/s, and
+how the latency splits between the normalise agent (200 → billing record) and the
+billing projection (billing record → row). Then a burst of ``--burst`` webhooks with
+``--burst-concurrency`` in flight: the most the pipeline sustains.
+
+**Part 2, agent throughput.** ``--events`` raw webhook records (every
+``--duplicate-every``-th a provider retry) produced once to ``webhooks.stripe``; then,
+one after the other, on that same input and broker: a bare confluent-kafka
+consume → produce loop (the ceiling), Sluice's real ``normalise_webhooks`` agent, and the
+same dedupe + normalisation written with Quix Streams. Each reports input events/s
+between its first and last output, and its CPU time per event. Quix Streams is not a
+project dependency: without it that comparison is skipped with an install hint.
+
+Kafka and PostgreSQL are ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when set (the
+bench then writes to ``webhooks.stripe`` and the ``billing.*`` topics there: use a
+throwaway cluster), else embedded servers in a temporary directory, stopped at the end.
+Loopback only; every wait is bounded.
+
+Goals (issue acceptance): Sluice ≥ 0.2 of the bare loop's events/s, ≥ 1.0 of Quix
+Streams', and p99 end-to-end ≤ 1 s at 500 events/s. They are reported, not enforced:
+the exit status is 1 only if webhooks were refused or a contender failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import signal
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench._pipeline_e2e import (
+    POLL_EVERY_S,
+    E2EOptions,
+    EndToEnd,
+    PhaseResult,
+    new_run_id,
+    run_end_to_end,
+)
+from bench._pipeline_infra import (
+    delete_groups,
+    delete_topics,
+    kafka,
+    machine_info,
+    postgres,
+    progress,
+    topics_containing,
+)
+from bench._pipeline_input import Distribution
+from bench._pipeline_race import (
+    CONTENDERS,
+    ContenderResult,
+    domain_cost_us,
+    prepare_race_input,
+    run_contender,
+)
+
+__all__ = [
+    "BARE_RATIO_GOAL",
+    "P99_GOAL_MS",
+    "QUIX_RATIO_GOAL",
+    "Report",
+    "main",
+    "render",
+]
+
+BARE_RATIO_GOAL = 0.2
+QUIX_RATIO_GOAL = 1.0
+P99_GOAL_MS = 1000.0
+P99_GOAL_RATE = 500.0
+
+
+@dataclass
+class Report:
+    machine: dict[str, str]
+    kafka: str = ""
+    postgres: str = ""
+    e2e: EndToEnd | None = None
+    race_events: int = 0
+    race_unique: int = 0
+    race: list[ContenderResult] = field(default_factory=list)
+    domain_us_per_event: float = math.nan
+
+    def contender(self, name: str) -> ContenderResult | None:
+        return next((c for c in self.race if c.name == name), None)
+
+    def ratio(self, name: str) -> float:
+        """Sluice's events/s over ``name``'s (NaN if either is missing)."""
+        sluice, other = self.contender("sluice"), self.contender(name)
+        if sluice is None or other is None or not other.events_per_s > 0:
+            return math.nan
+        return sluice.events_per_s / other.events_per_s
+
+    def cpu_ratio(self, name: str) -> float:
+        """``name``'s CPU per event over Sluice's: the ratio with the machine's noise
+        taken out (how much more work Sluice does per event, inverted)."""
+        sluice, other = self.contender("sluice"), self.contender(name)
+        if sluice is None or other is None or not sluice.cpu_us_per_event > 0:
+            return math.nan
+        return other.cpu_us_per_event / sluice.cpu_us_per_event
+
+    @property
+    def paced(self) -> PhaseResult | None:
+        if self.e2e is None:
+            return None
+        return next((p for p in self.e2e.phases if p.target_rps is not None), None)
+
+    @property
+    def failed(self) -> bool:
+        refused = any(p.errors for p in self.e2e.phases) if self.e2e else False
+        return refused or any(c.error for c in self.race)
+
+    def as_json(self) -> dict[str, Any]:
+        paced = self.paced
+        document = {
+            "machine": self.machine,
+            "kafka": self.kafka,
+            "postgres": self.postgres,
+            "end_to_end": dataclasses.asdict(self.e2e) if self.e2e else None,
+            "race": {
+                "events": self.race_events,
+                "unique": self.race_unique,
+                "domain_us_per_event": self.domain_us_per_event,
+                "contenders": [dataclasses.asdict(c) for c in self.race],
+            },
+            "summary": {
+                "sluice_over_bare": self.ratio("bare"),
+                "sluice_over_bare_goal": BARE_RATIO_GOAL,
+                "sluice_over_quix": self.ratio("quix"),
+                "sluice_over_quix_goal": QUIX_RATIO_GOAL,
+                "cpu_ratio_bare": self.cpu_ratio("bare"),
+                "cpu_ratio_quix": self.cpu_ratio("quix"),
+                "paced_rps": paced.target_rps if paced else None,
+                "paced_p99_ms": paced.e2e.p99_ms if paced else None,
+                "p99_goal_ms": P99_GOAL_MS,
+            },
+        }
+        cleaned: dict[str, Any] = _no_nan(document)
+        return cleaned
+
+
+def _no_nan(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _no_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nan(item) for item in value]
+    return value
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def _ms(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def _num(value: float, digits: int = 0) -> str:
+    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _cpu(percent: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.0f}%" for name, value in percent.items())
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def _render_machine(report: Report) -> list[str]:
+    m = report.machine
+    return [
+        f"machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory']}, {m['os']}, "
+        f"Python {m['python']}",
+        f"clients: librdkafka {m['librdkafka']} (confluent-kafka {m['confluent-kafka']}), "
+        f"faust-streaming {m['faust-streaming']} (aiokafka {m['aiokafka']}), "
+        f"quixstreams {m['quixstreams']}, rocksdict {m['rocksdict']}",
+        f"kafka: {report.kafka}",
+        f"postgres: {report.postgres}",
+    ]
+
+
+def _render_e2e(e2e: EndToEnd) -> list[str]:
+    lines = [
+        "",
+        "end to end: signed Stripe webhooks -> sluice ingress -> Kafka -> sluice worker "
+        "-> Postgres row",
+        f"(latency = row first visible - HTTP 200 read; rows polled every "
+        f"{POLL_EVERY_S * 1000:.0f} ms; worker's first row {e2e.worker_ready_s:.1f} s after "
+        "start-up)",
+        f"{'phase':<14} {'sent':>7} {'errors':>6} {'200s/s':>7} {'rows/s':>7} "
+        f"{'http p99':>9} {'e2e p50':>8} {'e2e p99':>8} {'e2e max':>8} {'drain':>7} "
+        f"{'missing':>7}",
+    ]
+    for phase in e2e.phases:
+        lines.append(
+            f"{phase.name:<14} {phase.sent:>7,} {phase.errors:>6} "
+            f"{_num(phase.ingress_rps):>7} {_num(phase.rows_per_s):>7} "
+            f"{_ms(phase.http.p99_ms):>9} {_ms(phase.e2e.p50_ms):>8} "
+            f"{_ms(phase.e2e.p99_ms):>8} {_ms(phase.e2e.max_ms):>8} "
+            f"{_num(phase.drain_s, 1) + ' s':>7} {phase.missing:>7}"
+        )
+    for phase in e2e.phases:
+        for stage, dist in phase.stages.items():
+            lines.append(f"  {phase.name}, {stage}: {_dist(dist)}")
+        if phase.cpu_percent:
+            lines.append(f"  {phase.name}, CPU (% of one core): {_cpu(phase.cpu_percent)}")
+    return lines
+
+
+def _dist(dist: Distribution) -> str:
+    return f"p50 {_ms(dist.p50_ms)}, p99 {_ms(dist.p99_ms)}, max {_ms(dist.max_ms)}"
+
+
+def _render_race(report: Report) -> list[str]:
+    lines = [
+        "",
+        f"agent throughput on one input: {report.race_events:,} raw webhooks on "
+        f"webhooks.stripe ({report.race_unique:,} unique, "
+        f"{report.race_events - report.race_unique:,} provider retries)",
+        "(events/s = input events between a contender's first and last output; CPU = its "
+        "process's CPU time per input event over that window)",
+        f"{'contender':<32} {'events/s':>9} {'window':>7} {'start-up':>8} "
+        f"{'CPU us/event':>12} {'Sluice/it':>9}  CPU (% of one core)",
+    ]
+    for result in report.race:
+        if result.skipped or result.error:
+            reason = result.skipped or f"FAILED: {result.error}"
+            lines.append(f"{result.label:<32} skipped: {reason}")
+            continue
+        window = result.rate.window_s if result.rate else math.nan
+        ratio = report.ratio(result.name) if result.name != "sluice" else math.nan
+        lines.append(
+            f"{result.label:<32} {_num(result.events_per_s):>9} "
+            f"{_num(window, 2) + ' s':>7} {_num(result.startup_s, 1) + ' s':>8} "
+            f"{_num(result.cpu_us_per_event):>12} {_num(ratio, 2):>9}  "
+            f"{_cpu(result.cpu_percent)}"
+        )
+    lines.append(
+        f"domain work alone (decode, dedupe, normalise, encode; no Kafka, no framework): "
+        f"{_num(report.domain_us_per_event)} us CPU per event"
+    )
+    return lines
+
+
+def _render_goals(report: Report) -> list[str]:
+    lines = ["", "goals:"]
+    for name, goal in (("bare", BARE_RATIO_GOAL), ("quix", QUIX_RATIO_GOAL)):
+        ratio = report.ratio(name)
+        if math.isnan(ratio):
+            lines.append(f"  Sluice / {name} events/s: not measured")
+            continue
+        lines.append(
+            f"  Sluice / {name} events/s = {ratio:.2f} (goal >= {goal:g}: "
+            f"{_verdict(ratio >= goal)}); CPU per event {name} / Sluice = "
+            f"{report.cpu_ratio(name):.2f}"
+        )
+    paced = report.paced
+    if paced is None or paced.target_rps is None:
+        lines.append("  p99 end to end: not measured")
+    else:
+        on_rate = paced.target_rps >= P99_GOAL_RATE
+        met = on_rate and paced.e2e.p99_ms <= P99_GOAL_MS and not paced.missing
+        note = "" if on_rate else f" (measured at {paced.target_rps:g}/s, not {P99_GOAL_RATE:g}/s)"
+        lines.append(
+            f"  p99 end to end at {paced.target_rps:g}/s = {_ms(paced.e2e.p99_ms)}, "
+            f"{paced.missing} missing (goal <= {P99_GOAL_MS / 1000:g} s: {_verdict(met)}){note}"
+        )
+    return lines
+
+
+def render(report: Report) -> str:
+    lines = ["Sluice pipeline bench", *_render_machine(report)]
+    if report.e2e is not None:
+        lines += _render_e2e(report.e2e)
+    if report.race:
+        lines += _render_race(report)
+    lines += _render_goals(report)
+    return "\n".join(lines)
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pipeline",
+        description="Webhooks to Postgres rows end to end; the normalise agent against a "
+        "bare loop and Quix Streams.",
+    )
+    parser.add_argument("--rate", type=float, default=500.0, help="paced webhooks/s (500)")
+    parser.add_argument("--duration", type=float, default=20.0, help="paced seconds (20)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="paced warm-up seconds (3)")
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=10_000,
+        help="webhooks in the closed-loop burst (10000; 0: none)",
+    )
+    parser.add_argument(
+        "--burst-concurrency", type=int, default=32, help="requests in flight in the burst (32)"
+    )
+    parser.add_argument(
+        "--events", type=int, default=20_000, help="raw webhooks in the agent race (20000)"
+    )
+    parser.add_argument(
+        "--duplicate-every",
+        type=int,
+        default=10,
+        help="every Nth race input is a retry of an earlier webhook (10; 0: none)",
+    )
+    parser.add_argument("--skip-e2e", action="store_true", help="only the agent race")
+    parser.add_argument("--skip-race", action="store_true", help="only the end-to-end part")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--profile-dir", type=Path, default=None, help="cProfile each contender into DIR"
+    )
+    return parser
+
+
+def _measure(args: argparse.Namespace) -> Report:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None
+    database_url = os.environ.get("DATABASE_URL", "").strip() or None
+    run_id = new_run_id()
+    report = Report(machine=machine_info())
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-bench-pipeline-") as tmp,
+        kafka(bootstrap, Path(tmp)) as broker,
+        postgres(database_url, Path(tmp)) as database,
+    ):
+        report.kafka, report.postgres = broker.description, database.description
+        pids = {"kafka": broker.pid, "postgres": database.pid}
+        try:
+            if not args.skip_e2e:
+                options = E2EOptions(
+                    rate=args.rate,
+                    duration_s=args.duration,
+                    warmup_s=args.warmup,
+                    burst=args.burst,
+                    burst_concurrency=args.burst_concurrency,
+                )
+                report.e2e = run_end_to_end(
+                    options,
+                    bootstrap=broker.bootstrap,
+                    database_url=database.url,
+                    run_id=run_id,
+                    workdir=Path(tmp),
+                    pids=pids,
+                )
+            if not args.skip_race:
+                _race(args, report, broker.bootstrap, database.url, run_id, Path(tmp), broker.pid)
+        finally:
+            if not broker.embedded:  # an embedded broker goes away with its directory
+                _clean_up(broker.bootstrap, run_id)
+    return report
+
+
+def _race(
+    args: argparse.Namespace,
+    report: Report,
+    bootstrap: str,
+    database_url: str,
+    run_id: str,
+    workdir: Path,
+    kafka_pid: int | None,
+) -> None:
+    progress(f"race: producing {args.events:,} raw webhooks to webhooks.stripe ...")
+    race = prepare_race_input(bootstrap, args.events, args.duplicate_every)
+    report.race_events, report.race_unique = race.events, race.unique
+    if args.profile_dir is not None:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
+    for name in CONTENDERS:
+        report.race.append(
+            run_contender(
+                name,
+                race,
+                bootstrap=bootstrap,
+                database_url=database_url,
+                run_id=run_id,
+                workdir=workdir,
+                kafka_pid=kafka_pid,
+                profile_dir=args.profile_dir,
+            )
+        )
+        skipped = report.race[-1].skipped
+        if skipped:
+            progress(skipped)
+    progress("race: measuring the domain work alone ...")
+    report.domain_us_per_event = domain_cost_us(race)
+
+
+def _clean_up(bootstrap: str, run_id: str) -> None:
+    """Remove this run's own topics and groups from an external cluster (the input it
+    wrote to webhooks.stripe and billing.* stays: those are catalog topics)."""
+    delete_topics(bootstrap, topics_containing(bootstrap, run_id))
+    delete_groups(bootstrap, [f"bench-{name}-{run_id}" for name in (*CONTENDERS, "worker")])
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if min(args.rate, args.duration) <= 0 or args.warmup < 0 or args.burst < 0:
+        parser.error("--rate and --duration must be positive; --warmup and --burst >= 0")
+    if args.burst_concurrency < 1 or args.events < 2 or args.duplicate_every in (1,):
+        parser.error("need --burst-concurrency >= 1, --events >= 2, --duplicate-every != 1")
+    # SIGTERM unwinds like Ctrl-C, so every child process and embedded server is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = _measure(args)
+    except KeyboardInterrupt:
+        progress("interrupted; child processes and embedded servers were stopped")
+        return 130
+    print(json.dumps(report.as_json(), indent=2) if args.json else render(report))
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -33,9 +33,9 @@ from typing import Final
 import aiohttp
 import psycopg
 
-from bench._load import CpuMeter
 from bench._pipeline_infra import (
     Child,
+    TreeCpuMeter,
     child_env,
     commit_group,
     end_offsets,
@@ -419,7 +419,7 @@ async def _drive(
 
     progress(f"paced: {len(paced):,} webhooks at {options.rate:g}/s ...")
     before = end_offsets(bootstrap, [BILLING_TOPIC])
-    meter = CpuMeter({**pids, "bench": os.getpid()})
+    meter = TreeCpuMeter({**pids, "bench": os.getpid()}, trees=("postgres",))
     watcher.expect(w.payment_id for w in paced)
     meter.start()
     log = await _paced(url, paced, options.rate)
@@ -433,7 +433,7 @@ async def _drive(
 
     if burst:
         progress(f"burst: {len(burst):,} webhooks, {options.burst_concurrency} in flight ...")
-        meter = CpuMeter({**pids, "bench": os.getpid()})
+        meter = TreeCpuMeter({**pids, "bench": os.getpid()}, trees=("postgres",))
         watcher.expect(w.payment_id for w in burst)
         meter.start()
         log = await _closed(url, burst, options.burst_concurrency)

@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from bench._load import cpu_seconds, machine_busy_seconds
 from connectors.embedded.process import ChildProcess
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Kafka",
     "OutputCounter",
     "Postgres",
+    "TreeCpuMeter",
     "child_env",
     "commit_group",
     "create_topic",
@@ -47,6 +49,7 @@ __all__ = [
     "running",
     "topics_containing",
     "total",
+    "tree_cpu_seconds",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +100,89 @@ def _memory() -> str:
     with contextlib.suppress(ValueError, AttributeError, IndexError):
         return f"{int(str(total_kb).split()[0]) / 1024 / 1024:.1f} GiB"
     return "unknown"
+
+
+# -- CPU -----------------------------------------------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces; the fields after it do not.
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def tree_cpu_seconds(root: int) -> float | None:
+    """CPU time of ``root``, its live descendants and the children it has reaped
+    (PostgreSQL's backends are children of the postmaster). ``None`` if it is gone."""
+    fields = _stat_fields(root)
+    if fields is None:
+        return None
+    ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat_fields(int(entry.name))) is not None:
+            parents[int(entry.name)] = int(stat[1])
+    family = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in family and pid not in family:
+                family.add(pid)
+                grew = True
+    for pid in family - {root}:
+        stat = _stat_fields(pid)
+        if stat is not None:
+            ticks += int(stat[11]) + int(stat[12])
+    return ticks / _CLK_TCK
+
+
+class TreeCpuMeter:
+    """Like ``bench._load.CpuMeter`` (% of one core per named process between ``start``
+    and ``stop``, plus ``other``), but the processes named in ``trees`` count with their
+    descendants."""
+
+    def __init__(self, pids: Mapping[str, int | None], trees: Iterable[str] = ()) -> None:
+        self._pids = {name: pid for name, pid in pids.items() if pid is not None}
+        self._trees = set(trees)
+        self._began: dict[str, float] = {}
+        self._busy: float | None = None
+        self._wall = 0.0
+
+    def _read(self) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for name, pid in self._pids.items():
+            used = tree_cpu_seconds(pid) if name in self._trees else cpu_seconds(pid)
+            if used is not None:
+                found[name] = used
+        return found
+
+    def start(self) -> None:
+        self._wall = time.monotonic()
+        self._busy = machine_busy_seconds()
+        self._began = self._read()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.monotonic() - self._wall
+        if wall <= 0:
+            return {}
+        now = self._read()
+        usage = {
+            name: round(100 * (now[name] - began) / wall, 1)
+            for name, began in self._began.items()
+            if name in now
+        }
+        busy = machine_busy_seconds()
+        if busy is not None and self._busy is not None:
+            total_busy = 100 * (busy - self._busy) / wall
+            usage["other"] = round(max(0.0, total_busy - sum(usage.values())), 1)
+        return usage
 
 
 # -- services ----------------------------------------------------------------------------

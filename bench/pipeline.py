@@ -73,6 +73,7 @@ from bench._pipeline_race import (
 
 __all__ = [
     "BARE_RATIO_GOAL",
+    "NOISE_PERCENT",
     "P99_GOAL_MS",
     "QUIX_RATIO_GOAL",
     "Report",
@@ -84,6 +85,8 @@ BARE_RATIO_GOAL = 0.2
 QUIX_RATIO_GOAL = 1.0
 P99_GOAL_MS = 1000.0
 P99_GOAL_RATE = 500.0
+#: CPU (% of one core) used outside the bench's processes that makes a run suspect.
+NOISE_PERCENT = 25.0
 
 
 @dataclass
@@ -120,6 +123,14 @@ class Report:
         if self.e2e is None:
             return None
         return next((p for p in self.e2e.phases if p.target_rps is not None), None)
+
+    def noisy_runs(self) -> list[str]:
+        """Phases and contenders during which the machine was busy with other work."""
+        runs: list[tuple[str, dict[str, float]]] = [
+            (p.name, p.cpu_percent) for p in (self.e2e.phases if self.e2e else [])
+        ]
+        runs += [(c.name, c.cpu_percent) for c in self.race]
+        return [name for name, cpu in runs if cpu.get("other", 0.0) >= NOISE_PERCENT]
 
     @property
     def failed(self) -> bool:
@@ -295,6 +306,13 @@ def render(report: Report) -> str:
     if report.race:
         lines += _render_race(report)
     lines += _render_goals(report)
+    noisy = report.noisy_runs()
+    if noisy:
+        lines.append(
+            f"warning: {', '.join(noisy)} shared the machine with other work (>= "
+            f"{NOISE_PERCENT:g}% of a core outside the bench's processes); rerun on a quiet "
+            "machine before quoting the numbers"
+        )
     return "\n".join(lines)
 
 

@@ -138,3 +138,20 @@ def test_decide_does_not_write_the_table() -> None:
     decide(seen, KEY, NOW, WINDOW, replay=False)
     decide(seen, KEY, NOW, WINDOW, replay=True)
     assert seen == {}
+
+
+def test_the_record_that_set_an_entry_is_processed_again_after_a_crash() -> None:
+    from streams.domain.dedupe import remembered_entry
+
+    seen = {"stripe:evt_1": remembered_entry(1_000, "webhooks.stripe[0]@7")}
+    again = decide(seen, "stripe:evt_1", 2_000, 10_000, False, position="webhooks.stripe[0]@7")
+    other = decide(seen, "stripe:evt_1", 2_000, 10_000, False, position="webhooks.stripe[0]@8")
+    assert (again.process, again.reason, again.remember_ms) == (True, "redelivery", None)
+    assert (other.process, other.reason) == (False, "duplicate")
+
+
+def test_expiry_reads_entries_with_positions() -> None:
+    from streams.domain.dedupe import expired_keys, remembered_entry
+
+    seen = {"a": remembered_entry(1_000, "t[0]@1"), "b": 9_000}
+    assert expired_keys(seen, 11_000, 10_000) == ["a"]

@@ -99,4 +99,4 @@ async def test_redelivery_after_the_window_is_processed_again(pipeline: Pipeline
             event["data"]["object"]["metadata"]["orderId"],
         )
         == 1
-    )  # type: ignore[index]
+    )

@@ -29,7 +29,10 @@ def _payment_event(batch: str, n: int) -> dict[str, object]:
 
 
 async def _send_all(
-    pipeline: Pipeline, events: list[dict[str, object]], concurrency: int = 16
+    pipeline: Pipeline,
+    events: list[dict[str, object]],
+    concurrency: int = 16,
+    pause_s: float = 0.0,
 ) -> None:
     queue: asyncio.Queue[dict[str, object]] = asyncio.Queue()
     for event in events:
@@ -40,6 +43,8 @@ async def _send_all(
             event = queue.get_nowait()
             status = await post_stripe(pipeline.ingress, event)
             assert status == 200, status
+            if pause_s:
+                await asyncio.sleep(pause_s)
 
     await asyncio.gather(*(sender() for _ in range(concurrency)))
 
@@ -62,19 +67,18 @@ async def test_sigkill_twice_mid_stream_loses_and_doubles_nothing(pipeline: Pipe
     kills_at: list[int] = []
 
     async def killer() -> None:
-        # Kill only once this worker has visibly made progress, so each SIGKILL lands
-        # mid-stream: after some rows, before all of them.
-        for _ in range(2):
-            floor = _counts(pipeline, batch)[0]
+        # Each SIGKILL lands mid-stream: after some rows, well before all of them.
+        for threshold in (400, 1200):
             await pipeline.wait_for(
-                "progress before the kill",
-                lambda floor=floor: _counts(pipeline, batch)[0] >= floor + 200,  # type: ignore[misc]
+                f"{threshold} rows before the kill",
+                lambda threshold=threshold: _counts(pipeline, batch)[0] >= threshold,  # type: ignore[misc]
             )
             pipeline.worker.kill()
             kills_at.append(_counts(pipeline, batch)[0])
             pipeline.worker.start()
 
-    await asyncio.gather(_send_all(pipeline, events, concurrency=4), killer())
+    # Paced (about 100/s for 20 s) so the stream is still flowing at both kills.
+    await asyncio.gather(_send_all(pipeline, events, concurrency=4, pause_s=0.04), killer())
     assert len(kills_at) == 2
     assert all(0 < seen < 2000 for seen in kills_at), kills_at
 
@@ -111,11 +115,9 @@ async def test_postgres_stopped_30s_mid_stream_retries_and_drains(
         timeout_s=180,
     )
     # The retries went through the delay topics, with their attempt headers.
-    from tests.fixtures.kafka import read_topic
+    from tests.fixtures.kafka import header_map, read_topic
 
     retried = [
-        m
-        for m in read_topic(pipeline.bootstrap, "retry.1s")
-        if any(k == "sluice-attempt" for k, _ in (m.headers() or []))
+        m for m in read_topic(pipeline.bootstrap, "retry.1s") if "sluice-attempt" in header_map(m)
     ]
     assert retried, "expected records to have gone through retry.1s"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -36,7 +37,7 @@ def _produce(
     topic: str,
     key: str,
     value: bytes,
-    headers: list[tuple[str, bytes]] | None = None,
+    headers: Sequence[tuple[str, bytes]] | None = None,
 ) -> tuple[int, int]:
     """Produce one record durably; returns its (partition, offset)."""
     where: list[tuple[int, int]] = []
@@ -47,7 +48,7 @@ def _produce(
 
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     producer.produce(
-        topic, key=key.encode(), value=value, headers=headers or [], on_delivery=delivered
+        topic, key=key.encode(), value=value, headers=list(headers or []), on_delivery=delivered
     )
     assert producer.flush(30) == 0
     return where[0]
@@ -249,7 +250,7 @@ async def test_a_delayed_record_does_not_hold_up_fresh_records(pipeline: Pipelin
     assert await post_stripe(pipeline.ingress, fresh) == 200
     await pipeline.wait_for(
         "the fresh payment",
-        lambda: _payment_status(pipeline, str(fresh["data"]["object"]["id"])) == "SUCCEEDED",  # type: ignore[index]
+        lambda: _payment_status(pipeline, str(fresh["data"]["object"]["id"])) == "SUCCEEDED",
         timeout_s=due_in_s,
     )
     assert _payment_status(pipeline, delayed_intent) is None, "the delayed record ran early"

@@ -8,7 +8,7 @@ from typing import Any
 
 from sluice.errors import InvalidEvent
 from streams.context import WorkerContext
-from streams.domain.dedupe import decide, dedupe_key, expired_keys
+from streams.domain.dedupe import Remembered, decide, dedupe_key, expired_keys, remembered_entry
 from streams.domain.dlq import REPLAY_HEADER
 from streams.domain.normalise import normalise
 from streams.effects import dead_letter_now
@@ -59,7 +59,7 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
     replay = bool(raw.get("replay")) or header_value(record.headers, REPLAY_HEADER) == "1"
     now_ms = int(ctx.clock.time() * 1000)
     window_ms = int(ctx.settings.dedupe_window_s * 1000)
-    decision = decide(seen, key, now_ms, window_ms, replay)
+    decision = decide(seen, key, now_ms, window_ms, replay, position=record.position)
     if not decision.process:
         log.info(
             "duplicate webhook skipped",
@@ -89,7 +89,7 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
             headers.append(("traceparent", traceparent.encode()))
         await ctx.outbox.send(domain_event.topic, domain_event.key.encode(), value, headers)
     if decision.remember_ms is not None:
-        seen[key] = decision.remember_ms
+        seen[key] = remembered_entry(decision.remember_ms, record.position)
 
 
 def purge_partition(ctx: WorkerContext, partition: int) -> int:
@@ -110,13 +110,13 @@ def purge_partition(ctx: WorkerContext, partition: int) -> int:
     return len(expired)
 
 
-def _partition_entries(table: Any, partition: int) -> dict[str, int]:
+def _partition_entries(table: Any, partition: int) -> dict[str, Remembered]:
     """The entries one partition holds locally (faust has no public per-partition view)."""
     store = table.data
     db = getattr(store, "_dbs", {}).get(partition)
     if db is None:
         return {}
-    entries: dict[str, int] = {}
+    entries: dict[str, Remembered] = {}
     # The partition's RocksDB also holds faust's own bookkeeping (its committed-offset
     # marker), which is not a table entry and not JSON.
     internal = getattr(store, "offset_key", b"__faust\0offset__")
@@ -124,6 +124,6 @@ def _partition_entries(table: Any, partition: int) -> dict[str, int]:
         if raw_key == internal:
             continue
         value = store._decode_value(raw_value)
-        if isinstance(value, int):
+        if isinstance(value, int | list):
             entries[store._decode_key(raw_key)] = value
     return entries

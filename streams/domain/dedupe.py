@@ -26,9 +26,11 @@ __all__ = [
     "DEFAULT_WINDOW_MS",
     "DedupeDecision",
     "DedupeReason",
+    "Remembered",
     "decide",
     "dedupe_key",
     "expired_keys",
+    "remembered_entry",
 ]
 
 DEFAULT_WINDOW_MS: Final = 30 * 24 * 60 * 60 * 1000
@@ -37,7 +39,11 @@ its own: Stripe retries for up to 3 days, Razorpay for 24 hours, and Stripe lets
 merchant resend an event from the dashboard for 30 days. It also equals the retention of
 the raw webhook topics, so anything still replayable from Kafka is still remembered."""
 
-DedupeReason = Literal["first", "duplicate", "replay", "expired"]
+DedupeReason = Literal["first", "duplicate", "replay", "expired", "redelivery"]
+
+# A table value: first-seen epoch ms, with the ``topic[partition]@offset`` of the record
+# that set it (a bare int from before positions were stored is still understood).
+Remembered = int | list[int | str] | tuple[int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +53,8 @@ class DedupeDecision:
     :param process: pass the record on to normalisation.
     :param reason: ``first`` (never seen), ``duplicate`` (seen within the window;
         dropped), ``expired`` (seen, but longer ago than the window: treated as new),
-        ``replay`` (an operator replay: processed whatever the table says).
+        ``replay`` (an operator replay: processed whatever the table says),
+        ``redelivery`` (the record that set the entry, read again after a crash).
     :param remember_ms: the time to store for the key, or ``None`` to leave the table as
         it is.
     """
@@ -73,7 +80,13 @@ def dedupe_key(provider: str, provider_event_id: str) -> str:
 
 
 def decide(
-    seen: Mapping[str, int], key: str, now_ms: int, window_ms: int, replay: bool
+    seen: Mapping[str, Remembered],
+    key: str,
+    now_ms: int,
+    window_ms: int,
+    replay: bool,
+    *,
+    position: str | None = None,
 ) -> DedupeDecision:
     """Whether to process the webhook with dedupe key ``key`` at ``now_ms``.
 
@@ -88,13 +101,23 @@ def decide(
     entry keeps its time, so replays neither extend nor restart the provider's window,
     and replaying a batch costs no table writes.
 
+    ``position`` (``topic[partition]@offset`` of the record in hand) guards against a
+    crash: the table's local store can hold an entry written after the last committed
+    offset while the events it guarded were still in the producer's buffer. When the
+    remembered entry was written by this very record, reading it again is a redelivery
+    after a crash, not a duplicate, so it is processed again (its derived events have
+    deterministic ids, so downstream still applies them once).
+
     Pure: reads ``seen[key]`` only.
 
     :raises ValueError: ``window_ms`` is not positive (a configuration error).
     """
     if window_ms <= 0:
         raise ValueError(f"dedupe window must be positive, got {window_ms} ms")
-    remembered = seen.get(key)
+    entry = seen.get(key)
+    remembered, remembered_at = _unpack(entry)
+    if position is not None and remembered_at == position:
+        return DedupeDecision(process=True, reason="redelivery", remember_ms=None)
     live = remembered is not None and now_ms - remembered < window_ms
     if replay:
         return DedupeDecision(process=True, reason="replay", remember_ms=None if live else now_ms)
@@ -105,7 +128,7 @@ def decide(
     return DedupeDecision(process=True, reason="expired", remember_ms=now_ms)
 
 
-def expired_keys(seen: Mapping[str, int], now_ms: int, window_ms: int) -> list[str]:
+def expired_keys(seen: Mapping[str, Remembered], now_ms: int, window_ms: int) -> list[str]:
     """Keys remembered at least ``window_ms`` before ``now_ms``, in the mapping's order:
     the ones the periodic purge deletes. Pure; the caller deletes them.
 
@@ -114,4 +137,22 @@ def expired_keys(seen: Mapping[str, int], now_ms: int, window_ms: int) -> list[s
     if window_ms <= 0:
         raise ValueError(f"dedupe window must be positive, got {window_ms} ms")
     cutoff = now_ms - window_ms
-    return [key for key, remembered in seen.items() if remembered <= cutoff]
+    expired = []
+    for key, entry in seen.items():
+        remembered, _ = _unpack(entry)
+        if remembered is not None and remembered <= cutoff:
+            expired.append(key)
+    return expired
+
+
+def remembered_entry(remember_ms: int, position: str | None) -> Remembered:
+    """What the table stores for a key: the time, and the record that set it."""
+    return remember_ms if position is None else [remember_ms, position]
+
+
+def _unpack(entry: Remembered | None) -> tuple[int | None, str | None]:
+    if entry is None:
+        return None, None
+    if isinstance(entry, int):
+        return entry, None
+    return int(entry[0]), str(entry[1])

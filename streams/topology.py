@@ -61,7 +61,7 @@ WIRING = wiring(RetryPolicy())
 class Topology:
     app: faust.App
     topics: dict[str, Any]  # name -> faust TopicT
-    dedupe_seen: Any  # faust Table[str, int]: dedupe key -> first-seen epoch ms
+    dedupe_seen: Any  # faust Table: dedupe key -> [first-seen epoch ms, record position]
     wires: tuple[Wire, ...]
 
     def topic(self, name: str) -> Any:
@@ -97,11 +97,12 @@ def build_topology(app: faust.App, policy: RetryPolicy) -> Topology:
         "dedupe_seen",
         default=None,
         key_type=str,
-        value_type=int,
+        # [first-seen epoch ms, "topic[partition]@offset"] as JSON (see domain.dedupe).
+        value_type=None,
         # Co-partitioned with the webhook topics: an entry lives in the partition of the
         # webhook that created it.
         partitions=topic_spec(WEBHOOK_TOPICS[0]).partitions,
         options={"driver": "rocksdict"},
-        help="dedupe key (provider:eventId) -> first-seen epoch ms",
+        help="dedupe key (provider:eventId) -> [first-seen epoch ms, record position]",
     )
     return Topology(app=app, topics=topics, dedupe_seen=dedupe_seen, wires=wires)

@@ -152,23 +152,24 @@ class _Out:
 def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> Any:
     """The per-message step of the Quix pipeline (``apply(..., stateful=True,
     metadata=True, expand=True)``): the normalise agent's ``handle`` for valid input."""
-    from streams.domain.dedupe import decide, dedupe_key
+    from streams.domain.dedupe import decide, dedupe_key, remembered_entry
     from streams.domain.dlq import REPLAY_HEADER
     from streams.domain.normalise import normalise
     from streams.records import header_value
 
     def step(value: bytes, _key: Any, _ts: int, headers: Any, state: Any) -> list[_Out]:
         pairs: list[tuple[str, bytes]] = list(headers or ())
+        context = message_context()
+        position = f"{context.topic}[{context.partition}]@{context.offset}"
         raw = codec.decode(value, topic=INPUT_TOPIC).record
         key = dedupe_key(raw["provider"], raw["providerEventId"])
         replay = bool(raw.get("replay")) or header_value(pairs, REPLAY_HEADER) == "1"
         remembered = state.get(key)
         seen = {} if remembered is None else {key: remembered}
-        decision = decide(seen, key, int(time.time() * 1000), window_ms, replay)
+        now_ms = int(time.time() * 1000)
+        decision = decide(seen, key, now_ms, window_ms, replay, position=position)
         if not decision.process:
             # Logged like the agent does (the worker logs at INFO by default).
-            context = message_context()
-            position = f"{context.topic}[{context.partition}]@{context.offset}"
             log.info(
                 "duplicate webhook skipped",
                 extra={"position": position, "event_id": raw["eventId"], "key": key},
@@ -189,7 +190,7 @@ def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> A
                 _Out(event.key.encode(), codec.encode(event.topic, event.record), out_headers)
             )
         if decision.remember_ms is not None:
-            state.set(key, decision.remember_ms)
+            state.set(key, remembered_entry(decision.remember_ms, position))
         return outputs
 
     return step

@@ -44,7 +44,7 @@ from bench._pipeline_input import (
 from schemas.catalog import JOIN_PARTITIONS, WEBHOOK_TOPICS
 from schemas.codec import make_codec
 from sluice.settings import load_settings
-from streams.domain.dedupe import decide, dedupe_key
+from streams.domain.dedupe import Remembered, decide, dedupe_key, remembered_entry
 from streams.domain.normalise import normalise
 
 __all__ = [
@@ -132,19 +132,21 @@ def domain_cost_us(race: RaceInput) -> float:
     window_ms = int(load_settings({}).dedupe_window_s * 1000)
 
     def one_pass(records: list[KafkaRecord]) -> float:
-        seen: dict[str, int] = {}
+        seen: dict[str, Remembered] = {}
         began = time.process_time()
-        for record in records:
+        for offset, record in enumerate(records):
+            position = f"{INPUT_TOPIC}[0]@{offset}"
             raw = codec.decode(record.value, topic=INPUT_TOPIC).record
             key = dedupe_key(raw["provider"], raw["providerEventId"])
             now_ms = int(time.time() * 1000)
-            decision = decide(seen, key, now_ms, window_ms, bool(raw.get("replay")))
+            replay = bool(raw.get("replay"))
+            decision = decide(seen, key, now_ms, window_ms, replay, position=position)
             if not decision.process:
                 continue
             for event in normalise(raw).events:
                 codec.encode(event.topic, event.record)
             if decision.remember_ms is not None:
-                seen[key] = decision.remember_ms
+                seen[key] = remembered_entry(decision.remember_ms, position)
         return (time.process_time() - began) / max(1, len(records)) * 1e6
 
     one_pass(race.records[:1000])  # warm the codec's caches

@@ -3,6 +3,7 @@
     python -m bench.pipeline [--rate 500] [--duration 20] [--warmup 3] [--burst 10000]
                              [--burst-concurrency 32] [--events 20000] [--duplicate-every 10]
                              [--skip-e2e] [--skip-race] [--json] [--profile-dir DIR]
+                             [--workdir DIR]
 
 **Part 1, end to end.** ``sluice ingress`` and ``sluice worker`` as child processes;
 signed Stripe ``payment_intent.succeeded`` webhooks (one fresh payment each) POSTed at
@@ -33,13 +34,14 @@ the exit status is 1 only if webhooks were refused or a contender failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -352,6 +354,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile-dir", type=Path, default=None, help="cProfile each contender into DIR"
     )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep data and logs (ingress, worker, agents, servers) in this new directory",
+    )
     return parser
 
 
@@ -361,7 +369,7 @@ def _measure(args: argparse.Namespace) -> Report:
     run_id = new_run_id()
     report = Report(machine=machine_info())
     with (
-        tempfile.TemporaryDirectory(prefix="sluice-bench-pipeline-") as tmp,
+        _workdir(args.workdir) as tmp,
         kafka(bootstrap, Path(tmp)) as broker,
         postgres(database_url, Path(tmp)) as database,
     ):
@@ -390,6 +398,19 @@ def _measure(args: argparse.Namespace) -> Report:
             if not broker.embedded:  # an embedded broker goes away with its directory
                 _clean_up(broker.bootstrap, run_id)
     return report
+
+
+@contextlib.contextmanager
+def _workdir(given: Path | None) -> Iterator[Path]:
+    """``given`` (kept afterwards, with every log), or a temporary directory."""
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        if any(given.iterdir()):
+            raise SystemExit(f"--workdir {given} is not empty")
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-pipeline-") as tmp:
+        yield Path(tmp)
 
 
 def _race(

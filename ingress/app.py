@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
-from schemas.codec import Codec
 
 from ingress.middleware import METRICS_KEY, outcome_middleware
 from ingress.publisher import Publisher
 from ingress.verify import razorpay, stripe
 from ingress.webhooks import WebhookSource, webhook_handler
+from schemas.codec import Codec
 from sluice.clock import Clock
 from sluice.metrics import Metrics
 from sluice.settings import Settings

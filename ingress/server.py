@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
-from schemas.codec import make_codec
 
 from ingress.app import IngressApps, create_apps
 from ingress.publisher import KafkaPublisher
+from schemas.codec import make_codec
 from sluice.clock import Clock, SystemClock
 from sluice.settings import Settings
 

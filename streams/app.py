@@ -11,9 +11,9 @@ import os
 from collections.abc import Mapping
 
 import faust
-from connectors.postgres import PostgresProjection
 
 from connectors.kafka_admin import create_topics
+from connectors.postgres import PostgresProjection
 from schemas.catalog import topic_spec
 from schemas.codec import make_codec
 from sluice.clock import Clock, SystemClock

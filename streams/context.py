@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from connectors.postgres import PostgresProjection
-
 from schemas.codec import Codec
 from sluice.clock import Clock
 from sluice.settings import Settings

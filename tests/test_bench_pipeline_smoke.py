@@ -132,18 +132,21 @@ class _State:
 
 
 class _Context:
-    topic, partition, offset = INPUT_TOPIC, 0, 7
+    def __init__(self, offset: int) -> None:
+        self.topic, self.partition, self.offset = INPUT_TOPIC, 0, offset
 
 
 def test_quix_step_dedupes_and_writes_what_the_agent_writes() -> None:
     codec = make_codec(None)
     webhooks = prepare_payment_webhooks(1, SECRET)
     first, retry = raw_webhook_records(webhooks, [0, 0], codec, received_at_ms=0)
-    step = quix_dedupe_normalise(codec, 60_000, lambda: _Context())
+    offsets = iter(range(7, 100))
+    step = quix_dedupe_normalise(codec, 60_000, lambda: _Context(next(offsets)))
     state = _State()
     (out,) = step(first.value, first.key, 0, first.headers, state)
     assert step(retry.value, retry.key, 0, retry.headers, state) == []
-    assert list(state.data) == [f"stripe:{webhooks[0].event_id}"]
+    ((key, (_first_seen_ms, position)),) = state.data.items()
+    assert (key, position) == (f"stripe:{webhooks[0].event_id}", f"{INPUT_TOPIC}[0]@7")
     (expected,) = normalise(codec.decode(first.value, topic=INPUT_TOPIC).record).events
     assert out.key == expected.key.encode()
     assert codec.decode(out.value).record == expected.record

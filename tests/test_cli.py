@@ -11,8 +11,8 @@ import time
 import uuid
 
 import pytest
-from schemas.catalog import all_topics
 
+from schemas.catalog import all_topics
 from tests.fixtures.ingress import STRIPE_SECRET, IngressUnderTest
 from tests.payloads.stripe import signed_stripe_request, stripe_event
 

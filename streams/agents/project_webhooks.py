@@ -9,6 +9,7 @@ from typing import Any
 
 from connectors.postgres import WebhookRow
 from sluice.errors import InvalidEvent
+from streams.agents.batched import register_batched
 from streams.context import WorkerContext
 from streams.domain.normalise import normalise
 from streams.domain.status import WebhookStatus
@@ -37,9 +38,6 @@ def webhook_row(raw: dict[str, Any], processed_at: datetime) -> WebhookRow:
 
 
 def register(ctx: WorkerContext) -> None:
-    app = ctx.topology.app
-    settings = ctx.settings
-
     async def record(records: Sequence[Inbound]) -> None:
         now = datetime.fromtimestamp(ctx.clock.time(), UTC)
         rows = []
@@ -55,12 +53,4 @@ def register(ctx: WorkerContext) -> None:
         projection = await ctx.connectors()
         await projection.record_webhooks(rows)
 
-    ctx.runner.register(AGENT, record)
-
-    async def project_webhooks(stream: Any) -> None:
-        async for events in stream.take_events(
-            settings.worker_batch_size, within=settings.worker_batch_within_s
-        ):
-            await ctx.runner.run(AGENT, [Inbound.from_faust(event) for event in events])
-
-    app.agent(ctx.topology.reads(AGENT), name=AGENT)(project_webhooks)
+    register_batched(ctx, AGENT, record)

@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from bench._load import cpu_seconds, machine_busy_seconds
+from bench._load import cpu_seconds
 from connectors.embedded.process import ChildProcess
 
 __all__ = [
@@ -43,9 +43,11 @@ __all__ = [
     "end_offsets",
     "kafka",
     "machine_info",
+    "machine_times",
     "postgres",
     "progress",
     "read_records",
+    "run_queue_seconds",
     "running",
     "topics_containing",
     "total",
@@ -143,16 +145,52 @@ def tree_cpu_seconds(root: int) -> float | None:
     return ticks / _CLK_TCK
 
 
+def run_queue_seconds(pid: int) -> float | None:
+    """Time the threads of ``pid`` spent runnable but waiting for a CPU (summed over its
+    live threads; ``/proc/<pid>/task/*/schedstat``). ``None`` if unavailable.
+
+    Next to the CPU time it tells a process that is slow because it is starved of CPU
+    (long waits) from one that is slow because it waits for I/O (neither).
+    """
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+def machine_times() -> tuple[float, float, float] | None:
+    """(busy, irq + softirq, steal) CPU seconds of all cores since boot (``/proc/stat``)."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            first = fh.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    busy = user + nice + system + irq + softirq + steal
+    return busy / _CLK_TCK, (irq + softirq) / _CLK_TCK, steal / _CLK_TCK
+
+
 class TreeCpuMeter:
     """Like ``bench._load.CpuMeter`` (% of one core per named process between ``start``
-    and ``stop``, plus ``other``), but the processes named in ``trees`` count with their
-    descendants."""
+    and ``stop``), but the processes named in ``trees`` count with their descendants, and
+    the rest of the machine's busy time is split into ``irq`` (interrupts and softirqs:
+    mostly loopback networking), ``steal`` (the hypervisor ran someone else) and
+    ``other`` (every other process: a noisy neighbour)."""
 
     def __init__(self, pids: Mapping[str, int | None], trees: Iterable[str] = ()) -> None:
         self._pids = {name: pid for name, pid in pids.items() if pid is not None}
         self._trees = set(trees)
         self._began: dict[str, float] = {}
-        self._busy: float | None = None
+        self._waits_began: dict[str, float] = {}
+        self.waited: dict[str, float] = {}
+        """After ``stop``: % of the time each (non-tree) process had a thread waiting
+        for a CPU (summed over threads, so it can exceed 100)."""
+        self._machine: tuple[float, float, float] | None = None
         self._wall = 0.0
 
     def _read(self) -> dict[str, float]:
@@ -163,10 +201,19 @@ class TreeCpuMeter:
                 found[name] = used
         return found
 
+    def _read_waits(self) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for name, pid in self._pids.items():
+            waited = None if name in self._trees else run_queue_seconds(pid)
+            if waited is not None:
+                found[name] = waited
+        return found
+
     def start(self) -> None:
         self._wall = time.monotonic()
-        self._busy = machine_busy_seconds()
+        self._machine = machine_times()
         self._began = self._read()
+        self._waits_began = self._read_waits()
 
     def stop(self) -> dict[str, float]:
         wall = time.monotonic() - self._wall
@@ -178,10 +225,19 @@ class TreeCpuMeter:
             for name, began in self._began.items()
             if name in now
         }
-        busy = machine_busy_seconds()
-        if busy is not None and self._busy is not None:
-            total_busy = 100 * (busy - self._busy) / wall
-            usage["other"] = round(max(0.0, total_busy - sum(usage.values())), 1)
+        waits = self._read_waits()
+        self.waited = {
+            name: round(100 * (waits[name] - began) / wall, 1)
+            for name, began in self._waits_began.items()
+            if name in waits
+        }
+        machine = machine_times()
+        if machine is not None and self._machine is not None:
+            busy, irq, steal = (
+                100 * (b - a) / wall for a, b in zip(self._machine, machine, strict=True)
+            )
+            usage["irq"], usage["steal"] = round(irq, 1), round(steal, 1)
+            usage["other"] = round(max(0.0, busy - sum(usage.values())), 1)
         return usage
 
 
@@ -226,11 +282,12 @@ class Postgres:
 
 
 @contextlib.contextmanager
-def postgres(database_url: str | None, workdir: Path) -> Iterator[Postgres]:
+def postgres(database_url: str | None, workdir: Path, *, fast: bool = False) -> Iterator[Postgres]:
     """The given database, or a fresh one on an embedded server; migrations applied.
 
     The embedded server keeps its default durability (fsync and synchronous commit on),
-    like a production database: the projection's commits cost what they would there.
+    like a production database, so the projection's commits cost what they would there;
+    ``fast`` turns durability off instead (as the tests run it).
     """
     from connectors.embedded.postgres import PostgresServer
     from connectors.migrate import apply_migrations
@@ -240,11 +297,12 @@ def postgres(database_url: str | None, workdir: Path) -> Iterator[Postgres]:
         yield Postgres(database_url, "external database (DATABASE_URL)", None)
         return
     progress("starting an embedded PostgreSQL ...")
-    with PostgresServer(workdir / "postgres") as server:
+    with PostgresServer(workdir / "postgres", fast=fast) as server:
         url = server.create_database("sluice_bench")
         apply_migrations(url)
         version = _postgres_version(url)
-        yield Postgres(url, f"PostgreSQL {version} (embedded, durable commits)", server.pid)
+        mode = "durability off: no fsync" if fast else "durable commits"
+        yield Postgres(url, f"PostgreSQL {version} (embedded, {mode})", server.pid)
         progress("stopping PostgreSQL ...")
 
 

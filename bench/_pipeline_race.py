@@ -20,7 +20,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from bench._load import cpu_seconds, machine_busy_seconds
+from bench._load import cpu_seconds
 from bench._pipeline_infra import (
     Child,
     OutputCounter,
@@ -28,8 +28,10 @@ from bench._pipeline_infra import (
     commit_group,
     create_topic,
     end_offsets,
+    machine_times,
     progress,
     read_records,
+    run_queue_seconds,
     total,
 )
 from bench._pipeline_input import (
@@ -73,6 +75,7 @@ _SAMPLE_EVERY_S = 0.05
 _LOG_APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
 _START_TIMEOUT_S = 120.0  # launch -> first output (faust joins, declares, recovers)
 _STALL_TIMEOUT_S = 30.0  # no new output for this long while running
+_MIN_RATE = 200.0  # events/s: slower than this after start-up counts as a failure
 _SECRET = "whsec_bench_pipeline"
 
 
@@ -164,6 +167,7 @@ class ContenderResult:
     startup_s: float = math.nan
     cpu_us_per_event: float = math.nan
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    cpu_wait_percent: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     skipped: str | None = None
 
@@ -176,7 +180,7 @@ class ContenderResult:
 class _Sample:
     at: float  # time.time()
     cpu: dict[str, float]
-    busy: float | None
+    machine: tuple[float, float, float] | None  # busy, irq, steal
 
 
 def _cpu(pids: dict[str, int | None]) -> dict[str, float]:
@@ -185,6 +189,9 @@ def _cpu(pids: dict[str, int | None]) -> dict[str, float]:
         used = cpu_seconds(pid) if pid is not None else None
         if used is not None:
             found[name] = used
+        waited = run_queue_seconds(pid) if pid is not None else None
+        if waited is not None:
+            found[f"{name} waited"] = waited
     return found
 
 
@@ -244,6 +251,10 @@ def run_contender(
         return result
     result.startup_s = result.rate.first_at - launched
     _cpu_cost(result, result.rate, samples)
+    progress(
+        f"{result.label}: {result.events_per_s:,.0f} events/s, "
+        f"{result.cpu_us_per_event:,.0f} us CPU per event"
+    )
     return result
 
 
@@ -258,11 +269,12 @@ def _watch(
     pids: dict[str, int | None] = {"contender": child.pid, "kafka": kafka_pid}
     samples: list[_Sample] = []
     began = time.monotonic()
+    deadline = began + _START_TIMEOUT_S + expected / _MIN_RATE
     last_progress_at, last_count = began, 0
     while True:
         now = time.monotonic()
         count = counter.count() - baseline
-        samples.append(_Sample(time.time(), _cpu(pids), machine_busy_seconds()))
+        samples.append(_Sample(time.time(), _cpu(pids), machine_times()))
         if count >= expected:
             return samples
         if count != last_count:
@@ -271,6 +283,10 @@ def _watch(
             raise _Failed(f"exited after {count} of {expected} outputs:\n{child.log_tail()}")
         if count == 0 and now - began > _START_TIMEOUT_S:
             raise _Failed(f"no output within {_START_TIMEOUT_S:g} s:\n{child.log_tail()}")
+        if now > deadline:
+            raise _Failed(
+                f"only {count} of {expected} outputs after {now - began:.0f} s:\n{child.log_tail()}"
+            )
         if count and now - last_progress_at > _STALL_TIMEOUT_S:
             raise _Failed(
                 f"stalled at {count} of {expected} outputs for {_STALL_TIMEOUT_S:g} s:\n"
@@ -290,7 +306,14 @@ def _cpu_cost(result: ContenderResult, rate: SteadyRate, samples: list[_Sample])
     events = rate.events_per_s * window
     if "contender" in used and events > 0:
         result.cpu_us_per_event = used["contender"] / events * 1e6
-    result.cpu_percent = {name: round(100 * value / window, 1) for name, value in used.items()}
-    if last.busy is not None and first.busy is not None:
-        busy = 100 * (last.busy - first.busy) / window
+    percent = {name: round(100 * value / window, 1) for name, value in used.items()}
+    result.cpu_percent = {k: v for k, v in percent.items() if not k.endswith(" waited")}
+    result.cpu_wait_percent = {
+        k.removesuffix(" waited"): v for k, v in percent.items() if k.endswith(" waited")
+    }
+    if last.machine is not None and first.machine is not None:
+        busy, irq, steal = (
+            100 * (b - a) / window for a, b in zip(first.machine, last.machine, strict=True)
+        )
+        result.cpu_percent["irq"], result.cpu_percent["steal"] = round(irq, 1), round(steal, 1)
         result.cpu_percent["other"] = round(max(0.0, busy - sum(result.cpu_percent.values())), 1)

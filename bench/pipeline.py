@@ -3,7 +3,7 @@
     python -m bench.pipeline [--rate 500] [--duration 20] [--warmup 3] [--burst 10000]
                              [--burst-concurrency 32] [--events 20000] [--duplicate-every 10]
                              [--skip-e2e] [--skip-race] [--json] [--profile-dir DIR]
-                             [--workdir DIR]
+                             [--fast-postgres] [--workdir DIR]
 
 **Part 1, end to end.** ``sluice ingress`` and ``sluice worker`` as child processes;
 signed Stripe ``payment_intent.succeeded`` webhooks (one fresh payment each) POSTed at
@@ -89,6 +89,8 @@ P99_GOAL_MS = 1000.0
 P99_GOAL_RATE = 500.0
 #: CPU (% of one core) used outside the bench's processes that makes a run suspect.
 NOISE_PERCENT = 25.0
+#: A contender measured over less than this many seconds gets a "rough" note.
+ROUGH_WINDOW_S = 1.0
 
 
 @dataclass
@@ -237,6 +239,10 @@ def _render_e2e(e2e: EndToEnd) -> list[str]:
             lines.append(f"  {phase.name}, {stage}: {_dist(dist)}")
         if phase.cpu_percent:
             lines.append(f"  {phase.name}, CPU (% of one core): {_cpu(phase.cpu_percent)}")
+        if phase.cpu_wait_percent:
+            lines.append(
+                f"  {phase.name}, runnable but waiting for a CPU: {_cpu(phase.cpu_wait_percent)}"
+            )
     return lines
 
 
@@ -268,6 +274,14 @@ def _render_race(report: Report) -> list[str]:
             f"{_num(result.cpu_us_per_event):>12} {_num(ratio, 2):>9}  "
             f"{_cpu(result.cpu_percent)}"
         )
+        if window < ROUGH_WINDOW_S:
+            lines.append(
+                f"{'':<32} (window under {ROUGH_WINDOW_S:g} s: the rate is rough; more "
+                "--events measure it better)"
+            )
+        waited = result.cpu_wait_percent.get("contender")
+        if waited is not None:
+            lines.append(f"{'':<32} (contender runnable but waiting for a CPU: {waited:.0f}%)")
     lines.append(
         f"domain work alone (decode, dedupe, normalise, encode; no Kafka, no framework): "
         f"{_num(report.domain_us_per_event)} us CPU per event"
@@ -355,6 +369,11 @@ def _parser() -> argparse.ArgumentParser:
         "--profile-dir", type=Path, default=None, help="cProfile each contender into DIR"
     )
     parser.add_argument(
+        "--fast-postgres",
+        action="store_true",
+        help="embedded PostgreSQL without fsync (separates disk latency from the pipeline)",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -371,7 +390,7 @@ def _measure(args: argparse.Namespace) -> Report:
     with (
         _workdir(args.workdir) as tmp,
         kafka(bootstrap, Path(tmp)) as broker,
-        postgres(database_url, Path(tmp)) as database,
+        postgres(database_url, Path(tmp), fast=args.fast_postgres) as database,
     ):
         report.kafka, report.postgres = broker.description, database.description
         pids = {"kafka": broker.pid, "postgres": database.pid}
@@ -463,8 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.rate, args.duration) <= 0 or args.warmup < 0 or args.burst < 0:
         parser.error("--rate and --duration must be positive; --warmup and --burst >= 0")
-    if args.burst_concurrency < 1 or args.events < 2 or args.duplicate_every in (1,):
-        parser.error("need --burst-concurrency >= 1, --events >= 2, --duplicate-every != 1")
+    if (
+        args.burst_concurrency < 1
+        or args.events < 2
+        or args.duplicate_every == 1
+        or args.duplicate_every < 0
+    ):
+        parser.error("need --burst-concurrency >= 1, --events >= 2, --duplicate-every 0 or > 1")
     # SIGTERM unwinds like Ctrl-C, so every child process and embedded server is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -6,10 +6,12 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import bench._pipeline_race as race_module
 from bench._pipeline_agents import quix_dedupe_normalise
 from bench._pipeline_e2e import EndToEnd, PhaseResult
 from bench._pipeline_infra import tree_cpu_seconds
@@ -222,3 +224,21 @@ def test_report_with_a_skipped_contender_and_a_slow_pipeline() -> None:
 def _machine() -> dict[str, str]:
     keys = "cpus cpu_model memory os python librdkafka confluent-kafka faust-streaming"
     return dict.fromkeys([*keys.split(), "aiokafka", "quixstreams", "rocksdict"], "test")
+
+
+def test_quix_comparison_is_skipped_with_an_install_hint_when_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(race_module, "quix_available", lambda: False)
+    race = race_module.RaceInput(10, 9, {}, 0.0, [])
+    result = race_module.run_contender(
+        "quix",
+        race,
+        bootstrap="127.0.0.1:1",  # never contacted
+        database_url="postgresql://unused",
+        run_id="x",
+        workdir=tmp_path,
+        kafka_pid=None,
+    )
+    assert result.skipped == race_module.QUIX_INSTALL_HINT
+    assert "uv pip install quixstreams" in result.skipped

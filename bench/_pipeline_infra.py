@@ -12,7 +12,6 @@ import contextlib
 import os
 import platform
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -26,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from bench._load import cpu_seconds
+from bench.ingress import _java_version
 from connectors.embedded.process import ChildProcess
 
 __all__ = [
@@ -312,20 +312,6 @@ def _postgres_version(url: str) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute("SHOW server_version").fetchone()
     return str(row[0]).split()[0] if row else "unknown"
-
-
-def _java_version() -> str:
-    from connectors.embedded.kafka import find_java
-
-    try:
-        out = subprocess.run(
-            [find_java(), "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    first = (out.stderr or out.stdout).splitlines()[:1]
-    parts = first[0].split('"') if first else []
-    return parts[1] if len(parts) > 1 else "unknown"
 
 
 # -- child processes ---------------------------------------------------------------------

@@ -43,6 +43,10 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     elasticsearch_url: str | None = None
+    stripe_api_key: str | None = None
+    # A Stripe-compatible server (localstripe in dev and tests); None: the stripe
+    # library's default, Stripe itself.
+    stripe_api_base: str | None = None
     stripe_webhook_secrets: tuple[str, ...] = ()
     razorpay_webhook_secrets: tuple[str, ...] = ()
     internal_api_tokens: tuple[str, ...] = ()
@@ -68,13 +72,19 @@ class Settings:
     worker_batch_size: int = 500
     worker_batch_within_s: float = 0.2
     # Per-partner settings (PARTNER_<ID>_*) are kept raw here; the leads issue gives them shape.
+    # Request/reply (ingress waits for the worker's answer this long, then 202 + taskId).
+    reply_timeout_s: float = 5.0
+    # Orders: how long a payment may wait for its order before it is reported orphaned,
+    # and how often held payments are checked.
+    orphan_hold_s: float = 3600.0
+    orphan_check_every_s: float = 30.0
     partners: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def redacted(self) -> dict[str, str]:
         """The settings as strings with every secret replaced, safe for a log line."""
         shown: dict[str, str] = {}
         for name, value in vars(self).items():
-            secret = name.endswith(("secrets", "tokens"))
+            secret = name.endswith(("secrets", "tokens", "_key"))
             shown[name] = "***" if secret and value else str(value)
         return shown
 
@@ -124,6 +134,8 @@ def load_settings(
         database_url=text("DATABASE_URL"),
         redis_url=text("REDIS_URL"),
         elasticsearch_url=text("ELASTICSEARCH_URL"),
+        stripe_api_key=text("STRIPE_API_KEY"),
+        stripe_api_base=text("STRIPE_API_BASE"),
         stripe_webhook_secrets=secrets("STRIPE_WEBHOOK_SECRET"),
         razorpay_webhook_secrets=secrets("RAZORPAY_WEBHOOK_SECRET"),
         internal_api_tokens=secrets("INTERNAL_API_TOKEN"),
@@ -146,6 +158,9 @@ def load_settings(
         worker_web_port=parsed("SLUICE_WORKER_WEB_PORT", int, None),
         worker_batch_size=parsed("SLUICE_WORKER_BATCH_SIZE", int, 500),
         worker_batch_within_s=parsed("SLUICE_WORKER_BATCH_WITHIN", parse_duration, 0.2),
+        reply_timeout_s=parsed("SLUICE_REPLY_TIMEOUT", parse_duration, 5.0),
+        orphan_hold_s=parsed("SLUICE_ORPHAN_HOLD", parse_duration, 3600.0),
+        orphan_check_every_s=parsed("SLUICE_ORPHAN_CHECK_EVERY", parse_duration, 30.0),
         partners=_partners(env),
     )
     if settings.max_body_bytes <= 0:

@@ -59,10 +59,16 @@ __all__ = [
     "DAY_MS",
     "DEAD_LETTER_SUBJECT",
     "IDS_PATH",
+    "INVENTORY_RELEASE_SUBJECT",
     "JOIN_PARTITIONS",
     "JOIN_TOPICS",
     "ORDER_EVENT_SUBJECT",
+    "ORDER_LIFECYCLE_SUBJECT",
+    "PAYMENT_COMMAND_SUBJECT",
+    "PAYMENT_SETUP_SUBJECT",
+    "PAYMENT_TOPICS",
     "RAW_WEBHOOK_SUBJECT",
+    "REPLY_SUBJECT",
     "RETRY_DELAYS",
     "RUNTIME_CONFIG_SUBJECT",
     "TOPICS",
@@ -99,6 +105,11 @@ BILLING_EVENT_SUBJECT = "sluice.billing.BillingEvent"
 ORDER_EVENT_SUBJECT = "sluice.orders.OrderEvent"
 DEAD_LETTER_SUBJECT = "sluice.dlq.DeadLetter"
 RUNTIME_CONFIG_SUBJECT = "sluice.config.RuntimeConfigEntry"
+ORDER_LIFECYCLE_SUBJECT = "sluice.orders.OrderLifecycleEvent"
+PAYMENT_COMMAND_SUBJECT = "sluice.payments.PaymentCommand"
+PAYMENT_SETUP_SUBJECT = "sluice.payments.PaymentSetupEvent"
+REPLY_SUBJECT = "sluice.commands.Reply"
+INVENTORY_RELEASE_SUBJECT = "sluice.commands.InventoryRelease"
 
 _TOPIC_NAME = re.compile(r"[a-z][a-z0-9]*(?:\.[a-z0-9]+)*")
 _RETRY_NAME = re.compile(r"retry\.([1-9][0-9]*)(ms|s|m|h)")
@@ -218,7 +229,17 @@ _BILLING_DOCS = {
 }
 BILLING_TOPICS: tuple[str, ...] = tuple(_BILLING_DOCS)
 WEBHOOK_TOPICS: tuple[str, ...] = ("webhooks.stripe", "webhooks.razorpay")
-JOIN_TOPICS: tuple[str, ...] = ("orders", *BILLING_TOPICS)
+PAYMENT_TOPICS: tuple[str, ...] = tuple(
+    name for name in BILLING_TOPICS if name.startswith(("billing.payment.", "billing.checkout."))
+)
+"""The billing topics about an order's payment (keyed by order id): the join reads them."""
+JOIN_TOPICS: tuple[str, ...] = (
+    "orders",
+    "commands.payments",
+    "payments.setup",
+    "join.ticks",
+    *PAYMENT_TOPICS,
+)
 """Topics the orders⇄payments join reads: same partition count, keyed by order id."""
 
 # Invoices and subscriptions are not joined to orders; keying them by their own id keeps
@@ -269,6 +290,83 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         compacted=False,
         doc="Order lifecycle events from internal services (order.created, "
         "order.cancelled), posted to POST /internal/v1/events.",
+    ),
+    TopicSpec(
+        name="orders.lifecycle",
+        subject=ORDER_LIFECYCLE_SUBJECT,
+        key="orderId",
+        partitions=JOIN_PARTITIONS,
+        retention_ms=None,
+        compacted=False,
+        doc="What the orders⇄payments join decided: order.pending_payment, order.paid, "
+        "order.payment_failed, order.payment_mismatch, order.refunded, order.cancelled, "
+        "order.payment_setup_failed, order.payment_orphaned, order.updated. Each record "
+        "carries the order's state after the event and its revision; the Postgres and "
+        "Elasticsearch projections read it.",
+    ),
+    TopicSpec(
+        name="commands.payments",
+        subject=PAYMENT_COMMAND_SUBJECT,
+        key="orderId",
+        partitions=JOIN_PARTITIONS,
+        retention_ms=7 * DAY_MS,
+        compacted=False,
+        doc="Payment commands naming an order (create intent, create checkout session, "
+        "refund), from POST /internal/v1/payments/...; the join checks them against the "
+        "order and forwards valid ones to commands.stripe.",
+    ),
+    TopicSpec(
+        name="commands.stripe",
+        subject=PAYMENT_COMMAND_SUBJECT,
+        key="orderId",
+        partitions=JOIN_PARTITIONS,
+        retention_ms=7 * DAY_MS,
+        compacted=False,
+        doc="Stripe API calls to make, with the order's amount and currency filled in by "
+        "the join; the stripe_calls agent makes them (idempotency keys derived from the "
+        "order or request id) and writes payments.setup and replies.",
+    ),
+    TopicSpec(
+        name="payments.setup",
+        subject=PAYMENT_SETUP_SUBJECT,
+        key="orderId",
+        partitions=JOIN_PARTITIONS,
+        retention_ms=None,
+        compacted=False,
+        doc="Outcomes of Stripe API calls for orders: payment.intent.created (intent id "
+        "and client secret), payment.checkout.created, payment.refund.created, "
+        "payment.setup_failed.",
+    ),
+    TopicSpec(
+        name="join.ticks",
+        subject=None,
+        key="partition",
+        partitions=JOIN_PARTITIONS,
+        retention_ms=DAY_MS,
+        compacted=False,
+        doc="Internal clock of the join: an empty record per partition every "
+        "SLUICE_ORPHAN_CHECK_EVERY, so a quiet partition still reports its orphaned "
+        "payments. No schema; the value is empty.",
+    ),
+    TopicSpec(
+        name="replies",
+        subject=REPLY_SUBJECT,
+        key="taskId",
+        partitions=3,
+        retention_ms=DAY_MS,
+        compacted=False,
+        doc="Request/reply answers (HTTP status and JSON body) for commands whose caller "
+        "waits; every ingress reads all of it and answers the caller holding the task id.",
+    ),
+    TopicSpec(
+        name="commands.inventory.release",
+        subject=INVENTORY_RELEASE_SUBJECT,
+        key="orderId",
+        partitions=JOIN_PARTITIONS,
+        retention_ms=None,
+        compacted=False,
+        doc="Compensation: release the stock of an order whose payment failed, whose "
+        "checkout expired or that was cancelled (at most once per order).",
     ),
     TopicSpec(
         name="leads.received",

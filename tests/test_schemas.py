@@ -65,6 +65,26 @@ PUBLISHED: dict[tuple[str, int], tuple[int, str]] = {
         1005,
         "912448c9985cc502726887360874078a30098061056f2e20d3ab9401773d14b9",
     ),
+    ("sluice.orders.OrderLifecycleEvent", 1): (
+        1006,
+        "6e58f27f7d7d2c59f1f7212c2f1385e68b311938008436f4bd957ae7791decd1",
+    ),
+    ("sluice.payments.PaymentCommand", 1): (
+        1007,
+        "f4f265f2e93c87ff1f31e0b6157e8218cbf5975606f26abc9bb6d604ad1b96ee",
+    ),
+    ("sluice.payments.PaymentSetupEvent", 1): (
+        1008,
+        "3775628c119606503ff596d164b394c9cd3417bf351d9ccab53464e65ca47696",
+    ),
+    ("sluice.commands.Reply", 1): (
+        1009,
+        "5223ea083f7b6e87ad9ec93a6ae37986c66329f43fcc3fd06f9755b699cd7e02",
+    ),
+    ("sluice.commands.InventoryRelease", 1): (
+        1010,
+        "48bf05cf2cf79c6906b69c934c66344a2dfc39aa9a8b4c61054f2fad6b844654",
+    ),
 }
 
 ENVELOPE: list[tuple[str, Any]] = [
@@ -109,6 +129,13 @@ def test_design_topics_are_declared() -> None:
         "billing.invoice.updated",
         "billing.subscription.updated",
         "orders",
+        "orders.lifecycle",
+        "commands.payments",
+        "commands.stripe",
+        "payments.setup",
+        "join.ticks",
+        "replies",
+        "commands.inventory.release",
         "leads.received",
         "commands.search.index",
         "config.runtime",
@@ -121,9 +148,14 @@ def test_design_topics_are_declared() -> None:
 
 
 def test_join_topics_are_co_partitioned_and_keyed_by_order_id() -> None:
-    assert set(JOIN_TOPICS) == {"orders", *BILLING_TOPICS}
+    assert set(JOIN_TOPICS) >= {"orders", "commands.payments", "payments.setup"}
+    assert {t for t in BILLING_TOPICS if TOPICS[t].key == "orderId"} <= set(JOIN_TOPICS)
+    assert TOPICS["join.ticks"].key == "partition"
     assert {TOPICS[t].partitions for t in JOIN_TOPICS} == {JOIN_PARTITIONS}
-    for topic in ("orders", *(t for t in BILLING_TOPICS if ".payment." in t or ".checkout." in t)):
+    for topic in (
+        *(t for t in JOIN_TOPICS if t != "join.ticks"),
+        *(t for t in BILLING_TOPICS if ".payment." in t or ".checkout." in t),
+    ):
         assert TOPICS[topic].key == "orderId", topic
 
 

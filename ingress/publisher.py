@@ -90,6 +90,12 @@ class KafkaPublisher:
             # (aiokafka inside faust, kcat, partners' clients) must read them without
             # optional codec libraries.
             "compression.type": "none",
+            # Java's (and aiokafka's, so faust's) partitioner: a key lands in the same
+            # partition whoever writes it. librdkafka's default (CRC32) would put an
+            # order.created from the ingress and the billing events the worker derives
+            # for the same order id in different partitions, and the co-partitioned
+            # orders⇄payments join would never see them together.
+            "partitioner": "murmur2_random",
             # librdkafka keeps retrying until this deadline; past it the record fails
             # for good. Bounded so a long outage does not hoard memory.
             "delivery.timeout.ms": max(int(timeout_s * 1000) * 6, 30_000),

@@ -60,7 +60,14 @@ def replay(
     :raises TransientError: when the records could not be made durable in time.
     """
     producer = Producer(
-        {"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all"}
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            # Java's partitioner, as the ingress and faust use: a replayed record goes back
+            # to the partition its key belongs to (the join is co-partitioned by key).
+            "partitioner": "murmur2_random",
+        }
     )
     failures: list[str] = []
     replayed: list[str] = []

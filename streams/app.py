@@ -18,7 +18,13 @@ from schemas.catalog import topic_spec
 from schemas.codec import make_codec
 from sluice.clock import Clock, SystemClock
 from sluice.settings import Settings
-from streams.agents import normalise_webhooks, project_billing, project_webhooks, retry_delayed
+from streams.agents import (
+    join_orders,
+    normalise_webhooks,
+    project_billing,
+    project_webhooks,
+    retry_delayed,
+)
 from streams.context import FaustOutbox, WorkerContext
 from streams.domain.retry import RetryPolicy
 from streams.effects import EffectRunner
@@ -29,7 +35,7 @@ __all__ = ["AGENT_MODULES", "create_worker", "run_worker"]
 log = logging.getLogger(__name__)
 
 # Every agent module; each has ``register(ctx)``. Order is irrelevant to faust.
-AGENT_MODULES = (normalise_webhooks, project_webhooks, project_billing, retry_delayed)
+AGENT_MODULES = (normalise_webhooks, project_webhooks, project_billing, join_orders, retry_delayed)
 
 
 def create_worker(

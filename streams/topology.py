@@ -9,6 +9,14 @@ agents take their handles from the ``Topology`` built here.
         └─► project_webhooks    (Postgres webhook_events) ─► retry.* · dlq
     billing.*
         └─► project_billing     (Postgres payments, refunds, ...) ─► retry.* · dlq
+    orders, commands.payments, payments.setup, join.ticks, billing.payment.*, billing.checkout.*
+        └─► join_orders         (tables orders_state, payments_waiting)
+                                ─► orders.lifecycle · commands.stripe · commands.inventory.release
+                                   · replies · dlq
+    commands.stripe
+        └─► stripe_calls        (Stripe API) ─► payments.setup · replies · retry.* · dlq
+    orders.lifecycle
+        └─► project_orders      (Postgres orders, Elasticsearch orders) ─► retry.* · dlq
     retry.<delay>  (one agent per delay topic; waits for the head record's due time)
         └─► retry_<delay>       re-runs the named effect ─► next retry.* · dlq · alerts
 """
@@ -20,7 +28,7 @@ from typing import Any
 
 import faust
 
-from schemas.catalog import BILLING_TOPICS, WEBHOOK_TOPICS, topic_spec
+from schemas.catalog import BILLING_TOPICS, JOIN_TOPICS, WEBHOOK_TOPICS, topic_spec
 from streams.domain.retry import RetryPolicy
 
 __all__ = ["WIRING", "Topology", "Wire", "build_topology"]
@@ -47,6 +55,24 @@ def wiring(policy: RetryPolicy) -> tuple[Wire, ...]:
         ),
         Wire("project_webhooks", reads=tuple(WEBHOOK_TOPICS), writes=failures),
         Wire("project_billing", reads=tuple(BILLING_TOPICS), writes=failures),
+        Wire(
+            "join_orders",
+            reads=JOIN_TOPICS,
+            writes=(
+                "orders.lifecycle",
+                "commands.stripe",
+                "commands.inventory.release",
+                "replies",
+                "dlq",
+            ),
+            tables=("orders_state", "payments_waiting"),
+        ),
+        Wire(
+            "stripe_calls",
+            reads=("commands.stripe",),
+            writes=("payments.setup", "replies", *failures),
+        ),
+        Wire("project_orders", reads=("orders.lifecycle",), writes=failures),
         *(
             Wire(f"retry_{topic.removeprefix('retry.')}", reads=(topic,), writes=failures)
             for topic in retry_topics
@@ -63,6 +89,8 @@ class Topology:
     topics: dict[str, Any]  # name -> faust TopicT
     dedupe_seen: Any  # faust Table: dedupe key -> [first-seen epoch ms, record position]
     wires: tuple[Wire, ...]
+    orders_state: Any = None  # faust Table: order id -> Order as JSON (domain.orders)
+    payments_waiting: Any = None  # faust Table: order id -> Held as JSON (domain.orders)
 
     def topic(self, name: str) -> Any:
         return self.topics[name]
@@ -105,4 +133,30 @@ def build_topology(app: faust.App, policy: RetryPolicy) -> Topology:
         options={"driver": "rocksdict"},
         help="dedupe key (provider:eventId) -> [first-seen epoch ms, record position]",
     )
-    return Topology(app=app, topics=topics, dedupe_seen=dedupe_seen, wires=wires)
+    # The join's state, co-partitioned with the join topics (all keyed by order id).
+    orders_state = app.Table(
+        "orders_state",
+        default=None,
+        key_type=str,
+        value_type=None,
+        partitions=topic_spec("orders").partitions,
+        options={"driver": "rocksdict"},
+        help="order id -> the order as the join knows it (JSON, streams.domain.orders.Order)",
+    )
+    payments_waiting = app.Table(
+        "payments_waiting",
+        default=None,
+        key_type=str,
+        value_type=None,
+        partitions=topic_spec("orders").partitions,
+        options={"driver": "rocksdict"},
+        help="order id -> events that arrived before their order (JSON, domain.orders.Held)",
+    )
+    return Topology(
+        app=app,
+        topics=topics,
+        dedupe_seen=dedupe_seen,
+        wires=wires,
+        orders_state=orders_state,
+        payments_waiting=payments_waiting,
+    )

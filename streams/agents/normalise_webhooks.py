@@ -13,6 +13,7 @@ from streams.domain.dlq import REPLAY_HEADER
 from streams.domain.normalise import normalise
 from streams.effects import dead_letter_now
 from streams.records import Inbound, header_value
+from streams.tables import partition_items
 
 __all__ = ["handle", "purge_partition", "register"]
 
@@ -111,19 +112,8 @@ def purge_partition(ctx: WorkerContext, partition: int) -> int:
 
 
 def _partition_entries(table: Any, partition: int) -> dict[str, Remembered]:
-    """The entries one partition holds locally (faust has no public per-partition view)."""
-    store = table.data
-    db = getattr(store, "_dbs", {}).get(partition)
-    if db is None:
-        return {}
-    entries: dict[str, Remembered] = {}
-    # The partition's RocksDB also holds faust's own bookkeeping (its committed-offset
-    # marker), which is not a table entry and not JSON.
-    internal = getattr(store, "offset_key", b"__faust\0offset__")
-    for raw_key, raw_value in db.items():
-        if raw_key == internal:
-            continue
-        value = store._decode_value(raw_value)
-        if isinstance(value, int | list):
-            entries[store._decode_key(raw_key)] = value
-    return entries
+    return {
+        key: value
+        for key, value in partition_items(table, partition).items()
+        if isinstance(value, int | list)
+    }

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.ingress",
     "tests.fixtures.worker",
+    "tests.fixtures.stripe",
 ]

@@ -20,9 +20,11 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	$(UV) sync --frozen --extra dev
 	@touch $@
 
-# Apache Kafka's jars, resolved by Maven into the cache (skipped once present).
+# Apache Kafka's jars and the Elasticsearch distribution, resolved by Maven into the
+# cache (skipped once present).
 jars: setup
 	$(BIN)/python -m connectors.embedded.kafka --fetch
+	$(BIN)/python -m connectors.embedded.elasticsearch --fetch
 
 # Operator tools the tests also exercise; best effort, they need root and apt.
 tools:

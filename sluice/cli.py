@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser("dev", help="run the whole pipeline on the embedded stack")
     dev.add_argument("--data-dir", type=Path, default=Path(".data/dev"))
+    dev.add_argument(
+        "--with-search",
+        action="store_true",
+        help="also start Elasticsearch (ELASTICSEARCH_URL) unless that is set",
+    )
     dev.set_defaults(run=_dev)
 
     ingress = commands.add_parser("ingress", help="run the webhook and internal HTTP listeners")
@@ -139,7 +144,9 @@ def _dev(args: argparse.Namespace) -> int:
     from sluice.dev import run_dev
 
     configure_logging("INFO")
-    asyncio.run(_until_signalled(lambda stop: run_dev(args.data_dir, stop)))
+    asyncio.run(
+        _until_signalled(lambda stop: run_dev(args.data_dir, stop, with_search=args.with_search))
+    )
     return 0
 
 

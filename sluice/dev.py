@@ -1,10 +1,11 @@
 """``sluice dev``: the whole pipeline on the embedded stack, in one command.
 
 Starts (or reuses, when its URL is set) Kafka, PostgreSQL and Redis under the data
-directory, creates the catalog topics, applies migrations, generates dev secrets unless
-set, writes every effective URL and secret to ``DIR/dev.env``, runs the ingress and the
-worker (a child process), and stops everything on Ctrl-C. Secrets already in
-``DIR/dev.env`` are kept across runs, so a `curl` command signed with them keeps working.
+directory, and Elasticsearch with ``--with-search``, creates the catalog topics, applies
+migrations, generates dev secrets unless set, writes every effective URL and secret to
+``DIR/dev.env``, runs the ingress and the worker (a child process), and stops everything
+on Ctrl-C. Secrets already in ``DIR/dev.env`` are kept across runs, so a `curl` command
+signed with them keeps working.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from connectors.embedded import EmbeddedStack, free_port
+from connectors.embedded import DEFAULT_SERVICES, ELASTICSEARCH_SERVICE, EmbeddedStack, free_port
 from connectors.kafka_admin import create_topics
 from connectors.migrate import apply_migrations
 from ingress.server import running_ingress
@@ -39,12 +40,19 @@ _SECRET_MAKERS: dict[str, Callable[[], str]] = {
 }
 
 
-async def run_dev(data_dir: Path, stop: asyncio.Event) -> None:
+async def run_dev(data_dir: Path, stop: asyncio.Event, *, with_search: bool = False) -> None:
+    """Run everything until ``stop`` is set; ``with_search`` adds Elasticsearch.
+
+    Without it, ``ELASTICSEARCH_URL`` reaches the worker only if it is set already.
+    """
     data_dir, earlier = await asyncio.to_thread(_prepare, data_dir)
     env_file = data_dir / "dev.env"
     env: dict[str, str] = {**earlier, **os.environ}
 
-    stack = EmbeddedStack(data_dir, env=os.environ)
+    services = [*DEFAULT_SERVICES]
+    if with_search:
+        services.append(ELASTICSEARCH_SERVICE)
+    stack = EmbeddedStack(data_dir, env=os.environ, services=services)
     urls = await asyncio.to_thread(stack.start)
     try:
         effective = {**urls, **dev_secrets(env)}

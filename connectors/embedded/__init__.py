@@ -1,4 +1,5 @@
-"""The embedded stack: real Kafka, PostgreSQL and Redis servers run as child processes.
+"""The embedded stack: real Kafka, PostgreSQL, Redis (and, when asked for, Elasticsearch)
+servers run as child processes.
 
 Used by ``sluice dev`` and by the pytest session fixtures (``tests/fixtures/services.py``).
 Every service is synchronous; async callers wrap calls in ``asyncio.to_thread``.
@@ -13,6 +14,11 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from connectors.embedded.elasticsearch import (
+        ELASTICSEARCH_VERSION,
+        ElasticsearchServer,
+        ensure_elasticsearch,
+    )
     from connectors.embedded.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka_jars
     from connectors.embedded.ports import free_port, is_port_free
     from connectors.embedded.postgres import PostgresServer
@@ -22,11 +28,19 @@ if TYPE_CHECKING:
         ServiceStartError,
     )
     from connectors.embedded.redis import RedisServer
-    from connectors.embedded.stack import DEFAULT_SERVICES, EmbeddedStack, ServiceSpec
+    from connectors.embedded.stack import (
+        DEFAULT_SERVICES,
+        ELASTICSEARCH_SERVICE,
+        EmbeddedStack,
+        ServiceSpec,
+    )
 
 __all__ = [
     "DEFAULT_SERVICES",
+    "ELASTICSEARCH_SERVICE",
+    "ELASTICSEARCH_VERSION",
     "KAFKA_VERSION",
+    "ElasticsearchServer",
     "EmbeddedService",
     "EmbeddedServiceError",
     "EmbeddedStack",
@@ -35,6 +49,7 @@ __all__ = [
     "RedisServer",
     "ServiceSpec",
     "ServiceStartError",
+    "ensure_elasticsearch",
     "ensure_kafka_jars",
     "free_port",
     "is_port_free",
@@ -42,7 +57,10 @@ __all__ = [
 
 _HOME = {
     "DEFAULT_SERVICES": "stack",
+    "ELASTICSEARCH_SERVICE": "stack",
+    "ELASTICSEARCH_VERSION": "elasticsearch",
     "KAFKA_VERSION": "kafka",
+    "ElasticsearchServer": "elasticsearch",
     "EmbeddedService": "process",
     "EmbeddedServiceError": "process",
     "EmbeddedStack": "stack",
@@ -51,6 +69,7 @@ _HOME = {
     "RedisServer": "redis",
     "ServiceSpec": "stack",
     "ServiceStartError": "process",
+    "ensure_elasticsearch": "elasticsearch",
     "ensure_kafka_jars": "kafka",
     "is_port_free": "ports",
     "free_port": "ports",

@@ -1,4 +1,5 @@
-"""The whole embedded stack behind ``sluice dev``: Kafka, PostgreSQL and Redis.
+"""The whole embedded stack behind ``sluice dev``: Kafka, PostgreSQL and Redis, and
+Elasticsearch when asked for.
 
 A service whose setting is already present in the environment is used as-is and not
 started, so a developer can point ``sluice dev`` at a shared Postgres and still get an
@@ -15,12 +16,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from connectors.embedded.elasticsearch import ElasticsearchServer
 from connectors.embedded.kafka import KafkaBroker
 from connectors.embedded.postgres import PostgresServer
 from connectors.embedded.process import EmbeddedService
 from connectors.embedded.redis import RedisServer
 
-__all__ = ["DEFAULT_SERVICES", "EmbeddedStack", "ServiceSpec"]
+__all__ = ["DEFAULT_SERVICES", "ELASTICSEARCH_SERVICE", "EmbeddedStack", "ServiceSpec"]
 
 _log = logging.getLogger(__name__)
 
@@ -40,13 +42,16 @@ class ServiceSpec:
 
 
 #: Started in this order, stopped in reverse. This is the extension point for more
-#: services: Elasticsearch (``ELASTICSEARCH_URL``, port 9200) will be one more spec,
-#: passed in by ``sluice dev`` only when asked for, since it is heavy and optional.
+#: services: callers append optional specs such as ``ELASTICSEARCH_SERVICE``.
 DEFAULT_SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("KAFKA_BOOTSTRAP_SERVERS", "kafka", 9092, KafkaBroker),
     ServiceSpec("DATABASE_URL", "postgres", 5432, PostgresServer),
     ServiceSpec("REDIS_URL", "redis", 6379, RedisServer),
 )
+
+#: Not in ``DEFAULT_SERVICES``: heavy (a 512 MiB JVM, about 7 s to start) and optional,
+#: so ``sluice dev`` adds it only when asked for (``--with-search``).
+ELASTICSEARCH_SERVICE = ServiceSpec("ELASTICSEARCH_URL", "elasticsearch", 9200, ElasticsearchServer)
 
 
 class EmbeddedStack:

@@ -1,4 +1,4 @@
-"""The Postgres projections: raw webhooks and the billing tables (DESIGN §6).
+"""The Postgres projections: raw webhooks, the billing tables and orders (DESIGN §6).
 
 One class, :class:`PostgresProjection`, an async context manager over a psycopg 3
 ``AsyncConnectionPool``. Its write methods are idempotent and batched, and safe with
@@ -11,7 +11,9 @@ out-of-order events and concurrent writers:
   the same statement that applies it, and an event already in ``processed_events`` for
   that consumer is skipped;
 - a batch is sent in pipeline mode: a handful of round trips whatever its size (the
-  statements, the commit, and the pool's connection check).
+  statements, the commit, and the pool's connection check);
+- ``orders`` holds snapshots: a row is replaced only by a higher ``revision`` (the
+  join's counter), so replays and late records never overwrite newer state.
 
 Driver errors come out as :class:`~sluice.errors.TransientError` (connection lost or
 refused, no pooled connection within the timeout, serialization failure, deadlock,
@@ -36,9 +38,11 @@ from typing import Any, Final, Literal, Self, TypeVar, get_args
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow, class_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from sluice.errors import PermanentError, SluiceError, TransientError
+from streams.domain.orders import OrderStatus
 from streams.domain.status import (
     CHECKOUT_RANK,
     INVOICE_RANK,
@@ -59,9 +63,11 @@ from streams.domain.status import (
 
 __all__ = [
     "BILLING_TOPICS",
+    "ORDER_STATUSES",
     "PROJECTION_TABLES",
     "CheckoutSession",
     "Invoice",
+    "OrderRow",
     "Payment",
     "PostgresProjection",
     "ProjectionInputError",
@@ -83,6 +89,7 @@ ProjectionTable = Literal[
     "invoices",
     "subscriptions",
     "checkout_sessions",
+    "orders",
     "processed_events",
 ]
 PROJECTION_TABLES: Final[frozenset[str]] = frozenset(get_args(ProjectionTable))
@@ -101,6 +108,11 @@ BILLING_TOPICS: Final[frozenset[str]] = frozenset(
     {*_PAYMENT_TOPICS, _REFUND_TOPIC, *_CHECKOUT_TOPICS, _INVOICE_TOPIC, _SUBSCRIPTION_TOPIC}
 )
 """The nine ``billing.*`` topics :meth:`PostgresProjection.apply_billing` projects."""
+
+ORDER_STATUSES: Final[frozenset[str]] = frozenset(
+    value for name, value in vars(OrderStatus).items() if name.isupper()
+)
+"""The ``orders.status`` vocabulary (``streams.domain.orders.OrderStatus``)."""
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _TRANSIENT_SQLSTATE_CLASSES: Final = frozenset(
@@ -311,6 +323,34 @@ class CheckoutSession:
     last_event_id: str
     last_event_at: dt.datetime
     created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    """An ``orders`` row: the newest snapshot of an order the join published.
+
+    ``items`` are ``{"productId", "quantity"}`` objects; ``last_event_*`` and
+    ``last_reason`` name the lifecycle event whose snapshot this is. ``client_secret``
+    is kept out of ``repr`` so a logged row cannot leak it.
+    """
+
+    order_id: str
+    user_id: str | None
+    amount_minor: int | None
+    currency: str | None
+    status: str
+    refunded_minor: int
+    payment_provider: str | None
+    payment_intent_id: str | None
+    client_secret: str | None = field(repr=False)
+    items: list[dict[str, Any]]
+    provider_ids: list[str]
+    revision: int
+    last_event_id: str
+    last_event_type: str
+    last_reason: str | None
+    created_at: dt.datetime | None
     updated_at: dt.datetime
 
 
@@ -620,6 +660,56 @@ _WEBHOOK_UPSERT: Final = sql.SQL(
 )
 
 
+# Orders: a snapshot replaces the row only when its revision is higher, so any order
+# and any repetition of snapshots ends with the newest one. Returns 1 when written.
+_ORDER_COLUMNS: Final = (
+    ("order_id", "text"),
+    ("user_id", "text"),
+    ("amount_minor", "bigint"),
+    ("currency", "text"),
+    ("status", "text"),
+    ("refunded_minor", "bigint"),
+    ("payment_provider", "text"),
+    ("payment_intent_id", "text"),
+    ("client_secret", "text"),
+    ("items", "jsonb"),
+    ("provider_ids", "text[]"),
+    ("revision", "bigint"),
+    ("last_event_id", "text"),
+    ("last_event_type", "text"),
+    ("last_reason", "text"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+)
+_ORDER_UPSERT: Final = sql.SQL(
+    "WITH upsert AS ("
+    "INSERT INTO orders AS t ({columns}) VALUES ({values}) "
+    "ON CONFLICT (order_id) DO UPDATE SET {sets} "
+    "WHERE t.revision < EXCLUDED.revision RETURNING 1) "
+    "SELECT count(*) FROM upsert"
+).format(
+    columns=sql.SQL(", ").join(sql.Identifier(name) for name, _ in _ORDER_COLUMNS),
+    values=sql.SQL(", ").join(
+        sql.SQL("%({})s::{}").format(sql.SQL(name), sql.SQL(kind)) for name, kind in _ORDER_COLUMNS
+    ),
+    sets=sql.SQL(", ").join(
+        sql.SQL("{c} = {v}").format(
+            c=sql.Identifier(name),
+            # A snapshot always has createdAt; never forget a known one all the same.
+            v=sql.SQL("COALESCE(EXCLUDED.created_at, t.created_at)")
+            if name == "created_at"
+            else _col(_EXCLUDED, name),
+        )
+        for name, _ in _ORDER_COLUMNS
+        if name != "order_id"
+    ),
+)
+_RECORD_PROCESSED: Final = sql.SQL(
+    "INSERT INTO processed_events (consumer, event_id) "
+    "SELECT %s::text, e FROM unnest(%s::text[]) AS e ON CONFLICT DO NOTHING"
+)
+
+
 def _select(row_type: type[Any], table: str, where: str) -> sql.Composed:
     columns = sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(row_type))
     return sql.SQL("SELECT {columns} FROM {table} WHERE ").format(
@@ -643,6 +733,7 @@ _SELECT_CHECKOUT: Final = _select(
     CheckoutSession, "checkout_sessions", "provider = %s AND session_id = %s"
 )
 _SELECT_WEBHOOK: Final = _select(WebhookEvent, "webhook_events", "provider = %s AND event_id = %s")
+_SELECT_ORDER: Final = _select(OrderRow, "orders", "order_id = %s")
 _SELECT_PROCESSED: Final = sql.SQL(
     "SELECT EXISTS (SELECT 1 FROM processed_events WHERE consumer = %s AND event_id = %s)"
 )
@@ -753,6 +844,93 @@ def _payment_lock_key(provider: str, payment_id: str) -> int:
         f"sluice.payment-refunds\0{provider}\0{payment_id}".encode(), digest_size=8
     ).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def _plan_orders(
+    events: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The upserts of one ``apply_order_snapshots`` call (the newest snapshot per order,
+    sorted by order id) and every event id (sorted). Raises ``ProjectionInputError``."""
+    newest: dict[str, dict[str, Any]] = {}
+    event_ids: set[str] = set()
+    for record in events:
+        if not isinstance(record, Mapping):
+            raise ProjectionInputError(
+                "an order lifecycle record must be a mapping", event_id=None, field=None
+            )
+        params = _order_params(_Checker(record))
+        event_ids.add(params["last_event_id"])
+        kept = newest.get(params["order_id"])
+        if kept is None or (params["revision"], params["last_event_id"]) > (
+            kept["revision"],
+            kept["last_event_id"],
+        ):
+            newest[params["order_id"]] = params
+    return [newest[order_id] for order_id in sorted(newest)], sorted(event_ids)
+
+
+def _order_params(check: _Checker) -> dict[str, Any]:
+    record = check.record
+    status = check.text("status")
+    if status not in ORDER_STATUSES:
+        raise check._fail("status", f"{status!r} is not an order status")
+    revision = record.get("revision")
+    if type(revision) is not int or revision < 1:
+        raise check._fail("revision", "must be an integer >= 1 (a snapshot's revision)")
+    refunded = check.amount("refundedMinor")
+    if refunded is None:
+        raise check._fail("refundedMinor", "must be an integer (minor units)")
+    created_at = record.get("createdAt")
+    try:
+        created = None if created_at is None else _timestamp(created_at)
+    except (TypeError, ValueError, OverflowError):
+        raise check._fail(
+            "createdAt", "must be milliseconds since the epoch, an aware datetime or null"
+        ) from None
+    return {
+        "order_id": check.text("orderId"),
+        "user_id": check.optional_text("userId"),
+        "amount_minor": check.amount("amountMinor"),
+        "currency": check.optional_text("currency"),
+        "status": status,
+        "refunded_minor": refunded,
+        "payment_provider": check.optional_text("paymentProvider"),
+        "payment_intent_id": check.optional_text("paymentIntentId"),
+        "client_secret": check.optional_text("clientSecret"),
+        "items": Jsonb(_order_items(check)),
+        "provider_ids": _text_list(check, "providerIds"),
+        "revision": revision,
+        "last_event_id": check.event_id,
+        "last_event_type": check.text("eventType"),
+        "last_reason": check.optional_text("reason"),
+        "created_at": created,
+        "updated_at": check.occurred_at(),
+    }
+
+
+def _order_items(check: _Checker) -> list[dict[str, Any]]:
+    items = check.record.get("items")
+    if items is None:
+        return []
+    if not isinstance(items, list | tuple):
+        raise check._fail("items", "must be a list")
+    shaped: list[dict[str, Any]] = []
+    for item in items:
+        product = item.get("productId") if isinstance(item, Mapping) else None
+        quantity = item.get("quantity") if isinstance(item, Mapping) else None
+        if not isinstance(product, str) or type(quantity) is not int:
+            raise check._fail("items", "must hold {productId: string, quantity: int} objects")
+        shaped.append({"productId": product, "quantity": quantity})
+    return shaped
+
+
+def _text_list(check: _Checker, name: str) -> list[str]:
+    values = check.record.get(name)
+    if values is None:
+        return []
+    if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
+        raise check._fail(name, "must be a list of strings")
+    return list(values)
 
 
 class _Checker:
@@ -1028,7 +1206,54 @@ class PostgresProjection:
                         break
         return applied
 
+    async def apply_order_snapshots(
+        self, events: Sequence[Mapping[str, Any]], consumer: str
+    ) -> int:
+        """Project decoded ``OrderLifecycleEvent`` snapshots into ``orders``; returns how
+        many rows were inserted or replaced.
+
+        Per order only the highest ``revision`` among ``events`` is written, and only
+        if it is higher than the stored row's (``ON CONFLICT ... WHERE t.revision <
+        EXCLUDED.revision``): a replayed, repeated or late snapshot changes nothing, so
+        any order and any repetition of the same snapshots ends in the same rows. Every
+        event id is recorded in ``processed_events(consumer, eventId)`` in the same
+        transaction (superseded and stale ones too: they were handled). The revision,
+        not ``processed_events``, decides what is written, so truncating ``orders`` and
+        replaying ``orders.lifecycle`` rebuilds the table. One transaction, pipelined.
+
+        ``order.payment_orphaned`` records (revision 0, no status) are not snapshots of
+        an order: the caller leaves them out, and they are refused here.
+
+        :param consumer: the ``processed_events`` namespace, e.g. the agent's name.
+        :raises ProjectionInputError: a record's shape cannot be projected (a missing or
+            mistyped field, an unknown status, a revision below 1); checked before
+            anything is written, ``event_id`` names it. A ``PermanentError``.
+        :raises TransientError: database unavailable, deadlock (nothing was written).
+        :raises PermanentError: the database refused a value (nothing was written).
+        """
+        if not consumer:
+            raise ValueError("consumer must be a non-empty string")
+        upserts, event_ids = _plan_orders(events)
+        if not upserts:
+            return 0
+        async with self._connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                cursor = conn.cursor()
+                await cursor.executemany(_ORDER_UPSERT, upserts, returning=True)
+                await conn.execute(_RECORD_PROCESSED, (consumer, event_ids))
+            written = 0
+            while True:
+                row = await cursor.fetchone()
+                written += int(row[0]) if row is not None else 0
+                if not cursor.nextset():
+                    break
+        return written
+
     # -- reads -------------------------------------------------------------------------
+
+    async def fetch_order(self, order_id: str) -> OrderRow | None:
+        """The ``orders`` row of ``order_id``, or None. Raises ``TransientError``."""
+        return await self._one(OrderRow, _SELECT_ORDER, (order_id,))
 
     async def payment(self, provider: str, payment_id: str) -> Payment | None:
         """The payment (provider, provider_payment_id), or None. Raises ``TransientError``."""

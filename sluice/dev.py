@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from connectors.embedded import DEFAULT_SERVICES, ELASTICSEARCH_SERVICE, EmbeddedStack, free_port
+from connectors.embedded.stack import STRIPE_SERVICE
+from connectors.embedded.stripe import LOCAL_STRIPE_API_KEY, LocalStripeServer
 from connectors.kafka_admin import create_topics
 from connectors.migrate import apply_migrations
 from ingress.server import running_ingress
@@ -52,10 +54,17 @@ async def run_dev(data_dir: Path, stop: asyncio.Event, *, with_search: bool = Fa
     services = [*DEFAULT_SERVICES]
     if with_search:
         services.append(ELASTICSEARCH_SERVICE)
+    # The Stripe API: a local server unless the developer brought a key (real Stripe in
+    # test mode) or a server of their own.
+    local_stripe = not os.environ.get("STRIPE_API_KEY") and LocalStripeServer.available()
+    if local_stripe:
+        services.append(STRIPE_SERVICE)
     stack = EmbeddedStack(data_dir, env=os.environ, services=services)
     urls = await asyncio.to_thread(stack.start)
     try:
         effective = {**urls, **dev_secrets(env)}
+        if local_stripe:
+            effective["STRIPE_API_KEY"] = LOCAL_STRIPE_API_KEY
         effective["INGRESS_PUBLIC_PORT"] = env.get("INGRESS_PUBLIC_PORT") or str(free_port(8080))
         effective["INGRESS_INTERNAL_PORT"] = env.get("INGRESS_INTERNAL_PORT") or str(
             free_port(8081)
@@ -78,6 +87,15 @@ async def run_dev(data_dir: Path, stop: asyncio.Event, *, with_search: bool = Fa
         )
         try:
             async with running_ingress(settings) as ingress:
+                stripe = stack.started.get("STRIPE_API_BASE")
+                if isinstance(stripe, LocalStripeServer):
+                    # The local server's events (a paid intent, an expired session) reach
+                    # the ingress signed like Stripe's, so the whole flow runs locally.
+                    await asyncio.to_thread(
+                        stripe.register_webhook,
+                        f"{ingress.public_url}/v1/webhooks/stripe",
+                        effective["STRIPE_WEBHOOK_SECRET"].split(",")[0],
+                    )
                 _print_banner(env_file, effective, ingress.public_url, ingress.internal_url)
                 await _until_stopped_or_exited(stop, worker)
         finally:

@@ -22,8 +22,10 @@ from streams.agents import (
     join_orders,
     normalise_webhooks,
     project_billing,
+    project_orders,
     project_webhooks,
     retry_delayed,
+    stripe_calls,
 )
 from streams.context import FaustOutbox, WorkerContext
 from streams.domain.retry import RetryPolicy
@@ -35,7 +37,15 @@ __all__ = ["AGENT_MODULES", "create_worker", "run_worker"]
 log = logging.getLogger(__name__)
 
 # Every agent module; each has ``register(ctx)``. Order is irrelevant to faust.
-AGENT_MODULES = (normalise_webhooks, project_webhooks, project_billing, join_orders, retry_delayed)
+AGENT_MODULES = (
+    normalise_webhooks,
+    project_webhooks,
+    project_billing,
+    join_orders,
+    stripe_calls,
+    project_orders,
+    retry_delayed,
+)
 
 
 def create_worker(
@@ -80,6 +90,8 @@ def create_worker(
         outbox=outbox,
         runner=EffectRunner(outbox=outbox, codec=codec, policy=policy, clock=clock),
         projection=PostgresProjection(settings.database_url),
+        # Tests give each worker its own Elasticsearch indices on the shared node.
+        search_index_prefix=env.get("SLUICE_SEARCH_INDEX_PREFIX", ""),
     )
     for module in AGENT_MODULES:
         module.register(ctx)

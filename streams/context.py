@@ -1,19 +1,29 @@
-"""What every agent is given: codec, clock, connectors, the effect runner, the topology."""
+"""What every agent is given: codec, clock, connectors, the effect runner, the topology.
+
+Connectors start lazily, on first use, inside the worker's event loop: Postgres always,
+Elasticsearch when ``ELASTICSEARCH_URL`` is set, the Stripe API when ``STRIPE_API_KEY`` is.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from connectors.elasticsearch import SearchProjection
 from connectors.postgres import PostgresProjection
+from connectors.stripe_api import StripeApi
 from schemas.codec import Codec
 from sluice.clock import Clock
+from sluice.errors import PermanentError
 from sluice.settings import Settings
 from streams.effects import EffectRunner
 from streams.topology import Topology
 
 __all__ = ["FaustOutbox", "WorkerContext"]
+
+log = logging.getLogger(__name__)
 
 
 class FaustOutbox:
@@ -42,8 +52,14 @@ class WorkerContext:
     outbox: FaustOutbox
     runner: EffectRunner
     projection: PostgresProjection
+    # Prefix of every Elasticsearch index name (``SLUICE_SEARCH_INDEX_PREFIX``), so
+    # tests and side-by-side deployments share one cluster without sharing indices.
+    search_index_prefix: str = ""
     _started: bool = field(default=False, init=False)
     _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    _search: SearchProjection | None = field(default=None, init=False, repr=False)
+    _search_off_logged: bool = field(default=False, init=False, repr=False)
+    _stripe: StripeApi | None = field(default=None, init=False, repr=False)
 
     async def connectors(self) -> PostgresProjection:
         """The started projection; started on first use, from inside the worker's loop.
@@ -57,3 +73,53 @@ class WorkerContext:
                     await self.projection.start()
                     self._started = True
         return self.projection
+
+    async def search(self) -> SearchProjection | None:
+        """The started Elasticsearch projection, or None when ``ELASTICSEARCH_URL`` is
+        unset (search is off: projections write Postgres only; logged once).
+
+        Started on first use like :meth:`connectors`; a failure to start is a
+        ``TransientError`` (nothing is kept, the next call tries again).
+        """
+        url = self.settings.elasticsearch_url
+        if not url:
+            if not self._search_off_logged:
+                self._search_off_logged = True
+                log.info("ELASTICSEARCH_URL is not set: search projections are off")
+            return None
+        if self._search is None:
+            async with self._start_lock:
+                if self._search is None:
+                    search = SearchProjection(url, index_prefix=self.search_index_prefix)
+                    try:
+                        await search.start()
+                    except BaseException:
+                        await search.close()
+                        raise
+                    self._search = search
+        return self._search
+
+    async def stripe(self) -> StripeApi:
+        """The Stripe API client (``STRIPE_API_KEY``, ``STRIPE_API_BASE``).
+
+        :raises PermanentError: ``STRIPE_API_KEY`` is not set, so a command that needs
+            Stripe goes to ``dlq`` with that reason instead of crashing the worker.
+        """
+        if self._stripe is None:
+            key = self.settings.stripe_api_key
+            if not key:
+                raise PermanentError("STRIPE_API_KEY is not set")
+            self._stripe = StripeApi(key, self.settings.stripe_api_base)
+        return self._stripe
+
+    async def close(self) -> None:
+        """Close every connector that was started. Idempotent."""
+        search, self._search = self._search, None
+        stripe, self._stripe = self._stripe, None
+        if search is not None:
+            await search.close()
+        if stripe is not None:
+            await stripe.close()
+        if self._started:
+            self._started = False
+            await self.projection.close()

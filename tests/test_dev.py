@@ -65,6 +65,14 @@ def test_sluice_dev_serves_webhooks_and_stops_on_ctrl_c(
         written = read_env_file(tmp_path / "dev.env")
         assert written["KAFKA_BOOTSTRAP_SERVERS"] == catalog_topics
         assert written["STRIPE_WEBHOOK_SECRET"].startswith("whsec_")
+        # A local Stripe-compatible API for the payment commands, with its key.
+        assert written["STRIPE_API_KEY"].startswith("sk_test_")
+        stripe_api = urllib.request.Request(  # noqa: S310 - loopback
+            f"{written['STRIPE_API_BASE']}/v1/payment_intents?limit=1",
+            headers={"Authorization": f"Bearer {written['STRIPE_API_KEY']}"},
+        )
+        with urllib.request.urlopen(stripe_api, timeout=30) as response:  # noqa: S310 - loopback
+            assert response.status == 200
 
         event = stripe_event("payment_intent.succeeded", event_id=f"evt_{uuid.uuid4().hex[:16]}")
         body, headers = signed_stripe_request(

@@ -31,7 +31,6 @@ from sluice.errors import PermanentError, TransientError
 pytestmark = pytest.mark.integration
 
 
-
 def _order() -> str:
     return f"ord_{uuid.uuid4().hex[:12]}"
 

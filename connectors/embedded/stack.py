@@ -21,8 +21,15 @@ from connectors.embedded.kafka import KafkaBroker
 from connectors.embedded.postgres import PostgresServer
 from connectors.embedded.process import EmbeddedService
 from connectors.embedded.redis import RedisServer
+from connectors.embedded.stripe import LocalStripeServer
 
-__all__ = ["DEFAULT_SERVICES", "ELASTICSEARCH_SERVICE", "EmbeddedStack", "ServiceSpec"]
+__all__ = [
+    "DEFAULT_SERVICES",
+    "ELASTICSEARCH_SERVICE",
+    "STRIPE_SERVICE",
+    "EmbeddedStack",
+    "ServiceSpec",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -52,6 +59,11 @@ DEFAULT_SERVICES: tuple[ServiceSpec, ...] = (
 #: Not in ``DEFAULT_SERVICES``: heavy (a 512 MiB JVM, about 7 s to start) and optional,
 #: so ``sluice dev`` adds it only when asked for (``--with-search``).
 ELASTICSEARCH_SERVICE = ServiceSpec("ELASTICSEARCH_URL", "elasticsearch", 9200, ElasticsearchServer)
+
+#: A local Stripe-compatible API (localstripe, a dev dependency) for ``STRIPE_API_BASE``;
+#: ``sluice dev`` adds it unless a Stripe key or base is set (then Stripe itself, or the
+#: given server, is used).
+STRIPE_SERVICE = ServiceSpec("STRIPE_API_BASE", "stripe", 8420, LocalStripeServer)
 
 
 class EmbeddedStack:

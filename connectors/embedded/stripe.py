@@ -77,6 +77,11 @@ class LocalStripeServer(EmbeddedService):
         """A secret key the server accepts (any ``sk_test_...`` key would do)."""
         return LOCAL_STRIPE_API_KEY
 
+    @staticmethod
+    def available() -> bool:
+        """Whether localstripe (a dev dependency) is installed."""
+        return importlib.util.find_spec("localstripe") is not None
+
     def start(self, timeout: float | None = None) -> None:
         """Start as ``EmbeddedService.start`` does, then re-register remembered webhooks."""
         was_running = self.is_running()
@@ -86,7 +91,7 @@ class LocalStripeServer(EmbeddedService):
                 self._request("POST", f"/_config/webhooks/{quote(webhook_id)}", json_body=config)
 
     def _prepare(self) -> None:
-        if importlib.util.find_spec("localstripe") is None:
+        if not self.available():
             raise EmbeddedServiceError(
                 "localstripe is not installed: it is a dev dependency (`uv sync --extra dev`)"
             )

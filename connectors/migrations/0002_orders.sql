@@ -34,4 +34,4 @@ CREATE TABLE orders (
 
 CREATE INDEX orders_user_id_idx ON orders (user_id);
 CREATE INDEX orders_payment_intent_id_idx ON orders (payment_intent_id);
-CREATE INDEX payments_order_id_idx ON payments (order_id);
+-- payments.order_id is already indexed by 0001 (payments_order_id_idx).

@@ -1,7 +1,11 @@
 """Composition root of the ingress: builds both aiohttp applications from settings.
 
 Nothing connects at import time; the publisher, codec and clock are passed in, so a test
-can hand in a publisher against its own broker and a frozen clock.
+can hand in a publisher against its own broker and a frozen clock. The internal app also
+holds a reply waiter (request/reply routes) and, when ``DATABASE_URL`` is set, a payment
+status reader; both are built from settings unless passed in, and the internal app's
+lifecycle starts and stops them (``on_startup``/``on_cleanup``), so whoever runs the
+app (``ingress.server``, a test client) gets them running without extra steps.
 """
 
 from __future__ import annotations
@@ -9,9 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
+from connectors.payment_status import PaymentStatusStore
+from ingress.auth import internal_token_middleware
+from ingress.events import events_handler
 from ingress.middleware import METRICS_KEY, outcome_middleware
+from ingress.payments import (
+    PAYMENT_ROUTES,
+    PaymentStatusSource,
+    payment_command_handler,
+    payment_status_handler,
+)
 from ingress.publisher import Publisher
+from ingress.replies import ReplyWaiter
 from ingress.verify import razorpay, stripe
 from ingress.webhooks import WebhookSource, webhook_handler
 from schemas.codec import Codec
@@ -29,6 +44,8 @@ class IngressApps:
     public: web.Application
     internal: web.Application
     metrics: Metrics
+    replies: ReplyWaiter | None = None
+    payment_status: PaymentStatusSource | None = None
 
 
 def webhook_sources(settings: Settings) -> list[WebhookSource]:
@@ -53,8 +70,17 @@ def webhook_sources(settings: Settings) -> list[WebhookSource]:
 
 
 def create_apps(
-    settings: Settings, *, publisher: Publisher, codec: Codec, clock: Clock
+    settings: Settings,
+    *,
+    publisher: Publisher,
+    codec: Codec,
+    clock: Clock,
+    replies: ReplyWaiter | None = None,
+    payment_status: PaymentStatusSource | None = None,
 ) -> IngressApps:
+    """Both applications. ``replies`` and ``payment_status`` default to ones built from
+    ``settings`` (no payment status reader without ``DATABASE_URL``: that route answers
+    503); whichever are used, the internal app starts and stops them."""
     metrics = Metrics()
     public = _application(settings, metrics)
     for source in webhook_sources(settings):
@@ -70,17 +96,97 @@ def create_apps(
             f"/v1/webhooks/{source.provider}", handler, name=f"webhook.{source.provider}"
         )
 
-    internal = _application(settings, metrics)
+    # The token check sits inside outcome_middleware, which turns its 401 into JSON.
+    internal = _application(
+        settings, metrics, internal_token_middleware(settings.internal_api_tokens)
+    )
     internal[PUBLISHER_KEY] = publisher
     internal.router.add_get("/healthz", _healthz, name="healthz")
     internal.router.add_get("/readyz", _readyz, name="readyz")
     internal.router.add_get("/metrics", _metrics, name="metrics")
-    return IngressApps(public=public, internal=internal, metrics=metrics)
+
+    if replies is None:
+        replies = ReplyWaiter(settings.kafka_bootstrap_servers, codec)
+    if payment_status is None and settings.database_url:
+        payment_status = PaymentStatusStore(settings.database_url)
+    _internal_api(
+        internal,
+        settings,
+        publisher=publisher,
+        codec=codec,
+        clock=clock,
+        metrics=metrics,
+        replies=replies,
+        payment_status=payment_status,
+    )
+    return IngressApps(
+        public=public,
+        internal=internal,
+        metrics=metrics,
+        replies=replies,
+        payment_status=payment_status,
+    )
 
 
-def _application(settings: Settings, metrics: Metrics) -> web.Application:
+def _internal_api(
+    app: web.Application,
+    settings: Settings,
+    *,
+    publisher: Publisher,
+    codec: Codec,
+    clock: Clock,
+    metrics: Metrics,
+    replies: ReplyWaiter,
+    payment_status: PaymentStatusSource | None,
+) -> None:
+    """The ``/internal/v1`` routes and the lifecycle of what they use."""
+    app.router.add_post(
+        "/internal/v1/events",
+        events_handler(
+            publisher=publisher,
+            codec=codec,
+            clock=clock,
+            metrics=metrics,
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        name="internal.events",
+    )
+    for route in PAYMENT_ROUTES:
+        app.router.add_post(
+            f"/internal/v1/payments/{route.path}",
+            payment_command_handler(
+                route,
+                publisher=publisher,
+                codec=codec,
+                clock=clock,
+                metrics=metrics,
+                replies=replies,
+                max_body_bytes=settings.max_body_bytes,
+                reply_timeout_s=settings.reply_timeout_s,
+            ),
+            name=f"internal.payments.{route.path}",
+        )
+    app.router.add_get(
+        "/internal/v1/payments/{orderId}",
+        payment_status_handler(payment_status),
+        name="internal.payments.status",
+    )
+
+    async def start(_app: web.Application) -> None:
+        await replies.start()
+
+    async def stop(_app: web.Application) -> None:
+        await replies.stop()
+        if payment_status is not None:
+            await payment_status.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+
+def _application(settings: Settings, metrics: Metrics, *middlewares: Middleware) -> web.Application:
     app = web.Application(
-        middlewares=[outcome_middleware],
+        middlewares=[outcome_middleware, *middlewares],
         # Headroom over the limit we enforce ourselves, so our 413 (with a JSON body)
         # wins for honest Content-Length and aiohttp's guard catches the rest.
         client_max_size=settings.max_body_bytes + 1,

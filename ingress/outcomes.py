@@ -12,17 +12,29 @@ from aiohttp import web
 
 from ingress.publisher import NotDurable
 from ingress.verify.errors import SignatureError
-from sluice.errors import InvalidEvent
+from sluice.errors import InvalidEvent, TransientError
 
-__all__ = ["BodyTooLarge", "RequestRejected", "UnsupportedMediaType", "error_response"]
+__all__ = [
+    "BodyTooLarge",
+    "NotFound",
+    "RequestRejected",
+    "Unauthorized",
+    "Unavailable",
+    "UnsupportedMediaType",
+    "error_response",
+]
 
 log = logging.getLogger(__name__)
 
 
 class RequestRejected(Exception):
-    """The request itself is unacceptable before any verification (size, type)."""
+    """The request cannot be served, for a reason its message states plainly: size, type,
+    credentials, a missing entity, or a dependency that is down. The message is shown
+    to the caller, so it never carries a secret or an internal detail."""
 
     status = 400
+    #: ``Retry-After`` seconds to send with the answer, when retrying makes sense.
+    retry_after: str | None = None
 
 
 class BodyTooLarge(RequestRejected):
@@ -33,6 +45,23 @@ class UnsupportedMediaType(RequestRejected):
     status = 415
 
 
+class Unauthorized(RequestRejected):
+    """Missing or invalid credentials (the internal API's token)."""
+
+    status = 401
+
+
+class NotFound(RequestRejected):
+    status = 404
+
+
+class Unavailable(RequestRejected):
+    """A dependency the route needs is missing or down; the caller may retry."""
+
+    status = 503
+    retry_after = "1"
+
+
 def error_response(exc: BaseException) -> web.Response:
     """The response for an exception raised while handling a request."""
     if isinstance(exc, SignatureError):
@@ -40,9 +69,19 @@ def error_response(exc: BaseException) -> web.Response:
     if isinstance(exc, InvalidEvent):
         return _json(400, "invalid", str(exc), field=exc.field)
     if isinstance(exc, RequestRejected):
-        return _json(exc.status, _CODES[exc.status], str(exc))
+        response = _json(exc.status, _CODES[exc.status], str(exc))
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = exc.retry_after
+        return response
     if isinstance(exc, NotDurable):
         response = _json(503, "unavailable", "the event could not be stored; retry later")
+        response.headers["Retry-After"] = "1"
+        return response
+    if isinstance(exc, TransientError):
+        # A dependency failed in a way that may pass (e.g. the schema registry on the
+        # first use of a topic). Its message may name hosts: log it, do not answer it.
+        log.warning("dependency unavailable", extra={"error": str(exc)})
+        response = _json(503, "unavailable", "a dependency is unavailable; retry later")
         response.headers["Retry-After"] = "1"
         return response
     if isinstance(exc, web.HTTPException):

@@ -1,0 +1,117 @@
+"""``POST /internal/v1/events``: domain events from internal services onto their topic.
+
+The handler does what the webhook handler does, in the same order: check content type
+(415) and size (413), parse and validate (400, :mod:`ingress.domain_events`), encode,
+publish (returns only once durable; 503 otherwise), answer 202 with the event id. The
+token was checked before (``ingress.auth``). Nothing is published for a request that
+fails any check.
+
+The small request helpers at the bottom are shared with the other internal JSON routes
+(``ingress.payments``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from ingress.domain_events import DomainEventParser, parse_json
+from ingress.middleware import correlation_id
+from ingress.outcomes import BodyTooLarge, UnsupportedMediaType
+from ingress.publisher import NotDurable, Publisher
+from ingress.records import kafka_headers, new_traceparent
+from schemas.catalog import topic_spec
+from schemas.codec import Codec
+from sluice.clock import Clock
+from sluice.metrics import MetricName, Metrics
+
+__all__ = [
+    "avro_content_type",
+    "events_handler",
+    "publish_counted",
+    "read_json_body",
+    "traceparent_of",
+]
+
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def events_handler(
+    *,
+    publisher: Publisher,
+    codec: Codec,
+    clock: Clock,
+    metrics: Metrics,
+    max_body_bytes: int,
+    parser: DomainEventParser | None = None,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    # Built once: reads the schemas and checks the route table against them now, so a
+    # broken table fails at start-up, not on the first request.
+    parser = parser or DomainEventParser(codec.resolver.catalog)
+
+    async def handle(request: web.Request) -> web.Response:
+        raw_body = await read_json_body(request, max_body_bytes)
+        event = parser.parse(
+            parse_json(raw_body),
+            correlation_id=correlation_id(request),
+            now_ms=int(clock.time() * 1000),
+        )
+        # The codec validates once more, strictly, with the whole record (a 400 too).
+        value = codec.encode(event.topic, event.record)
+        headers = kafka_headers(
+            event.record, traceparent_of(request), avro_content_type(event.topic)
+        )
+        await publish_counted(publisher, metrics, event.topic, event.key, value, headers)
+        return web.json_response({"accepted": True, "eventId": event.event_id}, status=202)
+
+    return handle
+
+
+async def publish_counted(
+    publisher: Publisher,
+    metrics: Metrics,
+    topic: str,
+    key: str,
+    value: bytes,
+    headers: Mapping[str, str],
+) -> None:
+    """Publish (durable or ``NotDurable``) and count the outcome, as the webhooks do."""
+    try:
+        await publisher.publish(topic, key, value, headers)
+    except NotDurable:
+        metrics.inc(MetricName.PUBLISH_FAILURES, topic=topic)
+        raise
+    metrics.inc(MetricName.RECORDS_PUBLISHED, topic=topic)
+
+
+def avro_content_type(topic: str) -> str:
+    """The ``content-type`` header of ``topic``'s records, from its schema's record name:
+    ``sluice.orders.OrderEvent`` → ``application/vnd.sluice.order-event+avro`` (the
+    scheme the webhook and worker producers use)."""
+    subject = topic_spec(topic).subject or topic
+    name = _CAMEL.sub("-", subject.rsplit(".", 1)[-1]).lower()
+    return f"application/vnd.sluice.{name}+avro"
+
+
+def traceparent_of(request: web.Request) -> str:
+    """The caller's W3C ``traceparent`` when well-formed, else a fresh one."""
+    given = request.headers.get("traceparent", "")
+    return given if _TRACEPARENT.fullmatch(given) else new_traceparent()
+
+
+async def read_json_body(request: web.Request, limit: int) -> bytes:
+    """The raw body of a JSON request: 415 for another content type, 413 over ``limit``."""
+    # aiohttp strips parameters ("application/json; charset=utf-8" is fine).
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    # Refuse early on a declared length; aiohttp's client_max_size still guards bodies
+    # that lie about their length or use chunked encoding.
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"request body exceeds {limit} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"request body exceeds {limit} bytes") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from sluice.errors import TransientError
 
@@ -20,12 +20,34 @@ def end_offsets(bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0) 
         found = metadata.topics.get(topic)
         if found is None or found.error is not None:
             raise TransientError(f"topic {topic} not found")
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
-            for p in found.partitions
-        }
+        return {p: _high_watermark(consumer, topic, p, timeout_s) for p in found.partitions}
     finally:
         consumer.close()
+
+
+# Right after a topic is created (or a broker restarts) its partitions may still be
+# electing a leader; the broker then answers these, which pass within a second or two.
+_LEADER_PENDING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
+def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return int(
+                consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)[
+                    1
+                ]
+            )
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code not in _LEADER_PENDING or time.monotonic() > deadline:
+                raise TransientError(f"offsets of {topic}[{partition}]: {exc}") from exc
+            time.sleep(0.2)
 
 
 def read_to_end(

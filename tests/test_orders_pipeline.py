@@ -9,6 +9,7 @@ produced again), and must end in the same state with the same events, none extra
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,7 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from connectors.embedded.stripe import LocalStripeServer
 from schemas.catalog import PAYMENT_TOPICS
 from schemas.codec import make_codec
-from tests.fixtures.ingress import post_stripe
+from tests.fixtures.ingress import ingress_settings, post_stripe, started_ingress
 from tests.fixtures.kafka import key_of, read_topic, value_of
 from tests.fixtures.worker import Pipeline, wait_until
 from tests.payloads.stripe import stripe_event
@@ -353,3 +354,84 @@ async def test_intents_are_created_once_the_stripe_api_is_back(
         assert len(intents) == 1, intents
         assert intents[0]["amount"] == 1999
         assert orders.status(order_id) == "PENDING_PAYMENT"
+
+
+async def _command(
+    orders: Orders, path: str, body: dict[str, Any], **headers: str
+) -> tuple[int, dict[str, Any]]:
+    """POST a payment command; the reply's status and body, whether it came within the
+    ingress's reply timeout (200/201/4xx) or later (202, then read from ``replies``)."""
+    async with orders.http.post(
+        f"{orders.p.ingress.internal}/internal/v1/payments/{path}",
+        json=body,
+        headers={"X-Internal-Token": INTERNAL_TOKEN, **headers},
+    ) as response:
+        status, answer = response.status, await response.json()
+    if status != 202:
+        return status, answer
+    task_id = str(answer["taskId"])
+
+    def replied() -> bool:
+        return bool(read_topic(orders.p.bootstrap, "replies", key=task_id))
+
+    await orders.p.wait_for(f"the reply to {task_id}", replied)
+    [message] = read_topic(orders.p.bootstrap, "replies", key=task_id)
+    reply = CODEC.decode(value_of(message), topic="replies").record
+    return int(reply["status"]), json.loads(reply["body"])
+
+
+async def test_payment_commands_answer_through_request_reply(
+    pipeline: Pipeline, local_stripe: LocalStripeServer
+) -> None:
+    orders, order_id = Orders(pipeline, 1), _uid("ord")
+    status, body = await _command(orders, "intents", {"orderId": order_id})
+    assert status == 404, body
+
+    await orders.create(order_id, 5000)
+    await orders.until_status(order_id, "PENDING_PAYMENT")
+    status, body = await _command(orders, "intents", {"orderId": order_id})
+    assert status == 200, body
+    intent_id = str(body["paymentIntentId"])
+    assert body["clientSecret"].startswith(f"{intent_id}_secret_")
+    # The order's amount, never the caller's.
+    assert local_stripe.get(f"/v1/payment_intents/{intent_id}")["amount"] == 5000
+    status, again = await _command(orders, "intents", {"orderId": order_id})
+    assert (status, again["paymentIntentId"]) == (200, intent_id)
+
+    success = {"successUrl": "https://shop.test/ok", "cancelUrl": "https://shop.test/cancel"}
+    status, body = await _command(orders, "checkout-sessions", {"orderId": order_id, **success})
+    assert status == 201, body
+    assert str(body["url"]).startswith("http")
+
+    local_stripe.pay_payment_intent(intent_id)
+    await orders.webhook("payment_intent.succeeded", order_id, object_id=intent_id, amount=5000)
+    await orders.until_status(order_id, "PAID")
+    status, body = await _command(orders, "intents", {"orderId": order_id})
+    assert status == 409, body
+
+    refund = {"orderId": order_id, "amount": 2000}
+    status, first = await _command(orders, "refunds", refund, **{"Idempotency-Key": "rf-1"})
+    assert status == 201, first
+    status, repeat = await _command(orders, "refunds", refund, **{"Idempotency-Key": "rf-1"})
+    assert (status, repeat["refundId"]) == (201, first["refundId"])
+    status, body = await _command(orders, "refunds", {"orderId": order_id, "amount": 9000})
+    assert status == 400, body
+    await orders.webhook(
+        "refund.created", order_id, amount=5000, refund_amount=2000, object_id=first["refundId"]
+    )
+    await orders.until_status(order_id, "PARTIALLY_REFUNDED")
+
+    settings = ingress_settings(pipeline.bootstrap, {"DATABASE_URL": pipeline.database_url})
+    async with (
+        started_ingress(settings) as reader,
+        reader.http.get(
+            f"{reader.internal}/internal/v1/payments/{order_id}",
+            headers={"X-Internal-Token": INTERNAL_TOKEN},
+        ) as response,
+    ):
+        assert response.status == 200
+        view = await response.json()
+    assert (view["status"], view["amount"], view["refunded"]) == ("PARTIALLY_REFUNDED", 5000, 2000)
+    assert view["paymentIntentId"] == intent_id
+    assert view["clientSecret"].startswith(intent_id)
+    assert intent_id in {p["providerPaymentId"] for p in view["payments"]}

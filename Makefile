@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 .PHONY: dev test setup jars tools lint typecheck unit bench-ingress clean
 
 dev: setup jars
-	$(BIN)/sluice dev $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+	$(BIN)/sluice dev $(if $(DATA_DIR),--data-dir $(DATA_DIR),) $(ARGS)
 
 test: setup jars tools lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -168,6 +168,73 @@ def samples() -> dict[str, dict[str, Any]]:
             "originHeaders": {"event-type": b"lead.received", "traceparent": b"00-ab-cd-01"},
         },
     }
+    command = {
+        **envelope("payments.refund.create", source="sluice.ingress"),
+        "orderId": "ord_1001",
+        "taskId": "9b7c1c3e-5d0a-4a57-9d8e-5f0f5c1d2e3f",
+        "replyTo": "replies",
+        "userId": "user_42",
+        "amountMinor": 1000,
+        "currency": "usd",
+        "paymentIntentId": "pi_3PxYz2LkdIwHu7ix0",
+        "successUrl": None,
+        "cancelUrl": None,
+        "reason": "damaged in transit",
+        "requestId": "refund-ord_1001-1",
+    }
+    records["commands.payments"] = command
+    records["commands.stripe"] = {**command, "source": "streams.join_orders"}
+    records["payments.setup"] = {
+        **envelope("payment.intent.created", source="streams.stripe_calls"),
+        "orderId": "ord_1001",
+        "provider": "stripe",
+        "command": "payments.intent.create",
+        "taskId": None,
+        "intentId": "pi_3PxYz2LkdIwHu7ix0",
+        "clientSecret": "pi_3PxYz2LkdIwHu7ix0_secret_abc",
+        "checkoutSessionId": None,
+        "checkoutUrl": None,
+        "refundId": None,
+        "amountMinor": 2500,
+        "currency": "usd",
+        "status": "requires_payment_method",
+        "errorCode": None,
+        "errorMessage": None,
+    }
+    records["replies"] = {
+        **envelope("command.reply", source="streams.stripe_calls"),
+        "taskId": "9b7c1c3e-5d0a-4a57-9d8e-5f0f5c1d2e3f",
+        "status": 201,
+        "body": '{"orderId":"ord_1001","refundId":"re_1","amount":1000,"status":"succeeded"}',
+    }
+    records["commands.inventory.release"] = {
+        **envelope("inventory.release", source="streams.join_orders"),
+        "orderId": "ord_1001",
+        "items": [{"productId": "sku_1", "quantity": 2}],
+        "reason": "payment_failed",
+    }
+    records["orders.lifecycle"] = {
+        **envelope("order.paid", source="streams.join_orders"),
+        "orderId": "ord_1001",
+        "revision": 2,
+        "status": "PAID",
+        "previousStatus": "PENDING_PAYMENT",
+        "userId": "user_42",
+        "amountMinor": 2500,
+        "currency": "usd",
+        "refundedMinor": 0,
+        "paymentProvider": "stripe",
+        "paymentIntentId": "pi_3PxYz2LkdIwHu7ix0",
+        "clientSecret": None,
+        "providerIds": ["pi_3PxYz2LkdIwHu7ix0"],
+        "items": [{"productId": "sku_1", "quantity": 2}],
+        "paymentId": "pi_3PxYz2LkdIwHu7ix0",
+        "paymentAmountMinor": 2500,
+        "paymentCurrency": "usd",
+        "reason": None,
+        "causeEventId": "7f1d2c3b-0000-4000-8000-000000000001",
+        "createdAt": T1,
+    }
     for topic in BILLING_TOPICS:
         records[topic] = billing(topic)
     records["billing.payment.refunded"] = billing(

@@ -6,8 +6,8 @@ publish (returns only once durable; 503 otherwise), answer 202 with the event id
 token was checked before (``ingress.auth``). Nothing is published for a request that
 fails any check.
 
-The small request helpers at the bottom are shared with the other internal JSON routes
-(``ingress.payments``).
+The record helpers at the bottom are shared with the payment routes (``ingress.payments``);
+reading the body and the trace context is ``ingress.requests``, shared by every route.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from aiohttp import web
 
 from ingress.domain_events import DomainEventParser, parse_json
 from ingress.middleware import correlation_id
-from ingress.outcomes import BodyTooLarge, UnsupportedMediaType
 from ingress.publisher import NotDurable, Publisher
-from ingress.records import kafka_headers, new_traceparent
+from ingress.records import kafka_headers
+from ingress.requests import read_json_body, traceparent_of
 from schemas.catalog import topic_spec
 from schemas.codec import Codec
 from sluice.clock import Clock
@@ -31,11 +31,8 @@ __all__ = [
     "avro_content_type",
     "events_handler",
     "publish_counted",
-    "read_json_body",
-    "traceparent_of",
 ]
 
-_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -94,24 +91,3 @@ def avro_content_type(topic: str) -> str:
     subject = topic_spec(topic).subject or topic
     name = _CAMEL.sub("-", subject.rsplit(".", 1)[-1]).lower()
     return f"application/vnd.sluice.{name}+avro"
-
-
-def traceparent_of(request: web.Request) -> str:
-    """The caller's W3C ``traceparent`` when well-formed, else a fresh one."""
-    given = request.headers.get("traceparent", "")
-    return given if _TRACEPARENT.fullmatch(given) else new_traceparent()
-
-
-async def read_json_body(request: web.Request, limit: int) -> bytes:
-    """The raw body of a JSON request: 415 for another content type, 413 over ``limit``."""
-    # aiohttp strips parameters ("application/json; charset=utf-8" is fine).
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("Content-Type must be application/json")
-    # Refuse early on a declared length; aiohttp's client_max_size still guards bodies
-    # that lie about their length or use chunked encoding.
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"request body exceeds {limit} bytes")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge(f"request body exceeds {limit} bytes") from None

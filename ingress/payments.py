@@ -50,12 +50,13 @@ from ingress.domain_events import (
     positive_minor_units,
     reject_unknown_fields,
 )
-from ingress.events import avro_content_type, publish_counted, read_json_body, traceparent_of
+from ingress.events import avro_content_type, publish_counted
 from ingress.middleware import correlation_id
 from ingress.outcomes import NotFound, Unavailable
 from ingress.publisher import Publisher
 from ingress.records import kafka_headers
 from ingress.replies import Reply, ReplyWaiter
+from ingress.requests import read_json_body, traceparent_of
 from schemas.catalog import PAYMENT_COMMAND_SUBJECT
 from schemas.codec import Codec
 from sluice.clock import Clock

@@ -6,16 +6,15 @@ the signature, build and encode the record, publish (returns only once durable),
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from ingress.middleware import correlation_id
-from ingress.outcomes import BodyTooLarge, UnsupportedMediaType
 from ingress.publisher import NotDurable, Publisher
-from ingress.records import ReceivedWebhook, kafka_headers, new_traceparent, raw_webhook_record
+from ingress.records import ReceivedWebhook, kafka_headers, raw_webhook_record
+from ingress.requests import read_json_body, traceparent_of
 from ingress.verify import VerifiedEvent
 from schemas.codec import Codec
 from sluice.clock import Clock
@@ -26,7 +25,6 @@ __all__ = ["WebhookSource", "webhook_handler"]
 Verifier = Callable[[bytes, Mapping[str, str], Sequence[str], float], VerifiedEvent]
 
 AVRO_CONTENT_TYPE = "application/vnd.sluice.raw-webhook+avro"
-_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 @dataclass(frozen=True)
@@ -52,12 +50,9 @@ def webhook_handler(
     max_body_bytes: int,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
-        _check_content_type(request)
-        raw_body = await _read_body(request, max_body_bytes)
+        raw_body = await read_json_body(request, max_body_bytes)
         event = source.verify(raw_body, request.headers, source.secrets, clock.time())
-        traceparent = request.headers.get("traceparent", "")
-        if not _TRACEPARENT.fullmatch(traceparent):
-            traceparent = new_traceparent()
+        traceparent = traceparent_of(request)
         received = ReceivedWebhook(
             provider=source.provider,
             event=event,
@@ -81,20 +76,3 @@ def webhook_handler(
         return web.json_response(dict(source.success), status=source.success_status)
 
     return handle
-
-
-def _check_content_type(request: web.Request) -> None:
-    # Stripe sends "application/json; charset=utf-8"; aiohttp strips the parameters.
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("Content-Type must be application/json")
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    # Refuse early on a declared length; aiohttp's client_max_size still guards bodies
-    # that lie about their length or use chunked encoding.
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"request body exceeds {limit} bytes")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge(f"request body exceeds {limit} bytes") from None

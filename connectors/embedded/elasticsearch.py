@@ -49,14 +49,15 @@ import time
 import zipfile
 from pathlib import Path
 
-from connectors.embedded.kafka import (
-    _exclusive_lock,
-    _read_text,
-    default_cache_dir,
-    find_java,
+from connectors.embedded.host import (
+    chown_tree,
+    ensure_system_user,
+    exclusive_lock,
+    make_traversable,
+    read_text,
 )
+from connectors.embedded.kafka import default_cache_dir, find_java
 from connectors.embedded.ports import LOOPBACK, is_port_free
-from connectors.embedded.postgres import _chown_tree, _ensure_system_user, _make_traversable
 from connectors.embedded.process import EmbeddedService, EmbeddedServiceError
 
 __all__ = [
@@ -100,11 +101,11 @@ def ensure_elasticsearch(cache_dir: Path | None = None) -> Path:
     cache = cache_dir or default_cache_dir()
     home = cache / f"elasticsearch-{ELASTICSEARCH_VERSION}"
     stamp = f"{_ARTIFACT}\n"
-    if _read_text(home / _MARKER) == stamp:
+    if read_text(home / _MARKER) == stamp:
         return home
     cache.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache / f"elasticsearch-{ELASTICSEARCH_VERSION}.lock"):
-        if _read_text(home / _MARKER) != stamp:  # another process may have just finished
+    with exclusive_lock(cache / f"elasticsearch-{ELASTICSEARCH_VERSION}.lock"):
+        if read_text(home / _MARKER) != stamp:  # another process may have just finished
             _fetch_distribution(home, stamp)
     return home
 
@@ -341,12 +342,12 @@ class ElasticsearchServer(EmbeddedService):
         (self.config_dir / "elasticsearch.yml").write_text(_yaml(settings))
 
     def _hand_over_to_system_user(self, home: Path) -> None:
-        entry = _ensure_system_user(SYSTEM_USER)
+        entry = ensure_system_user(SYSTEM_USER, "Elasticsearch")
         self._user = entry.pw_name
-        _make_traversable(self.data_dir)
-        _make_traversable(home)
+        make_traversable(self.data_dir)
+        make_traversable(home)
         for directory in (self.storage_dir, self.logs_dir, self.tmp_dir):
-            _chown_tree(directory, entry)
+            chown_tree(directory, entry)
         # Rewritten by us (root) on every start, and the node creates its keystore in
         # there: always hand the whole (small) directory over again.
         for path in (self.config_dir, *self.config_dir.rglob("*")):

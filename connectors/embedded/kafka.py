@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -26,7 +24,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # where it is defined; .admin does not export it
 
+from connectors.embedded.host import exclusive_lock, read_text
 from connectors.embedded.ports import LOOPBACK, free_port
 from connectors.embedded.process import EmbeddedService, EmbeddedServiceError, run_logged
 
@@ -96,31 +95,14 @@ def ensure_kafka_jars(cache_dir: Path | None = None) -> Path:
     home = (cache_dir or default_cache_dir()) / f"kafka-{KAFKA_VERSION}"
     pom = _POM.read_bytes()
     stamp = f"{KAFKA_VERSION} {hashlib.sha256(pom).hexdigest()}\n"
-    if _read_text(home / _MARKER) == stamp:
+    if read_text(home / _MARKER) == stamp:
         return home
     home.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(home.parent / f"kafka-{KAFKA_VERSION}.lock"):
-        if _read_text(home / _MARKER) != stamp:  # another process may have just finished
+    with exclusive_lock(home.parent / f"kafka-{KAFKA_VERSION}.lock"):
+        if read_text(home / _MARKER) != stamp:  # another process may have just finished
             _fetch_jars(home, pom)
             (home / _MARKER).write_text(stamp)
     return home
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _fetch_jars(home: Path, pom: bytes) -> None:

@@ -14,17 +14,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import pwd
 import re
 import shutil
 import signal
-import stat
 import subprocess
 from pathlib import Path
 
 import psycopg
 from psycopg import errors, sql
 
+from connectors.embedded.host import chown_tree, ensure_system_user, make_traversable
 from connectors.embedded.ports import LOOPBACK
 from connectors.embedded.process import EmbeddedService, EmbeddedServiceError, run_logged
 
@@ -104,48 +103,6 @@ def _major_version(bindir: Path) -> str | None:
     )
     match = re.search(r"\(PostgreSQL\) (\d+)", out.stdout)
     return match.group(1) if match else None
-
-
-def _ensure_system_user(name: str) -> pwd.struct_passwd:
-    """Return ``name``'s passwd entry, creating a no-login system user if needed."""
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        pass
-    if shutil.which("useradd") is None:
-        raise EmbeddedServiceError(
-            f"PostgreSQL cannot run as root and `useradd` is missing to create {name!r}; "
-            "create that user or run as a non-root user"
-        )
-    cmd = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
-    try:
-        return pwd.getpwnam(name)  # also covers a concurrent useradd winning the race
-    except KeyError:
-        raise EmbeddedServiceError(
-            f"could not create system user {name!r}: {result.stderr.strip()}"
-        ) from None
-
-
-def _make_traversable(path: Path) -> None:
-    """Add o+x to ``path`` and every parent that lacks it, so another user can reach it.
-
-    Needed because pytest's ``/tmp/pytest-of-root`` is 0700. Only the execute
-    (search) bit is added: directory listings stay private.
-    """
-    for directory in (path, *path.parents):
-        mode = directory.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
-
-
-def _chown_tree(root: Path, entry: pwd.struct_passwd) -> None:
-    if root.stat().st_uid == entry.pw_uid:
-        return  # ownership is all-or-nothing here, so the top tells us enough
-    os.chown(root, entry.pw_uid, entry.pw_gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in (*dirnames, *filenames):
-            os.chown(os.path.join(dirpath, name), entry.pw_uid, entry.pw_gid)
 
 
 class PostgresServer(EmbeddedService):
@@ -228,12 +185,12 @@ class PostgresServer(EmbeddedService):
 
     def _hand_over_to_system_user(self) -> None:
         assert self._bindir is not None
-        entry = _ensure_system_user(SYSTEM_USER)
+        entry = ensure_system_user(SYSTEM_USER, "PostgreSQL")
         self._user = entry.pw_name
-        _make_traversable(self.data_dir)
-        _make_traversable(self._bindir)
-        _chown_tree(self.pgdata, entry)
-        _chown_tree(self.socket_dir, entry)
+        make_traversable(self.data_dir)
+        make_traversable(self._bindir)
+        chown_tree(self.pgdata, entry)
+        chown_tree(self.socket_dir, entry)
 
     def _initdb(self) -> None:
         assert self._bindir is not None

@@ -43,6 +43,7 @@ __all__ = [
     "IntentCreated",
     "RefundCreated",
     "StripeApi",
+    "StripeRefused",
     "checkout_idempotency_key",
     "intent_idempotency_key",
     "refund_idempotency_key",
@@ -280,6 +281,15 @@ class StripeApi:
         raise error
 
 
+class StripeRefused(PermanentError):
+    """Stripe refused the call for good; ``code`` is Stripe's error code
+    (``card_declined``, ``amount_too_large``, ...) when it gave one."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def translate_error(operation: str, exc: stripe.StripeError) -> SluiceError:
     """Map a ``stripe`` library error to ``TransientError`` or ``PermanentError``.
 
@@ -295,7 +305,7 @@ def translate_error(operation: str, exc: stripe.StripeError) -> SluiceError:
     if should_retry == "true":
         return TransientError(message, retry_after=retry_after)
     if should_retry == "false":
-        return PermanentError(message)
+        return StripeRefused(message, code=exc.code)
     if isinstance(exc, stripe.RateLimitError):
         return TransientError(message, retry_after=retry_after)
     if isinstance(
@@ -306,7 +316,7 @@ def translate_error(operation: str, exc: stripe.StripeError) -> SluiceError:
         | stripe.PermissionError
         | stripe.IdempotencyError,
     ):
-        return PermanentError(message)
+        return StripeRefused(message, code=exc.code)
     status = exc.http_status
     if status is None or status < 300:
         # No usable answer (e.g. a body that is not JSON): treat like a broken connection.
@@ -314,7 +324,7 @@ def translate_error(operation: str, exc: stripe.StripeError) -> SluiceError:
     if status == 409 or classify_http_status(status) == "transient":
         # 409: another request with the same idempotency key is still running.
         return TransientError(message, retry_after=retry_after)
-    return PermanentError(message)
+    return StripeRefused(message, code=exc.code)
 
 
 def _describe(operation: str, exc: stripe.StripeError) -> str:

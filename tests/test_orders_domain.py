@@ -462,3 +462,44 @@ def test_refund_of_an_unpaid_order_is_refused() -> None:
         reply_of(step(order, None, "commands.payments", command("payments.refund.create"), NOW))[0]
         == 409
     )
+
+
+def test_refund_of_an_order_paid_elsewhere_is_refused_and_a_refused_refund_changes_nothing() -> (
+    None
+):
+    razorpay = billing("billing.payment.succeeded", "rzp-ok", payment_id="pay_1")
+    razorpay["provider"] = "razorpay"
+    order, _, _ = run([("orders", created()), ("billing.payment.succeeded", razorpay)])
+    assert order is not None
+    assert (
+        reply_of(step(order, None, "commands.payments", command("payments.refund.create"), NOW))[0]
+        == 409
+    )
+    paid, _, _ = run([("orders", created()), SUCCEEDED])
+    assert paid is not None
+    refused = {
+        "eventId": "setup-rf",
+        "eventType": "payment.setup_failed",
+        "version": 1,
+        "occurredAt": NOW,
+        "correlationId": "c",
+        "source": "streams.stripe_calls",
+        "orderId": "o1",
+        "provider": "stripe",
+        "command": "payments.refund.create",
+        "taskId": "t1",
+        "intentId": None,
+        "clientSecret": None,
+        "checkoutSessionId": None,
+        "checkoutUrl": None,
+        "refundId": None,
+        "amountMinor": None,
+        "currency": None,
+        "status": None,
+        "errorCode": "amount_too_large",
+        "errorMessage": "too much",
+    }
+    result = step(paid, None, "payments.setup", refused, NOW)
+    assert result.emits == ()
+    assert result.order is not None
+    assert result.order.status == OrderStatus.PAID

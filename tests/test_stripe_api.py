@@ -250,10 +250,12 @@ async def test_partial_refunds(api: StripeApi, local_stripe: LocalStripeServer) 
     assert (first.amount_minor, second.amount_minor) == (500, 700)
     assert first.refund_id != second.refund_id
 
-    with pytest.raises(PermanentError, match="amount_too_large"):
+    with pytest.raises(PermanentError, match="amount_too_large") as refused:
         await api.create_refund(
             payment_intent_id=intent_id, order_id=order, amount_minor=801, request_id=f"{order}-3"
         )
+    # Stripe's code travels on the error: the setup_failed event's errorCode.
+    assert getattr(refused.value, "code", None) == "amount_too_large"
     rest = await api.create_refund(
         payment_intent_id=intent_id, order_id=order, amount_minor=None, request_id=f"{order}-4"
     )

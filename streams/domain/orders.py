@@ -514,6 +514,8 @@ def _setup(acc: _Acc, record: Mapping[str, Any]) -> None:
             provider_ids=_with(_with(order.provider_ids, session), record.get("intentId")),
         )
     elif event_type == "payment.setup_failed":
+        if record.get("command") == "payments.refund.create":
+            return  # a refused refund changes nothing about the order; its caller got a 502
         acc.change(
             "order.payment_setup_failed",
             record,
@@ -573,6 +575,11 @@ def _command(
                     _error("not_refundable", f"order {order_id} is {order.status}"),
                     now_ms,
                 ),
+            )
+        if (order.payment_provider or "stripe") != "stripe":
+            detail = f"order {order_id} was paid with {order.payment_provider}; refund it there"
+            return Step(
+                remembered, held, _reply(record, 409, _error("not_refundable", detail), now_ms)
             )
         remaining = order.amount_minor - order.refunded_minor
         amount = record.get("amountMinor")

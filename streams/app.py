@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from typing import Any, cast
 
 import faust
 
@@ -95,6 +96,14 @@ def create_worker(
     )
     for module in AGENT_MODULES:
         module.register(ctx)
+
+    # After the consumer stopped (no agent is mid-effect), before the final flush.
+    async def close_connectors(sender: Any, *_: Any, **__: Any) -> None:
+        await ctx.close()
+
+    # mode's signal typing does not admit an async receiver, which it supports.
+    app.on_before_shutdown.connect(cast(Any, close_connectors))
+
     return ctx
 
 

@@ -22,9 +22,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from connectors.embedded.stripe import LocalStripeServer
 from schemas.catalog import PAYMENT_TOPICS
 from schemas.codec import make_codec
-from tests.fixtures.ingress import ingress_settings, post_stripe, started_ingress
+from tests.fixtures.ingress import ingress_settings, post_razorpay, post_stripe, started_ingress
 from tests.fixtures.kafka import key_of, read_topic, value_of
 from tests.fixtures.worker import Pipeline, wait_until
+from tests.payloads.razorpay import razorpay_event
 from tests.payloads.stripe import stripe_event
 
 pytestmark = pytest.mark.integration
@@ -439,3 +440,29 @@ async def test_payment_commands_answer_through_request_reply(
     assert view["paymentIntentId"] == intent_id
     assert view["clientSecret"].startswith(intent_id)
     assert intent_id in {p["providerPaymentId"] for p in view["payments"]}
+
+
+@TIMES
+async def test_razorpay_payment_and_refund_move_the_order_too(
+    pipeline: Pipeline, times: int
+) -> None:
+    """The join is provider-neutral: a Razorpay capture pays, its refund refunds."""
+    orders, order_id = Orders(pipeline, times), _uid("ord")
+    await orders.create(order_id, 49_900, currency="INR")
+    captured = razorpay_event("payment.captured", order_id=order_id, amount=49_900)
+    refunded = razorpay_event(
+        "refund.processed", order_id=order_id, amount=49_900, refund_amount=49_900
+    )
+    for event in (captured, refunded):
+        event_id = _uid("rzp_evt")
+        for _ in range(times):
+            assert await post_razorpay(pipeline.ingress, event, event_id) == 200
+        if event is captured:
+            await orders.until_status(order_id, "PAID")
+    await orders.until_status(order_id, "REFUNDED")
+    await orders.settle(order_id)
+    assert orders.lifecycle(order_id) == [
+        "order.pending_payment",
+        "order.paid",
+        "order.refunded",
+    ]

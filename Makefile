@@ -5,7 +5,7 @@ UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test setup jars tools lint typecheck unit bench-ingress clean
+.PHONY: dev test setup jars tools lint typecheck unit bench-ingress bench-orders clean
 
 dev: setup jars
 	$(BIN)/sluice dev $(if $(DATA_DIR),--data-dir $(DATA_DIR),) $(ARGS)
@@ -43,6 +43,9 @@ typecheck: setup
 
 bench-ingress: setup jars
 	$(BIN)/python -m bench.ingress
+
+bench-orders: setup jars
+	$(BIN)/python -m bench.orders
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache

@@ -64,6 +64,7 @@ from bench.pipeline import (
     _no_nan,
     _num,
     _workdir,
+    noise_warning,
 )
 
 __all__ = ["Report", "main", "render"]
@@ -208,13 +209,7 @@ def render(report: Report) -> str:
         )
     if report.failed:
         lines.append("  FAILED: requests were refused or orders were not PAID in time")
-    noisy = report.noisy_runs()
-    if noisy:
-        lines.append(
-            f"warning: {', '.join(noisy)} shared the machine with other work (>= "
-            f"{NOISE_PERCENT:g}% of a core outside the bench's processes); rerun on a quiet "
-            "machine before quoting the numbers"
-        )
+    lines += noise_warning(report.noisy_runs())
     return "\n".join(lines)
 
 

@@ -80,6 +80,7 @@ __all__ = [
     "QUIX_RATIO_GOAL",
     "Report",
     "main",
+    "noise_warning",
     "render",
 ]
 
@@ -322,14 +323,19 @@ def render(report: Report) -> str:
     if report.race:
         lines += _render_race(report)
     lines += _render_goals(report)
-    noisy = report.noisy_runs()
-    if noisy:
-        lines.append(
-            f"warning: {', '.join(noisy)} shared the machine with other work (>= "
-            f"{NOISE_PERCENT:g}% of a core outside the bench's processes); rerun on a quiet "
-            "machine before quoting the numbers"
-        )
+    lines += noise_warning(report.noisy_runs())
     return "\n".join(lines)
+
+
+def noise_warning(noisy: Sequence[str]) -> list[str]:
+    """The line warning that ``noisy`` runs shared the machine, if any did."""
+    if not noisy:
+        return []
+    return [
+        f"warning: {', '.join(noisy)} shared the machine with other work (>= "
+        f"{NOISE_PERCENT:g}% of a core outside the bench's processes); rerun on a quiet "
+        "machine before quoting the numbers"
+    ]
 
 
 # -- the run --------------------------------------------------------------------------------

@@ -138,21 +138,31 @@ async def test_sigkill_twice_while_orders_flow_pays_each_order_exactly_once(
     orders = [f"ord_{batch}_{n}" for n in range(240)]
     kills_at: list[int] = []
 
-    async def killer() -> None:
-        for threshold in (40, 120):
-            await pipeline.wait_for(
-                f"{threshold} paid orders before the kill",
-                lambda threshold=threshold: _paid(pipeline, batch) >= threshold,  # type: ignore[misc]
-                timeout_s=180,
-            )
-            pipeline.worker.kill()
-            kills_at.append(_paid(pipeline, batch))
-            pipeline.worker.start()
+    async def kill_and_restart() -> None:
+        pipeline.worker.kill()
+        kills_at.append(_paid(pipeline, batch))
+        pipeline.worker.start()
 
-    # Paced (about 8 orders/s for 30 s) so the stream still flows at both kills.
-    await asyncio.gather(_send(pipeline, orders, pause_s=0.5), killer())
-    assert len(kills_at) == 2
-    assert all(0 < seen < len(orders) for seen in kills_at), kills_at
+    # The first half is paced (about 8 orders/s); the first SIGKILL lands once 40 of its
+    # orders are paid, while the rest are still being sent. The second lands as soon as
+    # the restarted worker has made progress, in the middle of its backlog. The second
+    # half is sent only then, so both kills are mid-stream by construction (a restarted
+    # worker may drain a backlog in one batch, so "after N paid" alone cannot promise it).
+    first, second = orders[:120], orders[120:]
+    sending = asyncio.create_task(_send(pipeline, first, pause_s=0.5))
+    await pipeline.wait_for(
+        "40 paid orders before the first kill", lambda: _paid(pipeline, batch) >= 40
+    )
+    await kill_and_restart()
+    await pipeline.wait_for(
+        "the restarted worker to make progress",
+        lambda: _paid(pipeline, batch) > kills_at[0],
+        timeout_s=180,
+    )
+    await kill_and_restart()
+    await sending
+    await _send(pipeline, second, pause_s=0.1)
+    assert 0 < kills_at[0] < kills_at[1] < len(orders), kills_at
 
     await pipeline.wait_for(
         "every order paid", lambda: _paid(pipeline, batch) == len(orders), timeout_s=240

@@ -27,7 +27,6 @@ import asyncio
 import itertools
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,26 +49,17 @@ from bench._orders_input import (
     prepare_orders,
     summarise,
 )
-from bench._pipeline_e2e import (
-    BILLING_TOPIC,
-    POLL_BATCH,
-    POLL_EVERY_S,
-    _session,
-    _wait_ready,
-)
+from bench._pipeline_e2e import BILLING_TOPIC, POLL_BATCH, POLL_EVERY_S
 from bench._pipeline_infra import (
     Child,
     TreeCpuMeter,
-    child_env,
-    commit_group,
     end_offsets,
     progress,
     read_records,
 )
 from bench._pipeline_input import Distribution, distribution, match_latencies
-from connectors.embedded.ports import LOOPBACK, free_port
+from bench._sluice import client_session, sluice_processes, wait_ready
 from schemas.codec import make_codec
-from streams.topology import WIRING
 
 __all__ = [
     "LIFECYCLE_TOPIC",
@@ -227,7 +217,7 @@ async def _paced(urls: _Urls, orders: Sequence[BenchOrder], rate: float) -> Orde
     """Open loop: order ``i`` starts at ``start + i / rate``, whether or not earlier
     orders were answered."""
     log, headers = OrderLog(), created_headers()
-    async with _session() as session:
+    async with client_session() as session:
         in_flight: set[asyncio.Task[None]] = set()
         began = time.monotonic()
         for index, order in enumerate(orders):
@@ -251,7 +241,7 @@ async def _closed(urls: _Urls, orders: Sequence[BenchOrder], concurrency: int) -
         for order in queue:  # shared iterator: each order is sent once
             await _order(session, urls, order, time.monotonic(), log, headers)
 
-    async with _session() as session:
+    async with client_session() as session:
         await asyncio.gather(*(sender(session) for _ in range(concurrency)))
     return log
 
@@ -319,68 +309,44 @@ def run_orders(
     :param search_url: Elasticsearch for the worker's ``orders`` index (prefixed with the
         run id); ``None`` runs without search.
     """
-    public_port, internal_port = free_port(None), free_port(None)
-    ingress_env = child_env(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "STRIPE_WEBHOOK_SECRET": SECRET,
-            "RAZORPAY_WEBHOOK_SECRET": "rzp_bench_only",
-            "INTERNAL_API_TOKEN": INTERNAL_TOKEN,
-            "INGRESS_PUBLIC_HOST": LOOPBACK,
-            "INGRESS_PUBLIC_PORT": str(public_port),
-            "INGRESS_INTERNAL_HOST": LOOPBACK,
-            "INGRESS_INTERNAL_PORT": str(internal_port),
-        }
-    )
     app_id = worker_app_id(run_id)
-    worker_topics = sorted({name for wire in WIRING for name in wire.reads})
-    commit_group(bootstrap, app_id, end_offsets(bootstrap, worker_topics))
-    worker_env = child_env(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "DATABASE_URL": database_url,
-            "SLUICE_APP_ID": app_id,
-            "SLUICE_STATE_DIR": str(workdir / "worker-state"),
-            # Explicit, so neither comes from the caller's environment: orders without a
-            # payment provider make no Stripe call, and search is on only when asked.
+    result = OrdersRun()
+    with sluice_processes(
+        bootstrap=bootstrap,
+        database_url=database_url,
+        app_id=app_id,
+        workdir=workdir,
+        stripe_secret=SECRET,
+        ingress_env={"INTERNAL_API_TOKEN": INTERNAL_TOKEN},
+        # Explicit, so neither comes from the caller's environment: orders without a
+        # payment provider make no Stripe call, and search is on only when asked.
+        worker_env={
             "STRIPE_API_KEY": "",
             "ELASTICSEARCH_URL": search_url or "",
             "SLUICE_SEARCH_INDEX_PREFIX": f"{app_id}-" if search_url else "",
-        }
-    )
-    result = OrdersRun()
-    sluice = [sys.executable, "-m", "sluice"]
-    progress("starting `sluice ingress` and `sluice worker` ...")
-    ingress = Child("ingress", [*sluice, "ingress"], ingress_env, workdir)
-    try:
-        worker = Child("worker", [*sluice, "worker"], worker_env, workdir)
+        },
+    ) as sluice:
+        watcher = PaidWatcher(database_url)
+        watcher.start()
         try:
-            watcher = PaidWatcher(database_url)
-            watcher.start()
-            try:
-                asyncio.run(
-                    _drive(
-                        options,
-                        result,
-                        urls=_Urls(
-                            events=f"http://{LOOPBACK}:{internal_port}{EVENTS_PATH}",
-                            webhook=f"http://{LOOPBACK}:{public_port}/v1/webhooks/stripe",
-                        ),
-                        ready_url=f"http://{LOOPBACK}:{internal_port}/readyz",
-                        watcher=watcher,
-                        ingress=ingress,
-                        worker=worker,
-                        bootstrap=bootstrap,
-                        pids={**pids, "ingress": ingress.pid, "worker": worker.pid},
-                    )
+            asyncio.run(
+                _drive(
+                    options,
+                    result,
+                    urls=_Urls(
+                        events=sluice.internal_url(EVENTS_PATH),
+                        webhook=sluice.public_url("/v1/webhooks/stripe"),
+                    ),
+                    ready_url=sluice.ready_url,
+                    watcher=watcher,
+                    ingress=sluice.ingress,
+                    worker=sluice.worker,
+                    bootstrap=bootstrap,
+                    pids={**pids, **sluice.pids()},
                 )
-            finally:
-                watcher.stop()
+            )
         finally:
-            progress("stopping the worker ...")
-            worker.stop()
-    finally:
-        ingress.stop()
+            watcher.stop()
     return result
 
 
@@ -401,7 +367,7 @@ async def _drive(
     bootstrap: str,
     pids: dict[str, int | None],
 ) -> None:
-    await _wait_ready(ready_url, ingress)
+    await wait_ready(ready_url, ingress)
     probe = _prepare(1)
     began = time.monotonic()
     watcher.expect(o.order_id for o in probe)

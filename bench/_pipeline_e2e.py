@@ -24,7 +24,6 @@ import asyncio
 import itertools
 import math
 import os
-import sys
 import threading
 import time
 import uuid
@@ -39,8 +38,6 @@ import psycopg
 from bench._pipeline_infra import (
     Child,
     TreeCpuMeter,
-    child_env,
-    commit_group,
     end_offsets,
     progress,
     read_records,
@@ -53,9 +50,8 @@ from bench._pipeline_input import (
     prepare_payment_webhooks,
     stage_latencies,
 )
-from connectors.embedded.ports import LOOPBACK, free_port
+from bench._sluice import client_session, sluice_processes, wait_ready
 from schemas.codec import make_codec
-from streams.topology import WIRING
 
 __all__ = [
     "POLL_EVERY_S",
@@ -72,9 +68,6 @@ POLL_BATCH: Final = 1000
 SECRET: Final = "whsec_bench_pipeline"
 BILLING_TOPIC: Final = "billing.payment.succeeded"
 _PROBE_TIMEOUT_S = 180.0  # the worker's start: imports, group join, topic declaration
-_READY_TIMEOUT_S = 60.0
-_CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=30)
-_MAX_CONNECTIONS = 512
 _ROWS_QUERY: Final = (
     "SELECT provider_payment_id FROM payments "
     "WHERE provider = 'stripe' AND provider_payment_id = ANY(%s)"
@@ -208,15 +201,10 @@ async def _post(
         log.errors += 1
 
 
-def _session() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=_MAX_CONNECTIONS)
-    return aiohttp.ClientSession(connector=connector, timeout=_CLIENT_TIMEOUT)
-
-
 async def _paced(url: str, webhooks: Sequence[PaymentWebhook], rate: float) -> _Sent:
     """Open loop: webhook ``i`` is sent at ``start + i / rate``, answered or not."""
     log = _Sent()
-    async with _session() as session:
+    async with client_session() as session:
         in_flight: set[asyncio.Task[None]] = set()
         began = time.monotonic()
         for index, webhook in enumerate(webhooks):
@@ -240,7 +228,7 @@ async def _closed(url: str, webhooks: Sequence[PaymentWebhook], concurrency: int
         for webhook in queue:  # shared iterator: each webhook is sent once
             await _post(session, url, webhook, time.monotonic(), log)
 
-    async with _session() as session:
+    async with client_session() as session:
         await asyncio.gather(*(sender(session) for _ in range(concurrency)))
     return log
 
@@ -312,60 +300,33 @@ def run_end_to_end(
         ),
         (1, warmup_count, paced_count, options.burst),
     )
-    public_port, internal_port = free_port(None), free_port(None)
-    ingress_env = child_env(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "STRIPE_WEBHOOK_SECRET": SECRET,
-            "RAZORPAY_WEBHOOK_SECRET": "rzp_bench_only",
-            "INGRESS_PUBLIC_HOST": LOOPBACK,
-            "INGRESS_PUBLIC_PORT": str(public_port),
-            "INGRESS_INTERNAL_HOST": LOOPBACK,
-            "INGRESS_INTERNAL_PORT": str(internal_port),
-        }
-    )
-    app_id = f"bench-worker-{run_id}"
-    worker_topics = sorted({name for wire in WIRING for name in wire.reads})
-    commit_group(bootstrap, app_id, end_offsets(bootstrap, worker_topics))
-    worker_env = child_env(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "DATABASE_URL": database_url,
-            "SLUICE_APP_ID": app_id,
-            "SLUICE_STATE_DIR": str(workdir / "worker-state"),
-        }
-    )
     result = EndToEnd()
-    sluice = [sys.executable, "-m", "sluice"]
-    progress("starting `sluice ingress` and `sluice worker` ...")
-    ingress = Child("ingress", [*sluice, "ingress"], ingress_env, workdir)
-    try:
-        worker = Child("worker", [*sluice, "worker"], worker_env, workdir)
+    with sluice_processes(
+        bootstrap=bootstrap,
+        database_url=database_url,
+        app_id=f"bench-worker-{run_id}",
+        workdir=workdir,
+        stripe_secret=SECRET,
+    ) as sluice:
+        watcher = RowWatcher(database_url)
+        watcher.start()
         try:
-            watcher = RowWatcher(database_url)
-            watcher.start()
-            try:
-                asyncio.run(
-                    _drive(
-                        options,
-                        result,
-                        url=f"http://{LOOPBACK}:{public_port}/v1/webhooks/stripe",
-                        ready_url=f"http://{LOOPBACK}:{internal_port}/readyz",
-                        batches=(probe, warmup, paced, burst),
-                        watcher=watcher,
-                        ingress=ingress,
-                        worker=worker,
-                        bootstrap=bootstrap,
-                        pids={**pids, "ingress": ingress.pid, "worker": worker.pid},
-                    )
+            asyncio.run(
+                _drive(
+                    options,
+                    result,
+                    url=sluice.public_url("/v1/webhooks/stripe"),
+                    ready_url=sluice.ready_url,
+                    batches=(probe, warmup, paced, burst),
+                    watcher=watcher,
+                    ingress=sluice.ingress,
+                    worker=sluice.worker,
+                    bootstrap=bootstrap,
+                    pids={**pids, **sluice.pids()},
                 )
-            finally:
-                watcher.stop()
+            )
         finally:
-            progress("stopping the worker ...")
-            worker.stop()
-    finally:
-        ingress.stop()
+            watcher.stop()
     return result
 
 
@@ -376,23 +337,6 @@ def _split(items: list[PaymentWebhook], sizes: Sequence[int]) -> tuple[list[Paym
         parts.append(items[start : start + size])
         start += size
     return tuple(parts)
-
-
-async def _wait_ready(url: str, child: Child) -> None:
-    deadline = time.monotonic() + _READY_TIMEOUT_S
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-        while True:
-            if not child.alive():
-                raise RuntimeError(f"the ingress exited:\n{child.log_tail()}")
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the ingress was not ready in {_READY_TIMEOUT_S:g} s")
-            await asyncio.sleep(0.2)
 
 
 async def _drive(
@@ -409,7 +353,7 @@ async def _drive(
     pids: dict[str, int | None],
 ) -> None:
     probe, warmup, paced, burst = batches
-    await _wait_ready(ready_url, ingress)
+    await wait_ready(ready_url, ingress)
     began = time.monotonic()
     watcher.expect(w.payment_id for w in probe)
     log = await _closed(url, probe, 1)

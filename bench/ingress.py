@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 import aiohttp
@@ -55,6 +53,7 @@ from bench._load import (
     paced,
     prepare_stripe_requests,
 )
+from bench._report import no_nan, unwind_on_sigterm
 from bench._server import BASELINE_PATH, INGRESS_PATH
 
 __all__ = ["Report", "machine_info", "main", "parse_levels", "render", "server_cost_us"]
@@ -123,18 +122,8 @@ class Report:
                 "errors": self.errors,
             },
         }
-        cleaned: dict[str, Any] = _no_nan(document)
+        cleaned: dict[str, Any] = no_nan(document)
         return cleaned
-
-
-def _no_nan(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _no_nan(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(item) for item in value]
-    return value
 
 
 # -- machine ---------------------------------------------------------------------------
@@ -550,14 +539,9 @@ def _measure(args: argparse.Namespace, bootstrap: str | None) -> Report:
     return report
 
 
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the server and the embedded broker are stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
+    unwind_on_sigterm()  # the server and the embedded broker are stopped on the way out
     if args.duration <= 0 or args.paced_duration <= 0 or min(args.warmup, args.settle) < 0:
         _parser().error("durations must be positive (warm-up and settle may be 0)")
     bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None

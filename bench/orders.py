@@ -37,7 +37,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,16 +54,16 @@ from bench._pipeline_infra import (
     progress,
     topics_containing,
 )
-from bench.pipeline import (
+from bench._report import (
     NOISE_PERCENT,
-    _cpu,
-    _dist,
-    _interrupt,
-    _ms,
-    _no_nan,
-    _num,
-    _workdir,
+    cpu_line,
+    dist_line,
+    ms,
+    no_nan,
     noise_warning,
+    num,
+    temp_workdir,
+    unwind_on_sigterm,
 )
 
 __all__ = ["Report", "main", "render"]
@@ -124,7 +123,7 @@ class Report:
                 "failed": self.failed,
             },
         }
-        cleaned: dict[str, Any] = _no_nan(document)
+        cleaned: dict[str, Any] = no_nan(document)
         return cleaned
 
 
@@ -156,34 +155,36 @@ def _render_phases(report: Report) -> list[str]:
         "payment_intent.succeeded webhook -> sluice ingress -> Kafka -> sluice worker",
         "(from the webhook's HTTP 200: order = orders row PAID, payment = its payments row, "
         f"the baseline; rows polled every {POLL_EVERY_S * 1000:.0f} ms; x = order / payment; "
-        f"worker's first PAID order {_num(report.worker_ready_s, 1)} s after start-up)",
+        f"worker's first PAID order {num(report.worker_ready_s, 1)} s after start-up)",
         f"{'phase':<14} {'orders':>7} {'errors':>6} {'200s/s':>7} {'PAID/s':>7} "
         f"{'order p50':>9} {'order p99':>9} {'pay p50':>8} {'pay p99':>8} {'p50 x':>5} "
         f"{'p99 x':>5} {'drain':>7} {'not PAID':>8}",
     ]
     for p in report.phases:
         lines.append(
-            f"{p.name:<14} {p.orders:>7,} {p.errors:>6} {_num(p.accepted_per_s):>7} "
-            f"{_num(p.paid_per_s):>7} {_ms(p.order.p50_ms):>9} {_ms(p.order.p99_ms):>9} "
-            f"{_ms(p.payment.p50_ms):>8} {_ms(p.payment.p99_ms):>8} {_ratio(p.p50_ratio):>5} "
-            f"{_ratio(p.p99_ratio):>5} {_num(p.drain_s, 1) + ' s':>7} {p.not_paid:>8}"
+            f"{p.name:<14} {p.orders:>7,} {p.errors:>6} {num(p.accepted_per_s):>7} "
+            f"{num(p.paid_per_s):>7} {ms(p.order.p50_ms):>9} {ms(p.order.p99_ms):>9} "
+            f"{ms(p.payment.p50_ms):>8} {ms(p.payment.p99_ms):>8} {_ratio(p.p50_ratio):>5} "
+            f"{_ratio(p.p99_ratio):>5} {num(p.drain_s, 1) + ' s':>7} {p.not_paid:>8}"
         )
     for p in report.phases:
         lines.append(
-            f"  {p.name}, HTTP: order.created {_dist(p.created_http)}; "
-            f"webhook {_dist(p.webhook_http)}"
+            f"  {p.name}, HTTP: order.created {dist_line(p.created_http)}; "
+            f"webhook {dist_line(p.webhook_http)}"
         )
         if p.refused:
             refused = ", ".join(f"{kind} {count}" for kind, count in sorted(p.refused.items()))
             lines.append(f"  {p.name}, refused: {refused}")
         if p.no_payment_row:
             lines.append(f"  {p.name}, payments rows never seen: {p.no_payment_row}")
-        for stage, dist in p.stages.items():
-            lines.append(f"  {p.name}, {stage}: {_dist(dist)}")
+        for stage, distribution in p.stages.items():
+            lines.append(f"  {p.name}, {stage}: {dist_line(distribution)}")
         if p.cpu_percent:
-            lines.append(f"  {p.name}, CPU (% of one core): {_cpu(p.cpu_percent)}")
+            lines.append(f"  {p.name}, CPU (% of one core): {cpu_line(p.cpu_percent)}")
         if p.cpu_wait_percent:
-            lines.append(f"  {p.name}, runnable but waiting for a CPU: {_cpu(p.cpu_wait_percent)}")
+            lines.append(
+                f"  {p.name}, runnable but waiting for a CPU: {cpu_line(p.cpu_wait_percent)}"
+            )
     return lines
 
 
@@ -197,15 +198,15 @@ def render(report: Report) -> str:
         lines.append("  paced: not measured")
     else:
         lines.append(
-            f"  at {paced.target_rps:g} orders/s: order p50 {_ms(paced.order.p50_ms)} / "
-            f"payment p50 {_ms(paced.payment.p50_ms)} = {_ratio(paced.p50_ratio)}; "
-            f"p99 {_ms(paced.order.p99_ms)} / {_ms(paced.payment.p99_ms)} = "
+            f"  at {paced.target_rps:g} orders/s: order p50 {ms(paced.order.p50_ms)} / "
+            f"payment p50 {ms(paced.payment.p50_ms)} = {_ratio(paced.p50_ratio)}; "
+            f"p99 {ms(paced.order.p99_ms)} / {ms(paced.payment.p99_ms)} = "
             f"{_ratio(paced.p99_ratio)}"
         )
     if burst is not None:
         lines.append(
-            f"  burst, {burst.concurrency} orders in flight: {_num(burst.paid_per_s)} "
-            f"orders PAID/s sustained ({_num(burst.accepted_per_s)} accepted/s)"
+            f"  burst, {burst.concurrency} orders in flight: {num(burst.paid_per_s)} "
+            f"orders PAID/s sustained ({num(burst.accepted_per_s)} accepted/s)"
         )
     if report.failed:
         lines.append("  FAILED: requests were refused or orders were not PAID in time")
@@ -257,7 +258,7 @@ def _measure(args: argparse.Namespace) -> Report:
     run_id = new_run_id()
     report = Report(machine=machine_info())
     with (
-        _workdir(args.workdir) as tmp,
+        temp_workdir(args.workdir, "sluice-bench-orders-") as tmp,
         kafka(bootstrap, tmp) as broker,
         postgres(database_url, tmp, fast=args.fast_postgres) as database,
         _search(args.with_search, tmp) as (search_url, search_pid, search),
@@ -318,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if round(args.rate * args.duration) < 1:
         parser.error("--rate x --duration must make at least one order")
     # SIGTERM unwinds like Ctrl-C, so every child process and embedded server is stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
+    unwind_on_sigterm()
     try:
         report = _measure(args)
     except KeyboardInterrupt:

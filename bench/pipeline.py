@@ -34,17 +34,13 @@ the exit status is 1 only if webhooks were refused or a contender failed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
 import os
-import signal
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench._pipeline_e2e import (
@@ -64,7 +60,6 @@ from bench._pipeline_infra import (
     progress,
     topics_containing,
 )
-from bench._pipeline_input import Distribution
 from bench._pipeline_race import (
     CONTENDERS,
     ContenderResult,
@@ -72,15 +67,24 @@ from bench._pipeline_race import (
     prepare_race_input,
     run_contender,
 )
+from bench._report import (
+    NOISE_PERCENT,
+    cpu_line,
+    dist_line,
+    ms,
+    no_nan,
+    noise_warning,
+    num,
+    temp_workdir,
+    unwind_on_sigterm,
+)
 
 __all__ = [
     "BARE_RATIO_GOAL",
-    "NOISE_PERCENT",
     "P99_GOAL_MS",
     "QUIX_RATIO_GOAL",
     "Report",
     "main",
-    "noise_warning",
     "render",
 ]
 
@@ -88,8 +92,6 @@ BARE_RATIO_GOAL = 0.2
 QUIX_RATIO_GOAL = 1.0
 P99_GOAL_MS = 1000.0
 P99_GOAL_RATE = 500.0
-#: CPU (% of one core) used outside the bench's processes that makes a run suspect.
-NOISE_PERCENT = 25.0
 #: A contender measured over less than this many seconds gets a "rough" note.
 ROUGH_WINDOW_S = 1.0
 
@@ -135,7 +137,7 @@ class Report:
             (p.name, p.cpu_percent) for p in (self.e2e.phases if self.e2e else [])
         ]
         runs += [(c.name, c.cpu_percent) for c in self.race]
-        return [name for name, cpu in runs if cpu.get("other", 0.0) >= NOISE_PERCENT]
+        return [name for name, percent in runs if percent.get("other", 0.0) >= NOISE_PERCENT]
 
     @property
     def failed(self) -> bool:
@@ -167,35 +169,11 @@ class Report:
                 "p99_goal_ms": P99_GOAL_MS,
             },
         }
-        cleaned: dict[str, Any] = _no_nan(document)
+        cleaned: dict[str, Any] = no_nan(document)
         return cleaned
 
 
-def _no_nan(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _no_nan(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_no_nan(item) for item in value]
-    return value
-
-
 # -- rendering ------------------------------------------------------------------------------
-
-
-def _ms(value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
-
-
-def _num(value: float, digits: int = 0) -> str:
-    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
-
-
-def _cpu(percent: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.0f}%" for name, value in percent.items())
 
 
 def _verdict(met: bool) -> str:
@@ -230,25 +208,22 @@ def _render_e2e(e2e: EndToEnd) -> list[str]:
     for phase in e2e.phases:
         lines.append(
             f"{phase.name:<14} {phase.sent:>7,} {phase.errors:>6} "
-            f"{_num(phase.ingress_rps):>7} {_num(phase.rows_per_s):>7} "
-            f"{_ms(phase.http.p99_ms):>9} {_ms(phase.e2e.p50_ms):>8} "
-            f"{_ms(phase.e2e.p99_ms):>8} {_ms(phase.e2e.max_ms):>8} "
-            f"{_num(phase.drain_s, 1) + ' s':>7} {phase.missing:>7}"
+            f"{num(phase.ingress_rps):>7} {num(phase.rows_per_s):>7} "
+            f"{ms(phase.http.p99_ms):>9} {ms(phase.e2e.p50_ms):>8} "
+            f"{ms(phase.e2e.p99_ms):>8} {ms(phase.e2e.max_ms):>8} "
+            f"{num(phase.drain_s, 1) + ' s':>7} {phase.missing:>7}"
         )
     for phase in e2e.phases:
-        for stage, dist in phase.stages.items():
-            lines.append(f"  {phase.name}, {stage}: {_dist(dist)}")
+        for stage, distribution in phase.stages.items():
+            lines.append(f"  {phase.name}, {stage}: {dist_line(distribution)}")
         if phase.cpu_percent:
-            lines.append(f"  {phase.name}, CPU (% of one core): {_cpu(phase.cpu_percent)}")
+            lines.append(f"  {phase.name}, CPU (% of one core): {cpu_line(phase.cpu_percent)}")
         if phase.cpu_wait_percent:
             lines.append(
-                f"  {phase.name}, runnable but waiting for a CPU: {_cpu(phase.cpu_wait_percent)}"
+                f"  {phase.name}, runnable but waiting for a CPU: "
+                f"{cpu_line(phase.cpu_wait_percent)}"
             )
     return lines
-
-
-def _dist(dist: Distribution) -> str:
-    return f"p50 {_ms(dist.p50_ms)}, p99 {_ms(dist.p99_ms)}, max {_ms(dist.max_ms)}"
 
 
 def _render_race(report: Report) -> list[str]:
@@ -270,10 +245,10 @@ def _render_race(report: Report) -> list[str]:
         window = result.rate.window_s if result.rate else math.nan
         ratio = report.ratio(result.name) if result.name != "sluice" else math.nan
         lines.append(
-            f"{result.label:<32} {_num(result.events_per_s):>9} "
-            f"{_num(window, 2) + ' s':>7} {_num(result.startup_s, 1) + ' s':>8} "
-            f"{_num(result.cpu_us_per_event):>12} {_num(ratio, 2):>9}  "
-            f"{_cpu(result.cpu_percent)}"
+            f"{result.label:<32} {num(result.events_per_s):>9} "
+            f"{num(window, 2) + ' s':>7} {num(result.startup_s, 1) + ' s':>8} "
+            f"{num(result.cpu_us_per_event):>12} {num(ratio, 2):>9}  "
+            f"{cpu_line(result.cpu_percent)}"
         )
         if window < ROUGH_WINDOW_S:
             lines.append(
@@ -285,7 +260,7 @@ def _render_race(report: Report) -> list[str]:
             lines.append(f"{'':<32} (contender runnable but waiting for a CPU: {waited:.0f}%)")
     lines.append(
         f"domain work alone (decode, dedupe, normalise, encode; no Kafka, no framework): "
-        f"{_num(report.domain_us_per_event)} us CPU per event"
+        f"{num(report.domain_us_per_event)} us CPU per event"
     )
     return lines
 
@@ -310,7 +285,7 @@ def _render_goals(report: Report) -> list[str]:
         met = on_rate and paced.e2e.p99_ms <= P99_GOAL_MS and not paced.missing
         note = "" if on_rate else f" (measured at {paced.target_rps:g}/s, not {P99_GOAL_RATE:g}/s)"
         lines.append(
-            f"  p99 end to end at {paced.target_rps:g}/s = {_ms(paced.e2e.p99_ms)}, "
+            f"  p99 end to end at {paced.target_rps:g}/s = {ms(paced.e2e.p99_ms)}, "
             f"{paced.missing} missing (goal <= {P99_GOAL_MS / 1000:g} s: {_verdict(met)}){note}"
         )
     return lines
@@ -325,17 +300,6 @@ def render(report: Report) -> str:
     lines += _render_goals(report)
     lines += noise_warning(report.noisy_runs())
     return "\n".join(lines)
-
-
-def noise_warning(noisy: Sequence[str]) -> list[str]:
-    """The line warning that ``noisy`` runs shared the machine, if any did."""
-    if not noisy:
-        return []
-    return [
-        f"warning: {', '.join(noisy)} shared the machine with other work (>= "
-        f"{NOISE_PERCENT:g}% of a core outside the bench's processes); rerun on a quiet "
-        "machine before quoting the numbers"
-    ]
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -394,7 +358,7 @@ def _measure(args: argparse.Namespace) -> Report:
     run_id = new_run_id()
     report = Report(machine=machine_info())
     with (
-        _workdir(args.workdir) as tmp,
+        temp_workdir(args.workdir, "sluice-bench-pipeline-") as tmp,
         kafka(bootstrap, Path(tmp)) as broker,
         postgres(database_url, Path(tmp), fast=args.fast_postgres) as database,
     ):
@@ -423,19 +387,6 @@ def _measure(args: argparse.Namespace) -> Report:
             if not broker.embedded:  # an embedded broker goes away with its directory
                 _clean_up(broker.bootstrap, run_id)
     return report
-
-
-@contextlib.contextmanager
-def _workdir(given: Path | None) -> Iterator[Path]:
-    """``given`` (kept afterwards, with every log), or a temporary directory."""
-    if given is not None:
-        given.mkdir(parents=True, exist_ok=True)
-        if any(given.iterdir()):
-            raise SystemExit(f"--workdir {given} is not empty")
-        yield given
-        return
-    with tempfile.TemporaryDirectory(prefix="sluice-bench-pipeline-") as tmp:
-        yield Path(tmp)
 
 
 def _race(
@@ -479,10 +430,6 @@ def _clean_up(bootstrap: str, run_id: str) -> None:
     delete_groups(bootstrap, [f"bench-{name}-{run_id}" for name in (*CONTENDERS, "worker")])
 
 
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -496,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         parser.error("need --burst-concurrency >= 1, --events >= 2, --duplicate-every 0 or > 1")
     # SIGTERM unwinds like Ctrl-C, so every child process and embedded server is stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
+    unwind_on_sigterm()
     try:
         report = _measure(args)
     except KeyboardInterrupt:

@@ -1,0 +1,130 @@
+"""``sluice ingress`` and ``sluice worker`` as the end-to-end benches run them.
+
+Both as child processes, as deployed, on loopback ports of their own. The worker's
+consumer group is committed at the current end of every topic it reads before it starts,
+so it handles the bench's own input only (not what an earlier run left on the broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+
+from bench._pipeline_infra import Child, child_env, commit_group, end_offsets, progress
+from connectors.embedded.ports import LOOPBACK, free_port
+from streams.topology import WIRING
+
+__all__ = ["SluiceProcesses", "client_session", "sluice_processes", "wait_ready"]
+
+RAZORPAY_SECRET: Final = "rzp_bench_only"  # unused by the benches; the ingress needs one
+_READY_TIMEOUT_S = 60.0
+_CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=30)
+_MAX_CONNECTIONS = 512
+
+
+@dataclass(frozen=True)
+class SluiceProcesses:
+    ingress: Child
+    worker: Child
+    public_port: int
+    internal_port: int
+
+    def public_url(self, path: str) -> str:
+        return f"http://{LOOPBACK}:{self.public_port}{path}"
+
+    def internal_url(self, path: str) -> str:
+        return f"http://{LOOPBACK}:{self.internal_port}{path}"
+
+    @property
+    def ready_url(self) -> str:
+        return self.internal_url("/readyz")
+
+    def pids(self) -> dict[str, int | None]:
+        return {"ingress": self.ingress.pid, "worker": self.worker.pid}
+
+
+@contextlib.contextmanager
+def sluice_processes(
+    *,
+    bootstrap: str,
+    database_url: str,
+    app_id: str,
+    workdir: Path,
+    stripe_secret: str,
+    ingress_env: Mapping[str, str] | None = None,
+    worker_env: Mapping[str, str] | None = None,
+) -> Iterator[SluiceProcesses]:
+    """Start the ingress and the worker for the block; stop both after it.
+
+    :param app_id: the worker's ``SLUICE_APP_ID`` (its consumer group and state names).
+    :param ingress_env: settings on top of the broker, the webhook secrets and the ports.
+    :param worker_env: settings on top of the broker, the database and ``app_id``.
+    """
+    public_port, internal_port = free_port(None), free_port(None)
+    ingress_settings = child_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "STRIPE_WEBHOOK_SECRET": stripe_secret,
+            "RAZORPAY_WEBHOOK_SECRET": RAZORPAY_SECRET,
+            "INGRESS_PUBLIC_HOST": LOOPBACK,
+            "INGRESS_PUBLIC_PORT": str(public_port),
+            "INGRESS_INTERNAL_HOST": LOOPBACK,
+            "INGRESS_INTERNAL_PORT": str(internal_port),
+            **(ingress_env or {}),
+        }
+    )
+    worker_topics = sorted({name for wire in WIRING for name in wire.reads})
+    commit_group(bootstrap, app_id, end_offsets(bootstrap, worker_topics))
+    worker_settings = child_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DATABASE_URL": database_url,
+            "SLUICE_APP_ID": app_id,
+            "SLUICE_STATE_DIR": str(workdir / "worker-state"),
+            **(worker_env or {}),
+        }
+    )
+    sluice = [sys.executable, "-m", "sluice"]
+    progress("starting `sluice ingress` and `sluice worker` ...")
+    ingress = Child("ingress", [*sluice, "ingress"], ingress_settings, workdir)
+    try:
+        worker = Child("worker", [*sluice, "worker"], worker_settings, workdir)
+        try:
+            yield SluiceProcesses(ingress, worker, public_port, internal_port)
+        finally:
+            progress("stopping the worker ...")
+            worker.stop()
+    finally:
+        ingress.stop()
+
+
+def client_session() -> aiohttp.ClientSession:
+    """The load generator's session: many connections, a bounded wait per request."""
+    connector = aiohttp.TCPConnector(limit=_MAX_CONNECTIONS)
+    return aiohttp.ClientSession(connector=connector, timeout=_CLIENT_TIMEOUT)
+
+
+async def wait_ready(url: str, child: Child) -> None:
+    """Until the ingress answers ``url`` with 200; raises if it exits or takes too long."""
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            if not child.alive():
+                raise RuntimeError(f"the ingress exited:\n{child.log_tail()}")
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the ingress was not ready in {_READY_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.2)

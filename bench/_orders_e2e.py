@@ -58,7 +58,7 @@ from bench._pipeline_infra import (
     read_records,
 )
 from bench._pipeline_input import Distribution, distribution, match_latencies
-from bench._sluice import client_session, sluice_processes, wait_ready
+from bench._sluice import send_closed, send_paced, sluice_processes, wait_for_rows, wait_ready
 from schemas.codec import make_codec
 
 __all__ = [
@@ -214,35 +214,20 @@ async def _order(
 
 
 async def _paced(urls: _Urls, orders: Sequence[BenchOrder], rate: float) -> OrderLog:
-    """Open loop: order ``i`` starts at ``start + i / rate``, whether or not earlier
-    orders were answered."""
     log, headers = OrderLog(), created_headers()
-    async with client_session() as session:
-        in_flight: set[asyncio.Task[None]] = set()
-        began = time.monotonic()
-        for index, order in enumerate(orders):
-            scheduled = began + index / rate
-            delay = scheduled - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(_order(session, urls, order, scheduled, log, headers))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        await asyncio.gather(*in_flight)
+    await send_paced(
+        orders, rate, lambda session, order, at: _order(session, urls, order, at, log, headers)
+    )
     return log
 
 
 async def _closed(urls: _Urls, orders: Sequence[BenchOrder], concurrency: int) -> OrderLog:
-    """Closed loop: ``concurrency`` senders, each starting its next order at once."""
     log, headers = OrderLog(), created_headers()
-    queue = iter(orders)
-
-    async def sender(session: aiohttp.ClientSession) -> None:
-        for order in queue:  # shared iterator: each order is sent once
-            await _order(session, urls, order, time.monotonic(), log, headers)
-
-    async with client_session() as session:
-        await asyncio.gather(*(sender(session) for _ in range(concurrency)))
+    await send_closed(
+        orders,
+        concurrency,
+        lambda session, order, at: _order(session, urls, order, at, log, headers),
+    )
     return log
 
 
@@ -251,24 +236,7 @@ async def _drain(
 ) -> None:
     """Wait for the orders whose webhook was acknowledged (bounded by their number)."""
     watcher.forget(o.order_id for o in orders if o.order_id not in log.acked)
-    await _wait_rows(watcher, worker, _DRAIN_BASE_S + len(orders) / _DRAIN_ORDERS_PER_S)
-
-
-async def _wait_rows(watcher: PaidWatcher, worker: Child, timeout_s: float) -> None:
-    """Until every order is PAID and has its payment row, or ``timeout_s`` passed.
-
-    :raises RuntimeError: the worker exited, or polling failed.
-    """
-    deadline = time.monotonic() + timeout_s
-    while watcher.outstanding():
-        if watcher.error is not None:
-            raise RuntimeError(f"polling Postgres failed: {watcher.error}")
-        if not worker.alive():
-            raise RuntimeError(f"the worker exited:\n{worker.log_tail()}")
-        if time.monotonic() > deadline:
-            progress(f"{watcher.outstanding()} rows still missing after {timeout_s:g} s")
-            return
-        await asyncio.sleep(0.05)
+    await wait_for_rows(watcher, worker, _DRAIN_BASE_S + len(orders) / _DRAIN_ORDERS_PER_S)
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -374,7 +342,7 @@ async def _drive(
     log = await _closed(urls, probe, 1)
     if log.refused:
         raise RuntimeError(f"the ingress refused the probe order:\n{ingress.log_tail()}")
-    await _wait_rows(watcher, worker, _PROBE_TIMEOUT_S)
+    await wait_for_rows(watcher, worker, _PROBE_TIMEOUT_S)
     if watcher.outstanding():
         raise RuntimeError(f"the probe order was not PAID in {_PROBE_TIMEOUT_S:g} s")
     result.worker_ready_s = time.monotonic() - began

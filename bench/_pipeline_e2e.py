@@ -50,7 +50,7 @@ from bench._pipeline_input import (
     prepare_payment_webhooks,
     stage_latencies,
 )
-from bench._sluice import client_session, sluice_processes, wait_ready
+from bench._sluice import send_closed, send_paced, sluice_processes, wait_for_rows, wait_ready
 from schemas.codec import make_codec
 
 __all__ = [
@@ -202,48 +202,15 @@ async def _post(
 
 
 async def _paced(url: str, webhooks: Sequence[PaymentWebhook], rate: float) -> _Sent:
-    """Open loop: webhook ``i`` is sent at ``start + i / rate``, answered or not."""
     log = _Sent()
-    async with client_session() as session:
-        in_flight: set[asyncio.Task[None]] = set()
-        began = time.monotonic()
-        for index, webhook in enumerate(webhooks):
-            scheduled = began + index / rate
-            delay = scheduled - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(_post(session, url, webhook, scheduled, log))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        await asyncio.gather(*in_flight)
+    await send_paced(webhooks, rate, lambda session, w, at: _post(session, url, w, at, log))
     return log
 
 
 async def _closed(url: str, webhooks: Sequence[PaymentWebhook], concurrency: int) -> _Sent:
-    """Closed loop: ``concurrency`` senders, each posting its next webhook at once."""
     log = _Sent()
-    queue = iter(webhooks)
-
-    async def sender(session: aiohttp.ClientSession) -> None:
-        for webhook in queue:  # shared iterator: each webhook is sent once
-            await _post(session, url, webhook, time.monotonic(), log)
-
-    async with client_session() as session:
-        await asyncio.gather(*(sender(session) for _ in range(concurrency)))
+    await send_closed(webhooks, concurrency, lambda session, w, at: _post(session, url, w, at, log))
     return log
-
-
-async def _wait_rows(watcher: RowWatcher, worker: Child, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while watcher.outstanding():
-        if watcher.error is not None:
-            raise RuntimeError(f"polling Postgres failed: {watcher.error}")
-        if not worker.alive():
-            raise RuntimeError(f"the worker exited:\n{worker.log_tail()}")
-        if time.monotonic() > deadline:
-            progress(f"{watcher.outstanding()} rows still missing after {timeout_s:g} s")
-            return
-        await asyncio.sleep(0.05)
 
 
 def _phase(name: str, log: _Sent, seen: dict[str, float], sent: int) -> PhaseResult:
@@ -359,7 +326,7 @@ async def _drive(
     log = await _closed(url, probe, 1)
     if log.errors:
         raise RuntimeError(f"the ingress refused the probe webhook:\n{ingress.log_tail()}")
-    await _wait_rows(watcher, worker, _PROBE_TIMEOUT_S)
+    await wait_for_rows(watcher, worker, _PROBE_TIMEOUT_S)
     if watcher.outstanding():
         raise RuntimeError(f"the worker wrote no row in {_PROBE_TIMEOUT_S:g} s")
     result.worker_ready_s = time.monotonic() - began
@@ -369,7 +336,7 @@ async def _drive(
         progress(f"warm-up: {len(warmup)} webhooks at {options.rate:g}/s ...")
         watcher.expect(w.payment_id for w in warmup)
         await _paced(url, warmup, options.rate)
-        await _wait_rows(watcher, worker, 60)
+        await wait_for_rows(watcher, worker, 60)
 
     progress(f"paced: {len(paced):,} webhooks at {options.rate:g}/s ...")
     before = end_offsets(bootstrap, [BILLING_TOPIC])
@@ -377,7 +344,7 @@ async def _drive(
     watcher.expect(w.payment_id for w in paced)
     meter.start()
     log = await _paced(url, paced, options.rate)
-    await _wait_rows(watcher, worker, 60)
+    await wait_for_rows(watcher, worker, 60)
     cpu = meter.stop()
     after = end_offsets(bootstrap, [BILLING_TOPIC])
     phase = _phase(f"paced {options.rate:g}/s", log, watcher.seen(), len(paced))
@@ -392,7 +359,7 @@ async def _drive(
         watcher.expect(w.payment_id for w in burst)
         meter.start()
         log = await _closed(url, burst, options.burst_concurrency)
-        await _wait_rows(watcher, worker, 180)
+        await wait_for_rows(watcher, worker, 180)
         cpu = meter.stop()
         phase = _phase(f"burst c={options.burst_concurrency}", log, watcher.seen(), len(burst))
         phase.concurrency, phase.cpu_percent = options.burst_concurrency, cpu

@@ -1,8 +1,10 @@
-"""``sluice ingress`` and ``sluice worker`` as the end-to-end benches run them.
+"""``sluice ingress`` and ``sluice worker`` as the end-to-end benches run and drive them.
 
 Both as child processes, as deployed, on loopback ports of their own. The worker's
 consumer group is committed at the current end of every topic it reads before it starts,
 so it handles the bench's own input only (not what an earlier run left on the broker).
+The load shapes (paced open loop, closed-loop burst) and the bounded wait for the rows
+are the same for every end-to-end bench; what one item sends is the caller's.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Protocol, TypeVar
 
 import aiohttp
 
@@ -22,12 +24,34 @@ from bench._pipeline_infra import Child, child_env, commit_group, end_offsets, p
 from connectors.embedded.ports import LOOPBACK, free_port
 from streams.topology import WIRING
 
-__all__ = ["SluiceProcesses", "client_session", "sluice_processes", "wait_ready"]
+__all__ = [
+    "Send",
+    "SluiceProcesses",
+    "client_session",
+    "send_closed",
+    "send_paced",
+    "sluice_processes",
+    "wait_for_rows",
+    "wait_ready",
+]
 
 RAZORPAY_SECRET: Final = "rzp_bench_only"  # unused by the benches; the ingress needs one
 _READY_TIMEOUT_S = 60.0
 _CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=30)
 _MAX_CONNECTIONS = 512
+
+Item = TypeVar("Item")
+#: Sends one item; the float is when it was scheduled (``time.monotonic``).
+Send = Callable[[aiohttp.ClientSession, Item, float], Coroutine[Any, Any, None]]
+
+
+class RowPoller(Protocol):
+    """A thread polling Postgres for the rows the bench waits for."""
+
+    @property
+    def error(self) -> BaseException | None: ...
+
+    def outstanding(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -128,3 +152,50 @@ async def wait_ready(url: str, child: Child) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the ingress was not ready in {_READY_TIMEOUT_S:g} s")
             await asyncio.sleep(0.2)
+
+
+async def send_paced(items: Sequence[Item], rate: float, send: Send[Item]) -> None:
+    """Open loop: item ``i`` is sent at ``start + i / rate``, whether or not earlier ones
+    were answered."""
+    async with client_session() as session:
+        in_flight: set[asyncio.Task[None]] = set()
+        began = time.monotonic()
+        for index, item in enumerate(items):
+            scheduled = began + index / rate
+            delay = scheduled - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(send(session, item, scheduled))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
+
+
+async def send_closed(items: Sequence[Item], concurrency: int, send: Send[Item]) -> None:
+    """Closed loop: ``concurrency`` senders, each sending its next item at once."""
+    queue = iter(items)
+
+    async def sender(session: aiohttp.ClientSession) -> None:
+        for item in queue:  # shared iterator: each item is sent once
+            await send(session, item, time.monotonic())
+
+    async with client_session() as session:
+        await asyncio.gather(*(sender(session) for _ in range(concurrency)))
+
+
+async def wait_for_rows(poller: RowPoller, worker: Child, timeout_s: float) -> None:
+    """Until ``poller`` has seen every row, or ``timeout_s`` passed (then says how many
+    are missing and returns: the report counts them).
+
+    :raises RuntimeError: the worker exited, or polling failed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while poller.outstanding():
+        if poller.error is not None:
+            raise RuntimeError(f"polling Postgres failed: {poller.error}")
+        if not worker.alive():
+            raise RuntimeError(f"the worker exited:\n{worker.log_tail()}")
+        if time.monotonic() > deadline:
+            progress(f"{poller.outstanding()} rows still missing after {timeout_s:g} s")
+            return
+        await asyncio.sleep(0.05)

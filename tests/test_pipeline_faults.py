@@ -66,21 +66,30 @@ async def test_sigkill_twice_mid_stream_loses_and_doubles_nothing(pipeline: Pipe
 
     kills_at: list[int] = []
 
-    async def killer() -> None:
-        # Each SIGKILL lands mid-stream: after some rows, well before all of them.
-        for threshold in (400, 1200):
-            await pipeline.wait_for(
-                f"{threshold} rows before the kill",
-                lambda threshold=threshold: _counts(pipeline, batch)[0] >= threshold,  # type: ignore[misc]
-            )
-            pipeline.worker.kill()
-            kills_at.append(_counts(pipeline, batch)[0])
-            pipeline.worker.start()
+    def rows() -> int:
+        return _counts(pipeline, batch)[0]
 
-    # Paced (about 100/s for 20 s) so the stream is still flowing at both kills.
-    await asyncio.gather(_send_all(pipeline, events, concurrency=4, pause_s=0.04), killer())
-    assert len(kills_at) == 2
-    assert all(0 < seen < 2000 for seen in kills_at), kills_at
+    def kill_and_restart() -> None:
+        pipeline.worker.kill()
+        kills_at.append(rows())
+        pipeline.worker.start()
+
+    # The first half is paced (about 100/s); the first SIGKILL lands once 400 of its rows
+    # are in, while the rest are still being sent. The second lands as soon as the
+    # restarted worker has made progress, in the middle of its backlog. The second half
+    # is sent only then, so both kills are mid-stream by construction (a restarted worker
+    # may drain a backlog in one batch, so "after N rows" alone cannot promise it).
+    first, second = events[:1000], events[1000:]
+    sending = asyncio.create_task(_send_all(pipeline, first, concurrency=4, pause_s=0.04))
+    await pipeline.wait_for("400 rows before the first kill", lambda: rows() >= 400)
+    kill_and_restart()
+    await pipeline.wait_for(
+        "the restarted worker to make progress", lambda: rows() > kills_at[0], timeout_s=180
+    )
+    kill_and_restart()
+    await sending
+    await _send_all(pipeline, second, concurrency=4, pause_s=0.01)
+    assert 0 < kills_at[0] < kills_at[1] < len(events), kills_at
 
     await pipeline.wait_for(
         "all 2000 webhooks projected",

@@ -58,7 +58,7 @@ from bench._pipeline_infra import (
     read_records,
 )
 from bench._pipeline_input import Distribution, distribution, match_latencies
-from bench._sluice import send_closed, send_paced, sluice_processes, wait_for_rows, wait_ready
+from bench._sluice import SluiceProcesses, send_closed, send_paced, sluice_processes, wait_for_rows
 from schemas.codec import make_codec
 
 __all__ = [
@@ -305,10 +305,8 @@ def run_orders(
                         events=sluice.internal_url(EVENTS_PATH),
                         webhook=sluice.public_url("/v1/webhooks/stripe"),
                     ),
-                    ready_url=sluice.ready_url,
                     watcher=watcher,
-                    ingress=sluice.ingress,
-                    worker=sluice.worker,
+                    sluice=sluice,
                     bootstrap=bootstrap,
                     pids={**pids, **sluice.pids()},
                 )
@@ -328,14 +326,13 @@ async def _drive(
     result: OrdersRun,
     *,
     urls: _Urls,
-    ready_url: str,
     watcher: PaidWatcher,
-    ingress: Child,
-    worker: Child,
+    sluice: SluiceProcesses,
     bootstrap: str,
     pids: dict[str, int | None],
 ) -> None:
-    await wait_ready(ready_url, ingress)
+    ingress, worker = sluice.ingress, sluice.worker
+    await sluice.wait_ready()
     probe = _prepare(1)
     began = time.monotonic()
     watcher.expect(o.order_id for o in probe)

@@ -36,7 +36,6 @@ import aiohttp
 import psycopg
 
 from bench._pipeline_infra import (
-    Child,
     TreeCpuMeter,
     end_offsets,
     progress,
@@ -50,7 +49,7 @@ from bench._pipeline_input import (
     prepare_payment_webhooks,
     stage_latencies,
 )
-from bench._sluice import send_closed, send_paced, sluice_processes, wait_for_rows, wait_ready
+from bench._sluice import SluiceProcesses, send_closed, send_paced, sluice_processes, wait_for_rows
 from schemas.codec import make_codec
 
 __all__ = [
@@ -283,11 +282,9 @@ def run_end_to_end(
                     options,
                     result,
                     url=sluice.public_url("/v1/webhooks/stripe"),
-                    ready_url=sluice.ready_url,
                     batches=(probe, warmup, paced, burst),
                     watcher=watcher,
-                    ingress=sluice.ingress,
-                    worker=sluice.worker,
+                    sluice=sluice,
                     bootstrap=bootstrap,
                     pids={**pids, **sluice.pids()},
                 )
@@ -311,16 +308,15 @@ async def _drive(
     result: EndToEnd,
     *,
     url: str,
-    ready_url: str,
     batches: tuple[list[PaymentWebhook], ...],
     watcher: RowWatcher,
-    ingress: Child,
-    worker: Child,
+    sluice: SluiceProcesses,
     bootstrap: str,
     pids: dict[str, int | None],
 ) -> None:
     probe, warmup, paced, burst = batches
-    await wait_ready(ready_url, ingress)
+    ingress, worker = sluice.ingress, sluice.worker
+    await sluice.wait_ready()
     began = time.monotonic()
     watcher.expect(w.payment_id for w in probe)
     log = await _closed(url, probe, 1)

@@ -32,7 +32,6 @@ __all__ = [
     "send_paced",
     "sluice_processes",
     "wait_for_rows",
-    "wait_ready",
 ]
 
 RAZORPAY_SECRET: Final = "rzp_bench_only"  # unused by the benches; the ingress needs one
@@ -73,6 +72,24 @@ class SluiceProcesses:
 
     def pids(self) -> dict[str, int | None]:
         return {"ingress": self.ingress.pid, "worker": self.worker.pid}
+
+    async def wait_ready(self) -> None:
+        """Until the ingress answers its readiness probe; raises if it exits or takes
+        too long."""
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while True:
+                if not self.ingress.alive():
+                    raise RuntimeError(f"the ingress exited:\n{self.ingress.log_tail()}")
+                try:
+                    async with session.get(self.ready_url) as response:
+                        if response.status == 200:
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the ingress was not ready in {_READY_TIMEOUT_S:g} s")
+                await asyncio.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -134,24 +151,6 @@ def client_session() -> aiohttp.ClientSession:
     """The load generator's session: many connections, a bounded wait per request."""
     connector = aiohttp.TCPConnector(limit=_MAX_CONNECTIONS)
     return aiohttp.ClientSession(connector=connector, timeout=_CLIENT_TIMEOUT)
-
-
-async def wait_ready(url: str, child: Child) -> None:
-    """Until the ingress answers ``url`` with 200; raises if it exits or takes too long."""
-    deadline = time.monotonic() + _READY_TIMEOUT_S
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-        while True:
-            if not child.alive():
-                raise RuntimeError(f"the ingress exited:\n{child.log_tail()}")
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the ingress was not ready in {_READY_TIMEOUT_S:g} s")
-            await asyncio.sleep(0.2)
 
 
 async def send_paced(items: Sequence[Item], rate: float, send: Send[Item]) -> None:

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import uvloop
+
 from sluice.errors import ConfigError, SluiceError
 from sluice.logs import configure_logging
 from sluice.settings import INGRESS_REQUIRED, WORKER_REQUIRED, load_settings
@@ -89,7 +91,8 @@ def _ingress(_args: argparse.Namespace) -> int:
 
     settings = load_settings(require=INGRESS_REQUIRED)
     configure_logging(settings.log_level)
-    asyncio.run(_until_signalled(lambda stop: run_ingress(settings, stop)))
+    # uvloop: less CPU per request than asyncio's loop (measured in docs/decisions.md).
+    uvloop.run(_until_signalled(lambda stop: run_ingress(settings, stop)))
     return 0
 
 

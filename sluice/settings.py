@@ -70,7 +70,9 @@ class Settings:
     replication_factor: int = 1
     worker_web_port: int | None = None
     worker_batch_size: int = 500
-    worker_batch_within_s: float = 0.2
+    # How long the worker's consumer lets the broker hold a fetch open (see
+    # streams/transport.py for why faust's 1.5 s made every hop slow on a busy machine).
+    consumer_fetch_wait_s: float = 0.05
     # Per-partner settings (PARTNER_<ID>_*) are kept raw here; the leads issue gives them shape.
     # Request/reply (ingress waits for the worker's answer this long, then 202 + taskId).
     reply_timeout_s: float = 5.0
@@ -157,7 +159,7 @@ def load_settings(
         replication_factor=parsed("SLUICE_REPLICATION_FACTOR", int, 1),
         worker_web_port=parsed("SLUICE_WORKER_WEB_PORT", int, None),
         worker_batch_size=parsed("SLUICE_WORKER_BATCH_SIZE", int, 500),
-        worker_batch_within_s=parsed("SLUICE_WORKER_BATCH_WITHIN", parse_duration, 0.2),
+        consumer_fetch_wait_s=parsed("SLUICE_CONSUMER_FETCH_WAIT", parse_duration, 0.05),
         reply_timeout_s=parsed("SLUICE_REPLY_TIMEOUT", parse_duration, 5.0),
         orphan_hold_s=parsed("SLUICE_ORPHAN_HOLD", parse_duration, 3600.0),
         orphan_check_every_s=parsed("SLUICE_ORPHAN_CHECK_EVERY", parse_duration, 30.0),

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import faust
+import mode.loop
 
 from connectors.kafka_admin import create_topics
+from connectors.kafka_outbox import KafkaOutbox
 from connectors.postgres import PostgresProjection
 from schemas.catalog import topic_spec
 from schemas.codec import make_codec
@@ -30,8 +32,9 @@ from streams.agents import (
 )
 from streams.context import FaustOutbox, WorkerContext
 from streams.domain.retry import RetryPolicy
-from streams.effects import EffectRunner
+from streams.effects import EffectRunner, Outbox
 from streams.topology import build_topology
+from streams.transport import SluiceApp
 
 __all__ = ["AGENT_MODULES", "create_worker", "run_worker"]
 
@@ -63,8 +66,9 @@ def create_worker(
 
         raise ConfigError("missing required setting DATABASE_URL")
     policy = RetryPolicy.from_settings(env)
-    app = faust.App(
+    app = SluiceApp(
         app_id or env.get("SLUICE_APP_ID") or "sluice",
+        fetch_max_wait_s=settings.consumer_fetch_wait_s,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")],
         store="rocksdb://",
         datadir=str(settings.state_dir),
@@ -82,7 +86,14 @@ def create_worker(
     topology = build_topology(app, policy)
     codec = make_codec(settings.schema_registry_url)
     clock = clock or SystemClock()
-    outbox = FaustOutbox(topology)
+    outbox: Outbox
+    if settings.processing_guarantee == "exactly_once":
+        # Outputs must join faust's transaction to be exactly once.
+        outbox = FaustOutbox(topology)
+    else:
+        kafka_outbox = KafkaOutbox(settings.kafka_bootstrap_servers)
+        app.barriers.append(kafka_outbox.flush)
+        outbox = kafka_outbox
     ctx = WorkerContext(
         settings=settings,
         codec=codec,
@@ -120,6 +131,8 @@ def ensure_worker_topics(ctx: WorkerContext) -> None:
 
 def run_worker(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT (faust's worker owns the event loop and the signals)."""
+    # uvloop before anything asks for a loop: faust and mode create theirs lazily.
+    mode.loop.use("uvloop")
     ctx = create_worker(settings)
     ensure_worker_topics(ctx)
     worker = faust.Worker(ctx.topology.app, loglevel=settings.log_level.lower(), quiet=True)

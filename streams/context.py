@@ -18,7 +18,7 @@ from schemas.codec import Codec
 from sluice.clock import Clock
 from sluice.errors import PermanentError
 from sluice.settings import Settings
-from streams.effects import EffectRunner
+from streams.effects import EffectRunner, Outbox
 from streams.topology import Topology
 
 __all__ = ["FaustOutbox", "WorkerContext"]
@@ -49,7 +49,7 @@ class WorkerContext:
     codec: Codec
     clock: Clock
     topology: Topology
-    outbox: FaustOutbox
+    outbox: Outbox
     runner: EffectRunner
     projection: PostgresProjection
     # Prefix of every Elasticsearch index name (``SLUICE_SEARCH_INDEX_PREFIX``), so

@@ -62,7 +62,9 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
     window_ms = int(ctx.settings.dedupe_window_s * 1000)
     decision = decide(seen, key, now_ms, window_ms, replay, position=record.position)
     if not decision.process:
-        log.info(
+        # DEBUG: duplicates are routine (providers retry), and at INFO the log line cost
+        # more CPU than processing the record.
+        log.debug(
             "duplicate webhook skipped",
             extra={"position": record.position, "event_id": raw["eventId"], "key": key},
         )

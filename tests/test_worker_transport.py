@@ -1,0 +1,129 @@
+"""Sluice's faust transport: the consumer's fetch wait, the barrier before each commit,
+and the adaptive batches of the side-effect agents."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from streams.agents.batched import drained_batches
+from streams.transport import SluiceApp
+
+
+def _app(**kwargs: Any) -> SluiceApp:
+    # Nothing connects: the broker address is never dialled in these tests.
+    return SluiceApp("test-transport", broker="kafka://127.0.0.1:9", autodiscover=False, **kwargs)
+
+
+async def test_the_worker_consumer_uses_our_fetch_wait_not_fausts_1500_ms() -> None:
+    app = _app(fetch_max_wait_s=0.05)
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
+    try:
+        assert consumer._fetch_max_wait_ms == 50
+    finally:
+        await consumer.stop()
+
+
+class _Refused(Exception):
+    pass
+
+
+async def test_every_commit_waits_for_the_barriers_first_and_a_failed_one_stops_it() -> None:
+    app = _app()
+    calls: list[str] = []
+
+    async def delivered() -> None:
+        calls.append("delivered")
+
+    async def lost() -> None:
+        calls.append("lost")
+        raise _Refused
+
+    app.barriers += [delivered, lost]
+    # The commit never reaches the consumer (which is not even started): the failed
+    # barrier's exception is what comes out, so no offset can be committed past it.
+    with pytest.raises(_Refused):
+        await app.consumer._commit_offsets({})  # type: ignore[attr-defined]
+    assert calls == ["delivered", "lost"]
+
+
+@dataclass
+class _Event:
+    value: int
+    acked: bool = False
+
+
+@dataclass
+class _StreamStandIn:
+    """The three things ``drained_batches`` uses of a faust stream: ``channel.queue``,
+    ``events()`` and ``ack()``. A stand-in, not faust: these tests pin the batching rule
+    (when a batch ends, when its events are acked); the real faust stream runs it in
+    every pipeline, orders and fault test."""
+
+    queue: asyncio.Queue[_Event] = field(default_factory=asyncio.Queue)
+    enable_acks: bool = True
+
+    @property
+    def channel(self) -> Any:
+        return self
+
+    async def events(self) -> AsyncIterator[_Event]:
+        while True:
+            event = await self.queue.get()
+            if event.value < 0:
+                return
+            yield event
+
+    async def ack(self, event: _Event) -> None:
+        event.acked = True
+
+
+async def test_a_batch_ends_when_the_input_is_drained_or_full() -> None:
+    stream = _StreamStandIn()
+    for value in range(5):
+        stream.queue.put_nowait(_Event(value))
+    batches = drained_batches(stream, max_size=3)
+    first = await anext(batches)
+    assert [e.value for e in first] == [0, 1, 2]  # full
+    second = await anext(batches)
+    assert [e.value for e in second] == [3, 4]  # drained: nobody waits for a tick
+    assert stream.enable_acks is False  # acks are the batch loop's
+
+
+async def test_a_lone_record_is_its_own_batch_at_once() -> None:
+    stream = _StreamStandIn()
+    batches = drained_batches(stream, max_size=500)
+    pending = asyncio.ensure_future(anext(batches))
+    stream.queue.put_nowait(_Event(7))
+    batch = await asyncio.wait_for(pending, timeout=5)
+    assert [e.value for e in batch] == [7]
+
+
+async def test_events_are_acked_only_after_their_batch_was_handled() -> None:
+    stream = _StreamStandIn()
+    for value in range(2):
+        stream.queue.put_nowait(_Event(value))
+    batches = drained_batches(stream, max_size=10)
+    batch = await anext(batches)
+    assert not any(e.acked for e in batch)  # the effect has not run yet
+    following = asyncio.ensure_future(anext(batches))  # the loop body returned
+    stream.queue.put_nowait(_Event(2))
+    await asyncio.wait_for(following, timeout=5)
+    assert all(e.acked for e in batch)
+
+
+async def test_records_of_an_unfinished_batch_are_never_acked() -> None:
+    # The stream stops (the worker shuts down) while a batch is still filling: its
+    # records were never handled, so they stay unacked and are consumed again.
+    stream = _StreamStandIn()
+    held = [_Event(0), _Event(1)]
+    for event in held:
+        stream.queue.put_nowait(event)
+    stream.queue.put_nowait(_Event(-1))
+    with pytest.raises(StopAsyncIteration):
+        await anext(drained_batches(stream, max_size=10))
+    assert not any(e.acked for e in held)

@@ -88,9 +88,10 @@ async def _serve(
     runners.append(runner)
     site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True)
     await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.base_events.Server)
-    bound: int = server.sockets[0].getsockname()[1]
+    # asyncio's Server or uvloop's (which is no asyncio subclass); both have ``sockets``.
+    sockets = getattr(site._server, "sockets", None)
+    assert sockets, "the listener has no socket"
+    bound: int = sockets[0].getsockname()[1]
     return bound
 
 

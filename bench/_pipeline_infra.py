@@ -31,6 +31,7 @@ from connectors.embedded.process import ChildProcess
 __all__ = [
     "ROOT",
     "Child",
+    "GroupProgress",
     "Kafka",
     "OutputCounter",
     "Postgres",
@@ -516,6 +517,31 @@ class OutputCounter:
         return sum(
             self._consumer.get_watermark_offsets(tp, timeout=_ADMIN_TIMEOUT_S, cached=False)[1]
             for tp in self._partitions
+        )
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class GroupProgress:
+    """How many records of some partitions a consumer group has committed past ``start``
+    (at-least-once: a committed offset means the records before it were processed)."""
+
+    def __init__(self, bootstrap: str, group: str, start: Mapping[tuple[str, int], int]) -> None:
+        # Asking a group for its committed offsets does not join it: the worker keeps
+        # every partition.
+        self._consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+        )
+        self._start = dict(start)
+        self._partitions = [TopicPartition(t, p) for (t, p) in sorted(start)]
+
+    def done(self) -> int:
+        committed = self._consumer.committed(self._partitions, timeout=_ADMIN_TIMEOUT_S)
+        return sum(
+            max(0, tp.offset - self._start[(tp.topic, tp.partition)])
+            for tp in committed
+            if tp.offset >= 0  # negative: nothing committed yet
         )
 
     def close(self) -> None:

@@ -1,34 +1,47 @@
 """Benchmark the whole pipeline, and the normalise agent against a bare loop and Quix.
 
-    python -m bench.pipeline [--rate 500] [--duration 20] [--warmup 3] [--burst 10000]
-                             [--burst-concurrency 32] [--events 20000] [--duplicate-every 10]
-                             [--skip-e2e] [--skip-race] [--json] [--profile-dir DIR]
-                             [--fast-postgres] [--workdir DIR]
+    python -m bench.pipeline [--rate R] [--duration 60] [--warmup 3] [--burst 10000]
+                             [--burst-concurrency 32] [--workers 1[,2]] [--events 20000]
+                             [--duplicate-every 10] [--dedupe-ids 1000000]
+                             [--first-sample 100000] [--skip-e2e] [--skip-race] [--json]
+                             [--profile-dir DIR] [--fast-postgres] [--workdir DIR]
 
-**Part 1, end to end.** ``sluice ingress`` and ``sluice worker`` as child processes;
-signed Stripe ``payment_intent.succeeded`` webhooks (one fresh payment each) POSTed at
-``--rate`` for ``--duration`` seconds; end-to-end latency = when the ``payments`` row is
-first visible minus when the HTTP 200 was read (p50/p99/max), the sustained rows/s, and
-how the latency splits between the normalise agent (200 → billing record) and the
-billing projection (billing record → row). Then a burst of ``--burst`` webhooks with
-``--burst-concurrency`` in flight: the most the pipeline sustains.
+**Part 1, end to end.** ``sluice ingress`` alone first: a closed-loop burst of
+``--burst`` signed Stripe ``payment_intent.succeeded`` webhooks (one fresh payment each)
+with ``--burst-concurrency`` in flight and no worker running, what the front door
+accepts on its own. Then ``sluice worker`` starts (its group committed past those
+webhooks): webhooks POSTed at ``--rate`` (default: half the ingress-alone accepted/s)
+for ``--duration`` seconds; end-to-end latency = when the ``payments`` row is first
+visible minus when the HTTP 200 was read (p50/p99/max), the rows never seen (lost), the
+sustained rows/s, and how the latency splits between the normalise agent (200 → billing
+record) and the billing projection (billing record → row). Then the same burst end to
+end: the most the pipeline sustains, over what the ingress alone accepted. ``--workers
+1,2`` repeats the burst with ``sluice worker --processes 2`` (reported unavailable while
+the worker has no such option).
 
 **Part 2, agent throughput.** ``--events`` raw webhook records (every
 ``--duplicate-every``-th a provider retry) produced once to ``webhooks.stripe``; then,
 one after the other, on that same input and broker: a bare confluent-kafka
 consume → produce loop (the ceiling), Sluice's real ``normalise_webhooks`` agent, and the
 same dedupe + normalisation written with Quix Streams. Each reports input events/s
-between its first and last output, and its CPU time per event. Quix Streams is not a
-project dependency: without it that comparison is skipped with an install hint.
+between its first and last output, and its CPU time per event, also over the CPU of the
+same domain work alone (no Kafka, no framework). Quix Streams is not a project
+dependency: without it that comparison is skipped with an install hint.
+
+**Part 3, dedupe memory** (``bench.dedupe_memory``; ``--dedupe-ids 0`` skips it): the
+worker's RSS after ``--first-sample`` and after ``--dedupe-ids`` distinct ids.
 
 Kafka and PostgreSQL are ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when set (the
 bench then writes to ``webhooks.stripe`` and the ``billing.*`` topics there: use a
 throwaway cluster), else embedded servers in a temporary directory, stopped at the end.
 Loopback only; every wait is bounded.
 
-Goals (issue acceptance): Sluice ≥ 0.2 of the bare loop's events/s, ≥ 1.0 of Quix
-Streams', and p99 end-to-end ≤ 1 s at 500 events/s. They are reported, not enforced:
-the exit status is 1 only if webhooks were refused or a contender failed.
+Goals (issue 9), each a ratio of things measured in this run, in a table at the end:
+Sluice ≥ 1.0 x Quix Streams' events/s; Sluice's CPU per event ≤ 2 x the domain work's;
+end-to-end burst rows/s ≥ 0.8 x the ingress-alone accepted/s; paced at half the
+ingress-alone capacity, p99 ≤ 1 s and none lost; worker RSS flat from 100k to 1M dedupe
+ids. They are reported, not enforced: the exit status is 1 only if webhooks were
+refused, a contender failed or the dedupe part failed.
 """
 
 from __future__ import annotations

@@ -12,15 +12,16 @@ backlog of more than ``POLL_BATCH`` rows outstanding, rows far ahead of the olde
 seen late (only then is the latency seconds anyway).
 
 Phases, in one run: first a closed-loop burst against the ingress alone (after an
-unmeasured one a tenth its size; no worker running yet; its webhooks stay behind on ``webhooks.stripe``, as the worker's group is
-committed past them), the yardstick for the end-to-end burst. Then the worker starts:
-a probe (waits for it to join), a paced warm-up, the paced run (open loop at ``rate``,
-by default half the ingress-alone accepted/s: each request is sent at its scheduled time
-whether or not earlier ones answered), then the same burst end to end (closed loop,
-``concurrency`` requests in flight) for the pipeline's sustained maximum. With more
-worker counts (``--processes``), each further one gets a fresh worker, its probe and its
-burst. For the paced run the billing records the worker wrote are read back, so their
-timestamps split the latency into its two halves.
+unmeasured one a tenth its size; no worker running yet; its webhooks stay behind on
+``webhooks.stripe``, as the worker's group is committed past them), the yardstick for
+the end-to-end burst. Then the worker starts: a probe (waits for it to join), a paced
+warm-up, the paced run (open loop at ``rate``, by default half the ingress-alone
+accepted/s: each request is sent at its scheduled time whether or not earlier ones
+answered), then the same burst end to end (closed loop, ``concurrency`` requests in
+flight) for the pipeline's sustained maximum. With more worker counts (``--processes``),
+each further one gets a fresh worker, its probe and its burst. For the paced run the
+billing records the worker wrote are read back, so their timestamps split the latency
+into its two halves.
 """
 
 from __future__ import annotations

@@ -1,11 +1,17 @@
 """Benchmark the worker's memory against the number of dedupe ids it remembers.
 
     python -m bench.dedupe_memory [--dedupe-ids 1000000] [--first-sample 100000]
+                                  [--dedupe-event payment_intent.created]
                                   [--json] [--fast-postgres] [--workdir DIR]
 
 ``--dedupe-ids`` raw Stripe webhook records, each with a provider event id of its own,
 are produced straight to ``webhooks.stripe`` (built as the ingress builds them, in
-chunks, so the bench never holds the whole input), then the real ``sluice worker``
+chunks, so the bench never holds the whole input), by default of a type the pipeline
+maps to nothing (``payment_intent.created``): the worker remembers each id and does
+nothing else with it, so nothing but the dedupe table grows with the input.
+(``--dedupe-event payment_intent.succeeded`` makes each a payment for an order the
+worker never saw: the join's waiting table and the payments rows then grow too.) Then
+the real ``sluice worker``
 (faust, the RocksDB-backed dedupe table, every agent and projection) reads them from
 the start of that input. The bench follows the worker's committed offsets on
 ``webhooks.stripe`` (at-least-once: committed means processed, so remembered) and reads
@@ -60,12 +66,14 @@ from bench._sluice import worker_process
 from schemas.codec import make_codec
 
 __all__ = [
+    "DEDUPE_EVENT",
     "DEFAULT_IDS",
     "FIRST_SAMPLE",
     "FLAT_RSS_RATIO",
     "DedupeMemory",
     "RssSample",
     "add_arguments",
+    "check_arguments",
     "checkpoints",
     "main",
     "render",
@@ -79,6 +87,8 @@ FIRST_SAMPLE: Final = 100_000
 #: (bounded by its write buffers), not a Python dict of ids.
 FLAT_RSS_RATIO: Final = 1.2
 SECRET: Final = "whsec_bench_dedupe"
+#: Unmapped by the normaliser: only the dedupe table remembers these.
+DEDUPE_EVENT: Final = "payment_intent.created"
 _CHUNK = 10_000  # records built and produced at a time
 _POLL_S = 0.25
 _START_TIMEOUT_S = 180.0  # worker start-up: imports, group join, topic declaration
@@ -101,6 +111,7 @@ class RssSample:
 class DedupeMemory:
     ids: int
     first_sample: int
+    event_type: str = DEDUPE_EVENT
     produce_s: float = math.nan
     samples: list[RssSample] = field(default_factory=list)
     peak_rss_kib: int | None = None
@@ -177,6 +188,7 @@ def run_dedupe_memory(
     ids: int,
     first_sample: int,
     *,
+    event_type: str = DEDUPE_EVENT,
     bootstrap: str,
     database_url: str,
     run_id: str,
@@ -184,11 +196,11 @@ def run_dedupe_memory(
 ) -> DedupeMemory:
     """Produce the input, run the worker over it, sample its RSS. Never raises for a
     worker that fails or stalls (the result says why)."""
-    result = DedupeMemory(ids, first_sample_for(ids, first_sample))
+    result = DedupeMemory(ids, first_sample_for(ids, first_sample), event_type)
     start = end_offsets(bootstrap, [INPUT_TOPIC])
     progress(f"dedupe memory: producing {ids:,} distinct raw webhooks to {INPUT_TOPIC} ...")
     began = time.monotonic()
-    produce_records(bootstrap, _distinct_records(ids))
+    produce_records(bootstrap, _distinct_records(ids, event_type))
     result.produce_s = time.monotonic() - began
     app_id = dedupe_app_id(run_id)
     watched = GroupProgress(bootstrap, app_id, start)
@@ -215,13 +227,13 @@ def dedupe_app_id(run_id: str) -> str:
     return f"bench-dedupe-{run_id}"
 
 
-def _distinct_records(ids: int) -> Iterator[list[KafkaRecord]]:
+def _distinct_records(ids: int, event_type: str) -> Iterator[list[KafkaRecord]]:
     """``ids`` raw webhooks, each a provider event of its own, ``_CHUNK`` at a time."""
     codec = make_codec(None)
     received_at_ms = int(time.time() * 1000)
     for first in range(0, ids, _CHUNK):
         count = min(_CHUNK, ids - first)
-        webhooks = prepare_payment_webhooks(count, SECRET)
+        webhooks = prepare_payment_webhooks(count, SECRET, event_type=event_type)
         yield raw_webhook_records(
             webhooks, range(count), codec, received_at_ms=received_at_ms + first
         )
@@ -276,8 +288,9 @@ def _status_kib(pid: int, name: str) -> int | None:
 def render_part(result: DedupeMemory) -> list[str]:
     lines = [
         "",
-        f"dedupe memory: {result.ids:,} distinct raw webhooks on {INPUT_TOPIC} through "
-        f"`sluice worker` (RocksDB dedupe table); produced in {result.produce_s:.1f} s",
+        f"dedupe memory: {result.ids:,} distinct raw {result.event_type} webhooks on "
+        f"{INPUT_TOPIC} through `sluice worker` (RocksDB dedupe table); produced in "
+        f"{result.produce_s:.1f} s",
         "(ids = input records the worker's group committed; RSS = VmRSS of the worker "
         "process when they were)",
         f"{'checkpoint':>10} {'ids done':>10} {'RSS':>9} {'at':>8}",
@@ -320,6 +333,24 @@ def add_arguments(parser: argparse.ArgumentParser, *, skippable: bool) -> None:
         default=FIRST_SAMPLE,
         help=f"ids at the first RSS sample ({FIRST_SAMPLE}; a tenth of a smaller input)",
     )
+    parser.add_argument(
+        "--dedupe-event",
+        default=DEDUPE_EVENT,
+        help=f"Stripe payment_intent event type of the input ({DEDUPE_EVENT}: unmapped, so "
+        "only the dedupe table grows; payment_intent.succeeded: payments too)",
+    )
+
+
+def check_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, *, skippable: bool
+) -> None:
+    """Exits through ``parser.error`` if the options ``add_arguments`` added are off."""
+    if args.dedupe_ids < 2 and not (skippable and args.dedupe_ids == 0):
+        parser.error(f"need --dedupe-ids {'0 (skip) or ' if skippable else ''}>= 2")
+    if args.first_sample < 1:
+        parser.error("need --first-sample >= 1")
+    if not args.dedupe_event.startswith("payment_intent."):
+        parser.error("--dedupe-event must be a payment_intent.* type")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -341,8 +372,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.dedupe_ids < 2 or args.first_sample < 1:
-        parser.error("need --dedupe-ids >= 2 and --first-sample >= 1")
+    check_arguments(parser, args, skippable=False)
     unwind_on_sigterm()
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None
     database_url = os.environ.get("DATABASE_URL", "").strip() or None
@@ -357,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = run_dedupe_memory(
                     args.dedupe_ids,
                     args.first_sample,
+                    event_type=args.dedupe_event,
                     bootstrap=broker.bootstrap,
                     database_url=database.url,
                     run_id=run_id,

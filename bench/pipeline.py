@@ -93,7 +93,13 @@ from bench._report import (
     temp_workdir,
     unwind_on_sigterm,
 )
-from bench.dedupe_memory import DedupeMemory, add_arguments, dedupe_app_id, run_dedupe_memory
+from bench.dedupe_memory import (
+    DedupeMemory,
+    add_arguments,
+    check_arguments,
+    dedupe_app_id,
+    run_dedupe_memory,
+)
 from bench.dedupe_memory import render_part as render_dedupe
 
 __all__ = [
@@ -494,6 +500,7 @@ def _measure(args: argparse.Namespace) -> Report:
                 report.dedupe = run_dedupe_memory(
                     args.dedupe_ids,
                     args.first_sample,
+                    event_type=args.dedupe_event,
                     bootstrap=broker.bootstrap,
                     database_url=database.url,
                     run_id=run_id,
@@ -556,8 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rate and --duration must be positive; --warmup and --burst >= 0")
     if args.rate is None and not args.burst and not args.skip_e2e:
         parser.error("--burst 0 needs --rate: the paced rate is half the burst's")
-    if args.dedupe_ids == 1 or args.dedupe_ids < 0 or args.first_sample < 1:
-        parser.error("need --dedupe-ids 0 (skip) or >= 2, and --first-sample >= 1")
+    check_arguments(parser, args, skippable=True)
     if (
         args.burst_concurrency < 1
         or args.events < 2

@@ -366,9 +366,25 @@ def test_dedupe_reads_rss_from_proc() -> None:
 def test_dedupe_parser_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     args = dedupe_module._parser().parse_args([])
     assert (args.dedupe_ids, args.first_sample) == (1_000_000, 100_000)
+    assert args.dedupe_event == "payment_intent.created"  # unmapped: only the dedupe table
     with pytest.raises(SystemExit):
         dedupe_main(["--dedupe-ids", "1"])
-    assert "--dedupe-ids >= 2" in capsys.readouterr().err
+    assert "need --dedupe-ids >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        dedupe_main(["--dedupe-event", "charge.refunded"])
+    assert "payment_intent.* type" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--dedupe-ids", "1"])
+    assert "need --dedupe-ids 0 (skip) or >= 2" in capsys.readouterr().err
+
+
+def test_an_unmapped_event_type_makes_no_billing_record() -> None:
+    codec = make_codec(None)
+    webhooks = prepare_payment_webhooks(1, SECRET, event_type="payment_intent.created")
+    (record,) = raw_webhook_records(webhooks, [0], codec, received_at_ms=0)
+    raw = codec.decode(record.value, topic=INPUT_TOPIC).record
+    assert json.loads(raw["rawBody"])["type"] == "payment_intent.created"
+    assert normalise(raw).outcome == "unmapped"
 
 
 def _machine() -> dict[str, str]:

@@ -78,6 +78,7 @@ __all__ = [
     "main",
     "render",
     "run_dedupe_memory",
+    "run_from_args",
 ]
 
 DEFAULT_IDS: Final = 1_000_000
@@ -285,16 +286,20 @@ def _status_kib(pid: int, name: str) -> int | None:
 # -- rendering --------------------------------------------------------------------------
 
 
+_TABLE_HEAD: Final = (
+    "(ids = input records the worker's group committed; RSS = VmRSS of the worker process "
+    "when they were)",
+    f"{'checkpoint':>10} {'ids done':>10} {'RSS':>9} {'at':>8}",
+)
+
+
 def render_part(result: DedupeMemory) -> list[str]:
-    lines = [
-        "",
+    title = (
         f"dedupe memory: {result.ids:,} distinct raw {result.event_type} webhooks on "
         f"{INPUT_TOPIC} through `sluice worker` (RocksDB dedupe table); produced in "
-        f"{result.produce_s:.1f} s",
-        "(ids = input records the worker's group committed; RSS = VmRSS of the worker "
-        "process when they were)",
-        f"{'checkpoint':>10} {'ids done':>10} {'RSS':>9} {'at':>8}",
-    ]
+        f"{result.produce_s:.1f} s"
+    )
+    lines = ["", title, *_TABLE_HEAD]
     for s in result.samples:
         lines.append(f"{s.mark:>10,} {s.ids:>10,} {_mib(s.rss_kib):>9} {s.at_s:>6.1f} s")
     if result.peak_rss_kib is not None:
@@ -341,6 +346,21 @@ def add_arguments(parser: argparse.ArgumentParser, *, skippable: bool) -> None:
     )
 
 
+def run_from_args(
+    args: argparse.Namespace, bootstrap: str, database_url: str, run_id: str, workdir: Path
+) -> DedupeMemory:
+    """``run_dedupe_memory`` with the options ``add_arguments`` added."""
+    return run_dedupe_memory(
+        args.dedupe_ids,
+        args.first_sample,
+        event_type=args.dedupe_event,
+        bootstrap=bootstrap,
+        database_url=database_url,
+        run_id=run_id,
+        workdir=workdir,
+    )
+
+
 def check_arguments(
     parser: argparse.ArgumentParser, args: argparse.Namespace, *, skippable: bool
 ) -> None:
@@ -384,15 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             postgres(database_url, tmp, fast=args.fast_postgres) as database,
         ):
             try:
-                result = run_dedupe_memory(
-                    args.dedupe_ids,
-                    args.first_sample,
-                    event_type=args.dedupe_event,
-                    bootstrap=broker.bootstrap,
-                    database_url=database.url,
-                    run_id=run_id,
-                    workdir=tmp,
-                )
+                result = run_from_args(args, broker.bootstrap, database.url, run_id, tmp)
             finally:
                 if not broker.embedded:
                     clean_up(broker.bootstrap, run_id)

@@ -98,9 +98,9 @@ from bench.dedupe_memory import (
     add_arguments,
     check_arguments,
     dedupe_app_id,
-    run_dedupe_memory,
 )
 from bench.dedupe_memory import render_part as render_dedupe
+from bench.dedupe_memory import run_from_args as run_dedupe_from_args
 
 __all__ = [
     "CAPACITY_RATIO_GOAL",
@@ -497,14 +497,8 @@ def _measure(args: argparse.Namespace) -> Report:
             if not args.skip_race:
                 _race(args, report, broker.bootstrap, database.url, run_id, Path(tmp), broker.pid)
             if args.dedupe_ids:
-                report.dedupe = run_dedupe_memory(
-                    args.dedupe_ids,
-                    args.first_sample,
-                    event_type=args.dedupe_event,
-                    bootstrap=broker.bootstrap,
-                    database_url=database.url,
-                    run_id=run_id,
-                    workdir=Path(tmp),
+                report.dedupe = run_dedupe_from_args(
+                    args, broker.bootstrap, database.url, run_id, Path(tmp)
                 )
         finally:
             if not broker.embedded:  # an embedded broker goes away with its directory

@@ -431,13 +431,26 @@ def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[tuple[str, int], 
         ends: dict[tuple[str, int], int] = {}
         for topic in topics:
             for partition in _partitions(consumer, topic):
-                _low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=_ADMIN_TIMEOUT_S, cached=False
-                )
-                ends[(topic, partition)] = high
+                ends[(topic, partition)] = _high_watermark(consumer, topic, partition)
         return ends
     finally:
         consumer.close()
+
+
+def _high_watermark(consumer: Consumer, topic: str, partition: int) -> int:
+    """The partition's end; retried while the broker answers with a retriable error (a
+    topic created moments ago may still be electing its leader: NOT_LEADER_FOR_PARTITION)."""
+    deadline = time.monotonic() + _ADMIN_TIMEOUT_S
+    while True:
+        try:
+            _low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=_ADMIN_TIMEOUT_S, cached=False
+            )
+            return int(high)
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def total(offsets: Mapping[tuple[str, int], int]) -> int:

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -57,6 +57,13 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 _ADMIN_TIMEOUT_S = 30.0
+_LEADER_SETTLING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)
 
 
 def progress(message: str, stream: TextIO = sys.stderr) -> None:
@@ -438,8 +445,9 @@ def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[tuple[str, int], 
 
 
 def _high_watermark(consumer: Consumer, topic: str, partition: int) -> int:
-    """The partition's end; retried while the broker answers with a retriable error (a
-    topic created moments ago may still be electing its leader: NOT_LEADER_FOR_PARTITION)."""
+    """The partition's end; asked again while the broker has no settled leader for it (a
+    topic created moments ago may still be electing one). librdkafka does not flag
+    NOT_LEADER_FOR_PARTITION as retriable here, so those codes are named."""
     deadline = time.monotonic() + _ADMIN_TIMEOUT_S
     while True:
         try:
@@ -448,7 +456,9 @@ def _high_watermark(consumer: Consumer, topic: str, partition: int) -> int:
             )
             return int(high)
         except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
+            error = exc.args[0]
+            settling = error.retriable() or error.code() in _LEADER_SETTLING
+            if not settling or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 

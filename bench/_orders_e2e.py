@@ -23,7 +23,6 @@ both latencies into hops. Every wait is bounded.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
 import os
@@ -58,7 +57,14 @@ from bench._pipeline_infra import (
     read_records,
 )
 from bench._pipeline_input import Distribution, distribution, match_latencies
-from bench._sluice import SluiceProcesses, send_closed, send_paced, sluice_processes, wait_for_rows
+from bench._sluice import (
+    SluiceProcesses,
+    run_watched,
+    send_closed,
+    send_paced,
+    sluice_processes,
+    wait_for_rows,
+)
 from schemas.codec import make_codec
 
 __all__ = [
@@ -295,24 +301,21 @@ def run_orders(
         },
     ) as sluice:
         watcher = PaidWatcher(database_url)
-        watcher.start()
-        try:
-            asyncio.run(
-                _drive(
-                    options,
-                    result,
-                    urls=_Urls(
-                        events=sluice.internal_url(EVENTS_PATH),
-                        webhook=sluice.public_url("/v1/webhooks/stripe"),
-                    ),
-                    watcher=watcher,
-                    sluice=sluice,
-                    bootstrap=bootstrap,
-                    pids={**pids, **sluice.pids()},
-                )
-            )
-        finally:
-            watcher.stop()
+        run_watched(
+            watcher,
+            lambda: _drive(
+                options,
+                result,
+                urls=_Urls(
+                    events=sluice.internal_url(EVENTS_PATH),
+                    webhook=sluice.public_url("/v1/webhooks/stripe"),
+                ),
+                watcher=watcher,
+                sluice=sluice,
+                bootstrap=bootstrap,
+                pids={**pids, **sluice.pids()},
+            ),
+        )
     return result
 
 

@@ -11,11 +11,17 @@ resolution (a row is stamped with the start of the first poll that returns it); 
 backlog of more than ``POLL_BATCH`` rows outstanding, rows far ahead of the oldest are
 seen late (only then is the latency seconds anyway).
 
-Phases: a probe (waits for the worker to join), a paced warm-up, the paced run (open
-loop at ``rate``: each request is sent at its scheduled time whether or not earlier
-ones answered), then optionally a burst (closed loop, ``concurrency`` requests in
-flight) for the pipeline's sustained maximum. For the paced run the billing records the
-worker wrote are read back, so their timestamps split the latency into its two halves.
+Phases, in one run: first a closed-loop burst against the ingress alone (after an
+unmeasured one a tenth its size; no worker running yet; its webhooks stay behind on
+``webhooks.stripe``, as the worker's group is committed past them), the yardstick for
+the end-to-end burst. Then the worker starts: a probe (waits for it to join), a paced
+warm-up, the paced run (open loop at ``rate``, by default half the ingress-alone
+accepted/s: each request is sent at its scheduled time whether or not earlier ones
+answered), then the same burst end to end (closed loop, ``concurrency`` requests in
+flight) for the pipeline's sustained maximum. With more worker counts (``--processes``),
+each further one gets a fresh worker, its probe and its burst. For the paced run the
+billing records the worker wrote are read back, so their timestamps split the latency
+into its two halves.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import aiohttp
 import psycopg
 
 from bench._pipeline_infra import (
+    Child,
     TreeCpuMeter,
     end_offsets,
     progress,
@@ -49,7 +56,16 @@ from bench._pipeline_input import (
     prepare_payment_webhooks,
     stage_latencies,
 )
-from bench._sluice import SluiceProcesses, send_closed, send_paced, sluice_processes, wait_for_rows
+from bench._sluice import (
+    Ingress,
+    WorkerOptionMissing,
+    ingress_process,
+    run_watched,
+    send_closed,
+    send_paced,
+    wait_for_rows,
+    worker_process,
+)
 from schemas.codec import make_codec
 
 __all__ = [
@@ -60,12 +76,16 @@ __all__ = [
     "RowWatcher",
     "new_run_id",
     "run_end_to_end",
+    "worker_app_id",
 ]
 
 POLL_EVERY_S: Final = 0.02
 POLL_BATCH: Final = 1000
 SECRET: Final = "whsec_bench_pipeline"
 BILLING_TOPIC: Final = "billing.payment.succeeded"
+WEBHOOK_PATH: Final = "/v1/webhooks/stripe"
+#: The ingress-alone burst is preceded by an unmeasured one this many times smaller.
+INGRESS_WARMUP_FRACTION: Final = 10
 _PROBE_TIMEOUT_S = 180.0  # the worker's start: imports, group join, topic declaration
 _ROWS_QUERY: Final = (
     "SELECT provider_payment_id FROM payments "
@@ -99,15 +119,43 @@ class PhaseResult:
     cpu_percent: dict[str, float] = field(default_factory=dict)
     cpu_wait_percent: dict[str, float] = field(default_factory=dict)
     """Per process: % of the time a thread of it was runnable but had no CPU."""
+    workers: int | None = None
+    """Worker processes running (0: the ingress alone)."""
 
 
 @dataclass
 class EndToEnd:
     worker_ready_s: float = math.nan
     phases: list[PhaseResult] = field(default_factory=list)
+    ingress_alone_rps: float = math.nan
+    """Webhooks accepted per second by the ingress with no worker, closed loop."""
+    unavailable: dict[int, str] = field(default_factory=dict)
+    """Worker process counts that could not be run, and why."""
 
     def phase(self, name: str) -> PhaseResult | None:
         return next((p for p in self.phases if p.name == name), None)
+
+    @property
+    def paced(self) -> PhaseResult | None:
+        return next((p for p in self.phases if p.target_rps is not None), None)
+
+    def burst(self, processes: int) -> PhaseResult | None:
+        """The end-to-end burst with ``processes`` worker processes."""
+        return next(
+            (p for p in self.phases if p.concurrency is not None and p.workers == processes),
+            None,
+        )
+
+    def burst_workers(self) -> list[int]:
+        return [p.workers for p in self.phases if p.concurrency is not None and p.workers]
+
+    def capacity_ratio(self, processes: int) -> float:
+        """End-to-end burst rows/s with ``processes`` workers over the ingress-alone
+        burst's accepted/s, both closed loops of this run (NaN if either is missing)."""
+        burst = self.burst(processes)
+        if burst is None or not self.ingress_alone_rps > 0:
+            return math.nan
+        return burst.rows_per_s / self.ingress_alone_rps
 
 
 # -- the row watcher -----------------------------------------------------------------------
@@ -239,11 +287,16 @@ def _per_s(count: int, seconds: float) -> float:
 
 @dataclass(frozen=True)
 class E2EOptions:
-    rate: float
+    """:param rate: paced webhooks/s; ``None``: half the ingress-alone burst's accepted/s.
+    :param workers: worker process counts to measure, one after the other; the first
+        runs every phase, each further one its probe and burst (its capacity)."""
+
+    rate: float | None
     duration_s: float
     warmup_s: float
     burst: int
     burst_concurrency: int
+    workers: tuple[int, ...] = (1,)
 
 
 def run_end_to_end(
@@ -255,43 +308,125 @@ def run_end_to_end(
     workdir: Path,
     pids: dict[str, int | None],
 ) -> EndToEnd:
-    """Start ingress and worker, run the phases, stop both. Blocks; bounded by time-outs."""
-    paced_count = round(options.rate * options.duration_s)
-    warmup_count = round(options.rate * options.warmup_s)
+    """Start the ingress; burst it alone; then per worker count start the worker(s) and
+    run the phases. Blocks; bounded by time-outs."""
+    result = EndToEnd()
+    with ingress_process(bootstrap=bootstrap, workdir=workdir, stripe_secret=SECRET) as ingress:
+        asyncio.run(ingress.wait_ready())
+        if options.burst:
+            alone = asyncio.run(
+                _ingress_alone(options, ingress, {**pids, "ingress": ingress.child.pid})
+            )
+            result.phases.append(alone)
+            result.ingress_alone_rps = alone.ingress_rps
+        rate = options.rate if options.rate is not None else result.ingress_alone_rps / 2
+        if not rate > 0:
+            raise RuntimeError("no paced rate: the ingress accepted nothing in its burst")
+        for index, processes in enumerate(options.workers):
+            try:
+                with worker_process(
+                    bootstrap=bootstrap,
+                    database_url=database_url,
+                    app_id=worker_app_id(run_id, processes),
+                    workdir=workdir,
+                    processes=processes,
+                    name=f"worker{processes}" if processes > 1 else "worker",
+                ) as worker:
+                    _with_worker(
+                        options,
+                        result,
+                        ingress=ingress,
+                        worker=worker,
+                        processes=processes,
+                        rate=rate if index == 0 else None,
+                        database_url=database_url,
+                        bootstrap=bootstrap,
+                        pids={**pids, "ingress": ingress.child.pid, "worker": worker.pid},
+                    )
+            except WorkerOptionMissing as exc:
+                progress(f"{processes} worker processes: unavailable ({exc})")
+                result.unavailable[processes] = str(exc)
+    return result
+
+
+def worker_app_id(run_id: str, processes: int) -> str:
+    """The worker's app id (and consumer group) for a run with ``processes`` processes."""
+    return f"bench-worker-{run_id}" if processes == 1 else f"bench-worker{processes}-{run_id}"
+
+
+async def _ingress_alone(
+    options: E2EOptions, ingress: Ingress, pids: dict[str, int | None]
+) -> PhaseResult:
+    """The closed-loop burst against the ingress with no worker running: what the front
+    door accepts on its own, the yardstick for the end-to-end burst."""
+    url = ingress.public_url(WEBHOOK_PATH)
+    # Unmeasured first: the ingress's first requests pay for connections, the producer's
+    # metadata and cold caches, which the end-to-end burst (it runs later) does not.
+    warmup = _signed(max(1, options.burst // INGRESS_WARMUP_FRACTION))
+    progress(f"ingress alone: warm-up, {len(warmup):,} webhooks ...")
+    await _closed(url, warmup, options.burst_concurrency)
+    webhooks = _signed(options.burst)
+    progress(
+        f"ingress alone: {len(webhooks):,} webhooks, {options.burst_concurrency} in flight ..."
+    )
+    meter = TreeCpuMeter({**pids, "bench": os.getpid()}, trees=("postgres",))
+    meter.start()
+    log = await _closed(url, webhooks, options.burst_concurrency)
+    cpu = meter.stop()
+    phase = _phase(f"ingress alone c={options.burst_concurrency}", log, {}, len(webhooks))
+    phase.concurrency, phase.cpu_percent, phase.cpu_wait_percent = (
+        options.burst_concurrency,
+        cpu,
+        meter.waited,
+    )
+    phase.missing, phase.workers = 0, 0  # no worker: no rows are expected
+    progress(f"ingress alone: {phase.ingress_rps:,.0f} webhooks accepted/s")
+    return phase
+
+
+def _signed(count: int) -> list[PaymentWebhook]:
+    """Signed now: the ingress refuses a signature older than its tolerance, so each
+    batch is signed just before it is sent."""
+    return prepare_payment_webhooks(count, SECRET, timestamp=int(time.time()))
+
+
+def _with_worker(
+    options: E2EOptions,
+    result: EndToEnd,
+    *,
+    ingress: Ingress,
+    worker: Child,
+    processes: int,
+    rate: float | None,
+    database_url: str,
+    bootstrap: str,
+    pids: dict[str, int | None],
+) -> None:
+    """The phases with the worker(s) running: probe, then (when ``rate`` is given) a
+    paced warm-up and the paced run, then the burst."""
+    paced_count = round(rate * options.duration_s) if rate else 0
+    warmup_count = round(rate * options.warmup_s) if rate else 0
     progress(f"preparing {1 + warmup_count + paced_count + options.burst:,} signed webhooks ...")
-    signed_at = int(time.time())
     probe, warmup, paced, burst = _split(
-        prepare_payment_webhooks(
-            1 + warmup_count + paced_count + options.burst, SECRET, timestamp=signed_at
-        ),
+        _signed(1 + warmup_count + paced_count + options.burst),
         (1, warmup_count, paced_count, options.burst),
     )
-    result = EndToEnd()
-    with sluice_processes(
-        bootstrap=bootstrap,
-        database_url=database_url,
-        app_id=f"bench-worker-{run_id}",
-        workdir=workdir,
-        stripe_secret=SECRET,
-    ) as sluice:
-        watcher = RowWatcher(database_url)
-        watcher.start()
-        try:
-            asyncio.run(
-                _drive(
-                    options,
-                    result,
-                    url=sluice.public_url("/v1/webhooks/stripe"),
-                    batches=(probe, warmup, paced, burst),
-                    watcher=watcher,
-                    sluice=sluice,
-                    bootstrap=bootstrap,
-                    pids={**pids, **sluice.pids()},
-                )
-            )
-        finally:
-            watcher.stop()
-    return result
+    watcher = RowWatcher(database_url)
+    run_watched(
+        watcher,
+        lambda: _drive(
+            options,
+            result,
+            url=ingress.public_url(WEBHOOK_PATH),
+            batches=(probe, warmup, paced, burst),
+            rate=rate,
+            processes=processes,
+            watcher=watcher,
+            worker=worker,
+            bootstrap=bootstrap,
+            pids=pids,
+        ),
+    )
 
 
 def _split(items: list[PaymentWebhook], sizes: Sequence[int]) -> tuple[list[PaymentWebhook], ...]:
@@ -303,63 +438,76 @@ def _split(items: list[PaymentWebhook], sizes: Sequence[int]) -> tuple[list[Paym
     return tuple(parts)
 
 
+def _drain_timeout_s(count: int) -> float:
+    """How long the rows of ``count`` webhooks may take after the last 200: a minute,
+    plus the time a pipeline at 250 rows/s (half the slowest seen) needs for them."""
+    return 60.0 + count / 250.0
+
+
 async def _drive(
     options: E2EOptions,
     result: EndToEnd,
     *,
     url: str,
     batches: tuple[list[PaymentWebhook], ...],
+    rate: float | None,
+    processes: int,
     watcher: RowWatcher,
-    sluice: SluiceProcesses,
+    worker: Child,
     bootstrap: str,
     pids: dict[str, int | None],
 ) -> None:
     probe, warmup, paced, burst = batches
-    ingress, worker = sluice.ingress, sluice.worker
-    await sluice.wait_ready()
+    suffix = f", {processes} workers" if processes > 1 else ""
     began = time.monotonic()
     watcher.expect(w.payment_id for w in probe)
     log = await _closed(url, probe, 1)
     if log.errors:
-        raise RuntimeError(f"the ingress refused the probe webhook:\n{ingress.log_tail()}")
+        raise RuntimeError("the ingress refused the probe webhook")
     await wait_for_rows(watcher, worker, _PROBE_TIMEOUT_S)
     if watcher.outstanding():
         raise RuntimeError(f"the worker wrote no row in {_PROBE_TIMEOUT_S:g} s")
-    result.worker_ready_s = time.monotonic() - began
-    progress(f"worker ready: first row {result.worker_ready_s:.1f} s after the first webhook")
+    ready_s = time.monotonic() - began
+    result.worker_ready_s = ready_s if math.isnan(result.worker_ready_s) else result.worker_ready_s
+    progress(f"worker ready: first row {ready_s:.1f} s after the first webhook")
 
-    if warmup:
-        progress(f"warm-up: {len(warmup)} webhooks at {options.rate:g}/s ...")
+    if warmup and rate:
+        progress(f"warm-up: {len(warmup)} webhooks at {rate:,.0f}/s ...")
         watcher.expect(w.payment_id for w in warmup)
-        await _paced(url, warmup, options.rate)
-        await wait_for_rows(watcher, worker, 60)
+        await _paced(url, warmup, rate)
+        await wait_for_rows(watcher, worker, _drain_timeout_s(len(warmup)))
 
-    progress(f"paced: {len(paced):,} webhooks at {options.rate:g}/s ...")
-    before = end_offsets(bootstrap, [BILLING_TOPIC])
-    meter = TreeCpuMeter({**pids, "bench": os.getpid()}, trees=("postgres",))
-    watcher.expect(w.payment_id for w in paced)
-    meter.start()
-    log = await _paced(url, paced, options.rate)
-    await wait_for_rows(watcher, worker, 60)
-    cpu = meter.stop()
-    after = end_offsets(bootstrap, [BILLING_TOPIC])
-    phase = _phase(f"paced {options.rate:g}/s", log, watcher.seen(), len(paced))
-    phase.target_rps, phase.cpu_percent, phase.cpu_wait_percent = options.rate, cpu, meter.waited
-    phase.stages = stage_latencies(log.acked, _billed_at(bootstrap, before, after), watcher.seen())
-    result.phases.append(phase)
-    _report(phase)
+    if paced and rate:
+        progress(f"paced: {len(paced):,} webhooks at {rate:,.0f}/s ...")
+        before = end_offsets(bootstrap, [BILLING_TOPIC])
+        meter = TreeCpuMeter({**pids, "bench": os.getpid()}, trees=("postgres", "worker"))
+        watcher.expect(w.payment_id for w in paced)
+        meter.start()
+        log = await _paced(url, paced, rate)
+        await wait_for_rows(watcher, worker, _drain_timeout_s(len(paced)))
+        cpu = meter.stop()
+        after = end_offsets(bootstrap, [BILLING_TOPIC])
+        phase = _phase(f"paced {rate:,.0f}/s{suffix}", log, watcher.seen(), len(paced))
+        phase.target_rps, phase.cpu_percent, phase.cpu_wait_percent = rate, cpu, meter.waited
+        phase.workers = processes
+        phase.stages = stage_latencies(
+            log.acked, _billed_at(bootstrap, before, after), watcher.seen()
+        )
+        result.phases.append(phase)
+        _report(phase)
 
     if burst:
         progress(f"burst: {len(burst):,} webhooks, {options.burst_concurrency} in flight ...")
-        meter = TreeCpuMeter({**pids, "bench": os.getpid()}, trees=("postgres",))
+        meter = TreeCpuMeter({**pids, "bench": os.getpid()}, trees=("postgres", "worker"))
         watcher.expect(w.payment_id for w in burst)
         meter.start()
         log = await _closed(url, burst, options.burst_concurrency)
-        await wait_for_rows(watcher, worker, 180)
+        await wait_for_rows(watcher, worker, _drain_timeout_s(len(burst)))
         cpu = meter.stop()
-        phase = _phase(f"burst c={options.burst_concurrency}", log, watcher.seen(), len(burst))
+        name = f"burst c={options.burst_concurrency}{suffix}"
+        phase = _phase(name, log, watcher.seen(), len(burst))
         phase.concurrency, phase.cpu_percent = options.burst_concurrency, cpu
-        phase.cpu_wait_percent = meter.waited
+        phase.cpu_wait_percent, phase.workers = meter.waited, processes
         result.phases.append(phase)
         _report(phase)
 

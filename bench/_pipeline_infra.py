@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -31,6 +31,7 @@ from connectors.embedded.process import ChildProcess
 __all__ = [
     "ROOT",
     "Child",
+    "GroupProgress",
     "Kafka",
     "OutputCounter",
     "Postgres",
@@ -56,6 +57,13 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 _ADMIN_TIMEOUT_S = 30.0
+_LEADER_SETTLING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)
 
 
 def progress(message: str, stream: TextIO = sys.stderr) -> None:
@@ -430,13 +438,29 @@ def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[tuple[str, int], 
         ends: dict[tuple[str, int], int] = {}
         for topic in topics:
             for partition in _partitions(consumer, topic):
-                _low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=_ADMIN_TIMEOUT_S, cached=False
-                )
-                ends[(topic, partition)] = high
+                ends[(topic, partition)] = _high_watermark(consumer, topic, partition)
         return ends
     finally:
         consumer.close()
+
+
+def _high_watermark(consumer: Consumer, topic: str, partition: int) -> int:
+    """The partition's end; asked again while the broker has no settled leader for it (a
+    topic created moments ago may still be electing one). librdkafka does not flag
+    NOT_LEADER_FOR_PARTITION as retriable here, so those codes are named."""
+    deadline = time.monotonic() + _ADMIN_TIMEOUT_S
+    while True:
+        try:
+            _low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=_ADMIN_TIMEOUT_S, cached=False
+            )
+            return int(high)
+        except KafkaException as exc:
+            error = exc.args[0]
+            settling = error.retriable() or error.code() in _LEADER_SETTLING
+            if not settling or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def total(offsets: Mapping[tuple[str, int], int]) -> int:
@@ -516,6 +540,31 @@ class OutputCounter:
         return sum(
             self._consumer.get_watermark_offsets(tp, timeout=_ADMIN_TIMEOUT_S, cached=False)[1]
             for tp in self._partitions
+        )
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class GroupProgress:
+    """How many records of some partitions a consumer group has committed past ``start``
+    (at-least-once: a committed offset means the records before it were processed)."""
+
+    def __init__(self, bootstrap: str, group: str, start: Mapping[tuple[str, int], int]) -> None:
+        # Asking a group for its committed offsets does not join it: the worker keeps
+        # every partition.
+        self._consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+        )
+        self._start = dict(start)
+        self._partitions = [TopicPartition(t, p) for (t, p) in sorted(start)]
+
+    def done(self) -> int:
+        committed = self._consumer.committed(self._partitions, timeout=_ADMIN_TIMEOUT_S)
+        return sum(
+            max(0, tp.offset - self._start[(tp.topic, tp.partition)])
+            for tp in committed
+            if tp.offset >= 0  # negative: nothing committed yet
         )
 
     def close(self) -> None:

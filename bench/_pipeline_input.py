@@ -58,24 +58,26 @@ class PaymentWebhook:
     event_id: str
     body: bytes
     headers: Mapping[str, str]
+    event_type: str = EVENT_TYPE
 
 
 def prepare_payment_webhooks(
-    count: int, secret: str, *, timestamp: int | None = None
+    count: int, secret: str, *, timestamp: int | None = None, event_type: str = EVENT_TYPE
 ) -> list[PaymentWebhook]:
     """``count`` signed ``payment_intent.succeeded`` webhooks, each for a fresh order.
 
     A fresh order id gives a fresh payment intent (``tests.payloads`` derives the ids of
     an order's objects from it), so each webhook makes a ``payments`` row of its own.
     Signed at ``timestamp`` (default: the payloads' fixed creation time; pass the current
-    time for requests the ingress must accept).
+    time for requests the ingress must accept). ``event_type``: another ``payment_intent``
+    event for the same payments (one the pipeline maps to nothing, say).
     """
     if count < 0:
         raise ValueError("count must not be negative")
     signed_at = DEFAULT_CREATED if timestamp is None else timestamp
     webhooks: list[PaymentWebhook] = []
     for _ in range(count):
-        event = stripe_event(EVENT_TYPE, event_id=random_id("evt"), order_id=random_id("ord"))
+        event = stripe_event(event_type, event_id=random_id("evt"), order_id=random_id("ord"))
         body, headers = signed_stripe_request(event, secret, signed_at)
         webhooks.append(
             PaymentWebhook(
@@ -83,6 +85,7 @@ def prepare_payment_webhooks(
                 event_id=str(event["id"]),
                 body=body,
                 headers=headers,
+                event_type=event_type,
             )
         )
     return webhooks
@@ -137,7 +140,7 @@ def raw_webhook_records(
         webhook = webhooks[index]
         received = ReceivedWebhook(
             provider=_PROVIDER,
-            event=VerifiedEvent(webhook.event_id, EVENT_TYPE, DEFAULT_CREATED),
+            event=VerifiedEvent(webhook.event_id, webhook.event_type, DEFAULT_CREATED),
             raw_body=webhook.body,
             signature_header=webhook.headers[SIGNATURE_HEADER],
             content_type="application/json",

@@ -15,6 +15,7 @@ import importlib.util
 import math
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,7 @@ __all__ = [
     "RaceInput",
     "domain_cost_us",
     "prepare_race_input",
+    "produce_records",
     "quix_available",
     "run_contender",
 ]
@@ -103,6 +105,17 @@ def prepare_race_input(bootstrap: str, events: int, duplicate_every: int) -> Rac
         webhooks, plan, make_codec(None), received_at_ms=int(time.time() * 1000)
     )
     start = end_offsets(bootstrap, WEBHOOK_TOPICS)
+    produce_records(bootstrap, [records])
+    return RaceInput(events, unique, start, time.monotonic() - began, records)
+
+
+def produce_records(bootstrap: str, batches: Iterable[Sequence[KafkaRecord]]) -> int:
+    """Produce every record of ``batches`` to ``webhooks.stripe``, in order, with one
+    idempotent producer; returns how many. Blocks until Kafka acknowledged all of them.
+
+    ``batches`` may be a generator: a large input is then built while it is sent, never
+    held in memory at once.
+    """
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -112,19 +125,24 @@ def prepare_race_input(bootstrap: str, events: int, duplicate_every: int) -> Rac
             "compression.type": "none",
         }
     )
-    for record in records:
-        headers: list[tuple[str, str | bytes | None]] = list(record.headers)
-        while True:
-            try:
-                producer.produce(INPUT_TOPIC, value=record.value, key=record.key, headers=headers)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
+    count = 0
+    for batch in batches:
+        for record in batch:
+            headers: list[tuple[str, str | bytes | None]] = list(record.headers)
+            while True:
+                try:
+                    producer.produce(
+                        INPUT_TOPIC, value=record.value, key=record.key, headers=headers
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+        count += len(batch)
     left = producer.flush(60)
     if left:
         raise RuntimeError(f"{left} input records were not acknowledged within 60 s")
-    return RaceInput(events, unique, start, time.monotonic() - began, records)
+    return count
 
 
 def domain_cost_us(race: RaceInput) -> float:

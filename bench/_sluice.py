@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -20,24 +22,31 @@ from typing import Any, Final, Protocol, TypeVar
 
 import aiohttp
 
-from bench._pipeline_infra import Child, child_env, commit_group, end_offsets, progress
+from bench._pipeline_infra import ROOT, Child, child_env, commit_group, end_offsets, progress
 from connectors.embedded.ports import LOOPBACK, free_port
 from streams.topology import WIRING
 
 __all__ = [
+    "Ingress",
     "Send",
     "SluiceProcesses",
+    "WorkerOptionMissing",
     "client_session",
+    "ingress_process",
+    "run_watched",
     "send_closed",
     "send_paced",
     "sluice_processes",
     "wait_for_rows",
+    "worker_process",
+    "worker_takes_processes",
 ]
 
 RAZORPAY_SECRET: Final = "rzp_bench_only"  # unused by the benches; the ingress needs one
 _READY_TIMEOUT_S = 60.0
 _CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=30)
 _MAX_CONNECTIONS = 512
+_SLUICE: Final = (sys.executable, "-m", "sluice")
 
 Item = TypeVar("Item")
 #: Sends one item; the float is when it was scheduled (``time.monotonic``).
@@ -53,10 +62,17 @@ class RowPoller(Protocol):
     def outstanding(self) -> int: ...
 
 
+class RowWatcherThread(RowPoller, Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass(frozen=True)
-class SluiceProcesses:
-    ingress: Child
-    worker: Child
+class Ingress:
+    """A started ``sluice ingress`` and where it listens."""
+
+    child: Child
     public_port: int
     internal_port: int
 
@@ -70,17 +86,14 @@ class SluiceProcesses:
     def ready_url(self) -> str:
         return self.internal_url("/readyz")
 
-    def pids(self) -> dict[str, int | None]:
-        return {"ingress": self.ingress.pid, "worker": self.worker.pid}
-
     async def wait_ready(self) -> None:
         """Until the ingress answers its readiness probe; raises if it exits or takes
         too long."""
         deadline = time.monotonic() + _READY_TIMEOUT_S
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while True:
-                if not self.ingress.alive():
-                    raise RuntimeError(f"the ingress exited:\n{self.ingress.log_tail()}")
+                if not self.child.alive():
+                    raise RuntimeError(f"the ingress exited:\n{self.child.log_tail()}")
                 try:
                     async with session.get(self.ready_url) as response:
                         if response.status == 200:
@@ -90,6 +103,32 @@ class SluiceProcesses:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the ingress was not ready in {_READY_TIMEOUT_S:g} s")
                 await asyncio.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class SluiceProcesses:
+    """The ingress and the worker, as both end-to-end benches drive them."""
+
+    ingress: Child
+    worker: Child
+    public_port: int
+    internal_port: int
+
+    @property
+    def _ingress(self) -> Ingress:
+        return Ingress(self.ingress, self.public_port, self.internal_port)
+
+    def public_url(self, path: str) -> str:
+        return self._ingress.public_url(path)
+
+    def internal_url(self, path: str) -> str:
+        return self._ingress.internal_url(path)
+
+    def pids(self) -> dict[str, int | None]:
+        return {"ingress": self.ingress.pid, "worker": self.worker.pid}
+
+    async def wait_ready(self) -> None:
+        await self._ingress.wait_ready()
 
 
 @contextlib.contextmanager
@@ -109,8 +148,35 @@ def sluice_processes(
     :param ingress_env: settings on top of the broker, the webhook secrets and the ports.
     :param worker_env: settings on top of the broker, the database and ``app_id``.
     """
+    with (
+        ingress_process(
+            bootstrap=bootstrap, workdir=workdir, stripe_secret=stripe_secret, env=ingress_env
+        ) as ingress,
+        worker_process(
+            bootstrap=bootstrap,
+            database_url=database_url,
+            app_id=app_id,
+            workdir=workdir,
+            env=worker_env,
+        ) as worker,
+    ):
+        yield SluiceProcesses(ingress.child, worker, ingress.public_port, ingress.internal_port)
+
+
+@contextlib.contextmanager
+def ingress_process(
+    *,
+    bootstrap: str,
+    workdir: Path,
+    stripe_secret: str,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Ingress]:
+    """``sluice ingress`` alone for the block, on two free loopback ports.
+
+    :param env: settings on top of the broker, the webhook secrets and the ports.
+    """
     public_port, internal_port = free_port(None), free_port(None)
-    ingress_settings = child_env(
+    settings = child_env(
         {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "STRIPE_WEBHOOK_SECRET": stripe_secret,
@@ -119,32 +185,83 @@ def sluice_processes(
             "INGRESS_PUBLIC_PORT": str(public_port),
             "INGRESS_INTERNAL_HOST": LOOPBACK,
             "INGRESS_INTERNAL_PORT": str(internal_port),
-            **(ingress_env or {}),
+            **(env or {}),
         }
     )
-    worker_topics = sorted({name for wire in WIRING for name in wire.reads})
-    commit_group(bootstrap, app_id, end_offsets(bootstrap, worker_topics))
-    worker_settings = child_env(
+    progress("starting `sluice ingress` ...")
+    child = Child("ingress", [*_SLUICE, "ingress"], settings, workdir)
+    try:
+        yield Ingress(child, public_port, internal_port)
+    finally:
+        child.stop()
+
+
+@contextlib.contextmanager
+def worker_process(
+    *,
+    bootstrap: str,
+    database_url: str,
+    app_id: str,
+    workdir: Path,
+    processes: int = 1,
+    start_at: Mapping[tuple[str, int], int] | None = None,
+    env: Mapping[str, str] | None = None,
+    name: str = "worker",
+) -> Iterator[Child]:
+    """``sluice worker`` for the block (``--processes`` when more than one).
+
+    Its consumer group is committed at the current end of every topic it reads, so it
+    handles what is sent from now on only; ``start_at`` moves some partitions' start
+    (to the beginning of an input produced before it starts, say).
+
+    :param app_id: the worker's ``SLUICE_APP_ID`` (its consumer group and state names).
+    :param env: settings on top of the broker, the database and ``app_id``.
+    :raises WorkerOptionMissing: ``processes`` > 1 and this ``sluice worker`` has no
+        ``--processes`` yet.
+    """
+    argv = [*_SLUICE, "worker"]
+    if processes > 1:
+        if not worker_takes_processes():
+            raise WorkerOptionMissing("`sluice worker --processes` is not available yet")
+        argv += ["--processes", str(processes)]
+    worker_topics = sorted({topic for wire in WIRING for topic in wire.reads})
+    commit_group(bootstrap, app_id, {**end_offsets(bootstrap, worker_topics), **(start_at or {})})
+    settings = child_env(
         {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "DATABASE_URL": database_url,
             "SLUICE_APP_ID": app_id,
-            "SLUICE_STATE_DIR": str(workdir / "worker-state"),
-            **(worker_env or {}),
+            "SLUICE_STATE_DIR": str(workdir / f"{name}-state"),
+            **(env or {}),
         }
     )
-    sluice = [sys.executable, "-m", "sluice"]
-    progress("starting `sluice ingress` and `sluice worker` ...")
-    ingress = Child("ingress", [*sluice, "ingress"], ingress_settings, workdir)
+    progress(f"starting `{' '.join(argv[2:])}` ...")
+    child = Child(name, argv, settings, workdir)
     try:
-        worker = Child("worker", [*sluice, "worker"], worker_settings, workdir)
-        try:
-            yield SluiceProcesses(ingress, worker, public_port, internal_port)
-        finally:
-            progress("stopping the worker ...")
-            worker.stop()
+        yield child
     finally:
-        ingress.stop()
+        progress(f"stopping the {name} ...")
+        child.stop()
+
+
+class WorkerOptionMissing(RuntimeError):
+    """The worker cannot be started as asked: this version has no such option."""
+
+
+@functools.cache
+def worker_takes_processes() -> bool:
+    """Whether this checkout's ``sluice worker`` has ``--processes`` (asked once, from
+    its help text: the option is being added while these benches already run)."""
+    done = subprocess.run(
+        [*_SLUICE, "worker", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=child_env({}),
+        check=False,
+    )
+    return "--processes" in done.stdout
 
 
 def client_session() -> aiohttp.ClientSession:
@@ -180,6 +297,16 @@ async def send_closed(items: Sequence[Item], concurrency: int, send: Send[Item])
 
     async with client_session() as session:
         await asyncio.gather(*(sender(session) for _ in range(concurrency)))
+
+
+def run_watched(watcher: RowWatcherThread, drive: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``drive()`` on an event loop of its own while ``watcher`` polls Postgres on
+    its thread; the watcher is stopped however the drive ends."""
+    watcher.start()
+    try:
+        asyncio.run(drive())
+    finally:
+        watcher.stop()
 
 
 async def wait_for_rows(poller: RowPoller, worker: Child, timeout_s: float) -> None:

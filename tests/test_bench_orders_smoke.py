@@ -135,6 +135,23 @@ def test_report_renders_and_is_valid_json() -> None:
     json.dumps(document, allow_nan=False)
     assert document["summary"]["p50_ratio"] == pytest.approx(2.0)
     assert document["phases"][0]["p99_ratio"] == pytest.approx(1.5)
+    row = "orders at 50/s, webhook 200 -> order PAID in Postgres | p50 300 ms, p99 600 ms"
+    assert f"{row} (x payments row: 2.00, 1.50) | p50 <= 60 ms, p99 <= 250 ms | NOT met" in text
+    assert document["goals"][0]["met"] is False
+
+
+def test_the_orders_goal_is_met_within_60_and_250_ms() -> None:
+    report = Report(machine=_machine())
+    paced = _phase("paced 50/s", target=50.0)
+    paced.order = Distribution(100, 55.0, 240.0, 300.0)
+    report.phases = [paced]
+    (goal,) = report.goals()
+    assert (goal.measured.split(" (")[0], goal.met) == ("p50 55 ms, p99 240 ms", True)
+    paced.order = Distribution(100, 61.0, 240.0, 300.0)
+    assert report.goals()[0].met is False
+    (unmeasured,) = Report(machine=_machine()).goals()
+    assert unmeasured.met is None
+    assert "| not measured" in render(Report(machine=_machine()))
 
 
 def test_an_order_never_paid_fails_the_run() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import bench._pipeline_race as race_module
+import bench.dedupe_memory as dedupe_module
 from bench._pipeline_agents import quix_dedupe_normalise
 from bench._pipeline_e2e import EndToEnd, PhaseResult
 from bench._pipeline_infra import tree_cpu_seconds
@@ -29,7 +30,10 @@ from bench._pipeline_input import (
     steady_rate,
 )
 from bench._pipeline_race import CONTENDERS, ContenderResult
-from bench.pipeline import Report, _parser, render
+from bench.dedupe_memory import DedupeMemory, RssSample, checkpoints, first_sample_for
+from bench.dedupe_memory import main as dedupe_main
+from bench.dedupe_memory import render as dedupe_render
+from bench.pipeline import Report, _parser, main, render
 from ingress.verify.stripe import verify
 from schemas.codec import make_codec
 from streams.domain.normalise import normalise
@@ -162,24 +166,57 @@ def test_tree_cpu_of_this_process() -> None:
 
 def test_parser_defaults_follow_the_issue() -> None:
     args = _parser().parse_args([])
-    assert (args.rate, args.duration, args.events, args.duplicate_every) == (500.0, 20.0, 20000, 10)
+    assert (args.rate, args.duration, args.events, args.duplicate_every) == (None, 60.0, 20000, 10)
+    assert (args.workers, args.dedupe_ids, args.first_sample) == ((1,), 1_000_000, 100_000)
+    assert _parser().parse_args(["--workers", "1,2", "--rate", "300"]).workers == (1, 2)
+    for bad in ("0", "1,1", "two"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["--workers", bad])
 
 
-def _phase(p99_ms: float) -> PhaseResult:
+def test_an_unmeasured_paced_rate_needs_the_burst(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--burst", "0"])
+    assert "--burst 0 needs --rate" in capsys.readouterr().err
+
+
+def _phase(p99_ms: float, *, name: str = "paced 500/s", missing: int = 0) -> PhaseResult:
     dist = Distribution(100, p99_ms / 2, p99_ms, p99_ms)
     return PhaseResult(
-        name="paced 500/s",
-        sent=100,
+        name=name,
+        sent=500 * 60,
         errors=0,
         ingress_rps=500.0,
         rows_per_s=495.0,
         drain_s=0.2,
         http=Distribution(100, 2.0, 5.0, 6.0),
         e2e=dist,
-        missing=0,
+        missing=missing,
         early=0,
         target_rps=500.0,
         cpu_percent={"worker": 50.0, "other": 30.0},
+        workers=1,
+    )
+
+
+def _burst(rows_per_s: float, workers: int) -> PhaseResult:
+    phase = _phase(3000.0, name=f"burst c=32 w{workers}")
+    phase.target_rps, phase.concurrency, phase.workers = None, 32, workers
+    phase.rows_per_s, phase.cpu_percent = rows_per_s, {}
+    return phase
+
+
+def _alone(accepted_per_s: float) -> PhaseResult:
+    phase = _burst(math.nan, 0)
+    phase.name, phase.ingress_rps = "ingress alone c=32", accepted_per_s
+    return phase
+
+
+def _end_to_end(p99_ms: float, missing: int = 0) -> EndToEnd:
+    return EndToEnd(
+        worker_ready_s=2.0,
+        phases=[_alone(1000.0), _phase(p99_ms, missing=missing), _burst(850.0, 1)],
+        ingress_alone_rps=1000.0,
     )
 
 
@@ -190,35 +227,164 @@ def _contender(name: str, rate: float, cpu_us: float) -> ContenderResult:
     return result
 
 
+def _goal_line(text: str, measure: str) -> list[str]:
+    """The cells of the goals table's row that starts with ``measure``."""
+    (line,) = [line for line in text.splitlines() if line.startswith(measure)]
+    return [cell.strip() for cell in line.split(" | ")]
+
+
 def test_report_ratios_verdicts_and_json() -> None:
     report = Report(machine=_machine(), kafka="test kafka", postgres="test postgres")
-    report.e2e = EndToEnd(worker_ready_s=2.0, phases=[_phase(400.0)])
+    report.e2e = _end_to_end(400.0)
     report.race = [
         _contender("bare", 10_000.0, 10.0),
         _contender("sluice", 2_500.0, 300.0),
         _contender("quix", 2_000.0, 330.0),
     ]
     report.race_events, report.race_unique = 1000, 900
+    report.domain_us_per_event = 200.0
+    report.dedupe = _dedupe(rss_100k=200_000, rss_1m=210_000)
     assert report.ratio("bare") == pytest.approx(0.25)
     assert report.ratio("quix") == pytest.approx(1.25)
+    assert report.domain_ratio("sluice") == pytest.approx(1.5)
+    assert report.e2e.capacity_ratio(1) == pytest.approx(0.85)
     text = render(report)
-    assert "Sluice / bare events/s = 0.25 (goal >= 0.2: met)" in text
-    assert "Sluice / quix events/s = 1.25 (goal >= 1: met)" in text
-    assert "p99 end to end at 500/s = 400 ms, 0 missing (goal <= 1 s: met)" in text
+    quix = "normalise agent events/s / Quix Streams, same records"
+    assert _goal_line(text, quix) == [quix, "1.25", ">= 1", "met"]
+    cpu = "normalise agent CPU per event / domain work alone"
+    assert _goal_line(text, cpu) == [cpu, "1.50x (Quix: 1.65x)", "<= 2x", "met"]
+    capacity = "end-to-end rows/s / ingress-alone accepted/s, burst, 1 worker"
+    assert _goal_line(text, capacity) == [capacity, "0.85 (850 / 1,000)", ">= 0.8", "met"]
+    paced = "end to end paced at 500/s (half the ingress-alone capacity) for 60 s, 200 -> row"
+    assert _goal_line(text, paced) == [
+        paced,
+        "p50 200 ms, p99 400 ms, 0 lost",
+        "p99 <= 1 s, 0 lost",
+        "met",
+    ]
+    dedupe = "worker RSS after 1,000,000 distinct dedupe ids"
+    cells = [
+        dedupe,
+        "100k: 195 MiB, 1M: 205 MiB, x1.05 (+11 B/id)",
+        "flat: RSS(1M) / RSS(100k) <= 1.2",
+        "met",
+    ]
+    assert _goal_line(text, dedupe) == cells
+    assert "CPU per event / domain work alone: bare 0.05x, sluice 1.50x, quix 1.65x" in text
+    assert "ingress alone c=32" in text
     assert "warning: paced 500/s shared the machine" in text
-    json.dumps(report.as_json(), allow_nan=False)
+    document = report.as_json()
+    json.dumps(document, allow_nan=False)
+    assert [goal["met"] for goal in document["goals"]] == [True] * 5
+    assert document["summary"]["capacity_ratio"] == pytest.approx(0.85)
 
 
 def test_report_with_a_skipped_contender_and_a_slow_pipeline() -> None:
-    report = Report(machine=_machine())
-    report.e2e = EndToEnd(phases=[_phase(4000.0)])
+    report = Report(machine=_machine(), rate_given=True)
+    report.e2e = _end_to_end(4000.0, missing=3)
+    report.e2e.phases[-1].rows_per_s = 280.0
+    report.e2e.unavailable[2] = "no --processes yet"
     skipped = ContenderResult("quix", CONTENDERS["quix"], 10, 9, skipped="install it")
     report.race = [_contender("sluice", 100.0, 1000.0), skipped]
+    report.domain_us_per_event = 100.0
+    report.dedupe = _dedupe(rss_100k=200_000, rss_1m=400_000)
     text = render(report)
     assert "skipped: install it" in text
-    assert "Sluice / quix events/s: not measured" in text
-    assert "(goal <= 1 s: NOT met)" in text
+    quix = "normalise agent events/s / Quix Streams, same records"
+    assert _goal_line(text, quix)[1:] == [
+        "skipped: Quix Streams not installed",
+        ">= 1",
+        "not measured",
+    ]
+    cpu = "normalise agent CPU per event / domain work alone"
+    assert _goal_line(text, cpu)[1:] == ["10.00x", "<= 2x", "NOT met"]
+    capacity = "end-to-end rows/s / ingress-alone accepted/s, burst"
+    assert _goal_line(text, f"{capacity}, 1 worker")[1:] == [
+        "0.28 (280 / 1,000)",
+        ">= 0.8",
+        "NOT met",
+    ]
+    two = _goal_line(text, f"{capacity}, 2 worker processes")
+    assert two[1:] == ["unavailable: no --processes yet", ">= 0.8", "not measured"]
+    paced = _goal_line(text, "end to end paced at 500/s (--rate) for 60 s")
+    assert paced[1:] == ["p50 2,000 ms, p99 4,000 ms, 3 lost", "p99 <= 1 s, 0 lost", "NOT met"]
+    assert _goal_line(text, "worker RSS after")[-1] == "NOT met"
+    assert "2 worker processes: unavailable (no --processes yet)" in text
+    assert report.failed is False
     json.dumps(report.as_json(), allow_nan=False)
+
+
+def test_an_empty_report_says_what_was_not_measured() -> None:
+    text = render(Report(machine=_machine()))
+    goals = text[text.index("goals:") :].splitlines()[3:]
+    assert [line.rsplit("|", 1)[1].strip() for line in goals] == ["not measured"] * 4
+
+
+# -- dedupe memory ------------------------------------------------------------------------
+
+
+def _dedupe(*, rss_100k: int, rss_1m: int, ids: int = 1_000_000) -> DedupeMemory:
+    result = DedupeMemory(ids, 100_000, produce_s=30.0)
+    result.samples = [
+        RssSample(100_000, 100_012, rss_100k, 90.0),
+        RssSample(1_000_000, 1_000_000, rss_1m, 900.0),
+    ]
+    return result
+
+
+def test_dedupe_checkpoints_start_at_the_first_sample_then_every_tenth() -> None:
+    assert checkpoints(1_000_000, 100_000) == [k * 100_000 for k in range(1, 11)]
+    assert checkpoints(1_000_000, 150_000) == [150_000, *(k * 100_000 for k in range(2, 11))]
+    assert first_sample_for(1_000_000, 100_000) == 100_000
+    assert first_sample_for(5_000, 100_000) == 500  # a small run still compares two points
+    assert checkpoints(20, first_sample_for(20, 100_000)) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+
+
+def test_dedupe_ratio_bytes_per_id_and_report() -> None:
+    flat = _dedupe(rss_100k=200_000, rss_1m=210_000)
+    assert flat.ratio == pytest.approx(1.05)
+    assert flat.bytes_per_id == pytest.approx(10_000 * 1024 / (1_000_000 - 100_012))
+    assert flat.goal().met is True
+    grown = _dedupe(rss_100k=200_000, rss_1m=250_000)
+    assert grown.goal().met is False
+    failed = DedupeMemory(1_000_000, 100_000, error="the worker exited")
+    assert failed.goal().met is None
+    assert failed.goal().measured == "the worker exited"
+    text = dedupe_render(flat, _machine())
+    assert "   100,000    100,012   195 MiB   90.0 s" in text
+    assert "flat: RSS(1M) / RSS(100k) <= 1.2 | met" in text
+    json.dumps(flat.as_json(), allow_nan=False)
+    json.dumps(failed.as_json(), allow_nan=False)
+
+
+def test_dedupe_reads_rss_from_proc() -> None:
+    rss = dedupe_module._status_kib(os.getpid(), "VmRSS")
+    assert rss is None or rss > 0
+    assert dedupe_module._status_kib(2**22 + 1, "VmRSS") is None  # no such process
+
+
+def test_dedupe_parser_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    args = dedupe_module._parser().parse_args([])
+    assert (args.dedupe_ids, args.first_sample) == (1_000_000, 100_000)
+    assert args.dedupe_event == "payment_intent.created"  # unmapped: only the dedupe table
+    with pytest.raises(SystemExit):
+        dedupe_main(["--dedupe-ids", "1"])
+    assert "need --dedupe-ids >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        dedupe_main(["--dedupe-event", "charge.refunded"])
+    assert "payment_intent.* type" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--dedupe-ids", "1"])
+    assert "need --dedupe-ids 0 (skip) or >= 2" in capsys.readouterr().err
+
+
+def test_an_unmapped_event_type_makes_no_billing_record() -> None:
+    codec = make_codec(None)
+    webhooks = prepare_payment_webhooks(1, SECRET, event_type="payment_intent.created")
+    (record,) = raw_webhook_records(webhooks, [0], codec, received_at_ms=0)
+    raw = codec.decode(record.value, topic=INPUT_TOPIC).record
+    assert json.loads(raw["rawBody"])["type"] == "payment_intent.created"
+    assert normalise(raw).outcome == "unmapped"
 
 
 def _machine() -> dict[str, str]:

@@ -71,6 +71,18 @@ class Settings:
     worker_web_port: int | None = None
     worker_batch_size: int = 500
     worker_batch_within_s: float = 0.2
+    # Scale-out (several worker processes in one consumer group). One standby copy of
+    # each table partition lets a survivor take over a dead worker's partitions without
+    # replaying their changelogs from the start; with a single worker faust's assignor has
+    # nowhere to put it, so it costs nothing there.
+    standby_replicas: int = 1
+    # How fast the group notices a worker that died without leaving (SIGKILL, lost
+    # machine): its partitions move after the session timeout. 6 s is the broker's
+    # minimum by default (group.min.session.timeout.ms); heartbeats at a third of it or
+    # less, as Kafka advises. faust refuses a session timeout above the request timeout.
+    broker_session_timeout_s: float = 6.0
+    broker_heartbeat_interval_s: float = 1.0
+    broker_request_timeout_s: float = 90.0
     # Per-partner settings (PARTNER_<ID>_*) are kept raw here; the leads issue gives them shape.
     # Request/reply (ingress waits for the worker's answer this long, then 202 + taskId).
     reply_timeout_s: float = 5.0
@@ -158,6 +170,18 @@ def load_settings(
         worker_web_port=parsed("SLUICE_WORKER_WEB_PORT", int, None),
         worker_batch_size=parsed("SLUICE_WORKER_BATCH_SIZE", int, 500),
         worker_batch_within_s=parsed("SLUICE_WORKER_BATCH_WITHIN", parse_duration, 0.2),
+        standby_replicas=parsed("SLUICE_STANDBY_REPLICAS", int, Settings.standby_replicas),
+        broker_session_timeout_s=parsed(
+            "SLUICE_BROKER_SESSION_TIMEOUT", parse_duration, Settings.broker_session_timeout_s
+        ),
+        broker_heartbeat_interval_s=parsed(
+            "SLUICE_BROKER_HEARTBEAT_INTERVAL",
+            parse_duration,
+            Settings.broker_heartbeat_interval_s,
+        ),
+        broker_request_timeout_s=parsed(
+            "SLUICE_BROKER_REQUEST_TIMEOUT", parse_duration, Settings.broker_request_timeout_s
+        ),
         reply_timeout_s=parsed("SLUICE_REPLY_TIMEOUT", parse_duration, 5.0),
         orphan_hold_s=parsed("SLUICE_ORPHAN_HOLD", parse_duration, 3600.0),
         orphan_check_every_s=parsed("SLUICE_ORPHAN_CHECK_EVERY", parse_duration, 30.0),
@@ -170,6 +194,18 @@ def load_settings(
     if settings.processing_guarantee not in ("at_least_once", "exactly_once"):
         raise ConfigError(
             "malformed setting SLUICE_PROCESSING_GUARANTEE: use at_least_once or exactly_once"
+        )
+    if settings.standby_replicas < 0:
+        raise ConfigError("malformed setting SLUICE_STANDBY_REPLICAS: must be 0 or more")
+    if not 0 < settings.broker_heartbeat_interval_s < settings.broker_session_timeout_s:
+        raise ConfigError(
+            "malformed setting SLUICE_BROKER_HEARTBEAT_INTERVAL: "
+            "must be positive and below SLUICE_BROKER_SESSION_TIMEOUT"
+        )
+    if settings.broker_session_timeout_s > settings.broker_request_timeout_s:
+        raise ConfigError(
+            "malformed setting SLUICE_BROKER_SESSION_TIMEOUT: "
+            "must not exceed SLUICE_BROKER_REQUEST_TIMEOUT"
         )
     if (settings.internal_tls_cert is None) != (settings.internal_tls_key is None):
         raise ConfigError(

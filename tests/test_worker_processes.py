@@ -20,7 +20,7 @@ import pytest
 from connectors.embedded import PostgresServer
 from connectors.migrate import apply_migrations
 from tests.fixtures.kafka import group_members
-from tests.fixtures.worker import wait_until
+from tests.fixtures.worker import start_group_at_end, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +63,7 @@ def worker_env(
 def supervisor(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Supervisor]:
     group = f"sluice-processes-{uuid.uuid4().hex[:6]}"
     env = worker_env | {"SLUICE_APP_ID": group, "SLUICE_STATE_DIR": str(tmp_path / "state")}
+    start_group_at_end(env)
     log_path = tmp_path / "supervisor.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -130,3 +131,15 @@ async def test_a_child_killed_stops_the_other_and_the_supervisor_exits_1(
     assert supervisor.exit_code() == 1
     assert _gone(other)
     assert "worker process exited unexpectedly" in supervisor.log()
+
+
+def test_fewer_than_one_process_stops_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sluice", "worker", "--processes", "0"],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DATABASE_URL": "x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["sluice: worker --processes must be at least 1"]

@@ -24,7 +24,7 @@ from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 from schemas.catalog import JOIN_PARTITIONS, WEBHOOK_PARTITIONS
 from tests.fixtures.kafka import group_members
 from tests.fixtures.orders import lifecycle_ids, order_and_payment, paid, send_orders
-from tests.fixtures.worker import Pipeline, WorkerProcess, wait_until
+from tests.fixtures.worker import Pipeline, WorkerProcess, start_group_at_end, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +53,7 @@ def pair(pipeline: Pipeline, tmp_path: Path, request: pytest.FixtureRequest) -> 
     standby: int = request.param
     group = f"{pipeline.env['SLUICE_APP_ID']}-{uuid.uuid4().hex[:4]}-sb{standby}"
     env = pipeline.env | {"SLUICE_APP_ID": group, "SLUICE_STANDBY_REPLICAS": str(standby)}
+    start_group_at_end(env)
     workers = [
         WorkerProcess(env | {"SLUICE_STATE_DIR": str(tmp_path / name)}, tmp_path / f"{name}.log")
         for name in ("victim", "survivor")
@@ -118,8 +119,8 @@ async def test_survivor_takes_over_a_sigkilled_workers_partitions_exactly_once(
         timeout_s=120,
         on_timeout=pair.logs,
     )
-    # A new group starts from the beginning of every topic; the first probes wait for
-    # that backlog, the second measure the pipeline's latency with both workers up.
+    # The first probes show every partition is processed, the second measure the
+    # pipeline's latency with both workers up.
     warm, baseline_probes, takeover_probes = (
         _probes(f"ord_{batch}_{name}_") for name in ("warm", "base", "take")
     )

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import faust
 
-from connectors.kafka_admin import create_topics
+from connectors.kafka_admin import create_changelog_topics, create_topics
 from connectors.postgres import PostgresProjection
 from schemas.catalog import topic_spec
 from schemas.codec import make_codec
@@ -117,6 +117,18 @@ def ensure_worker_topics(ctx: WorkerContext) -> None:
     create_topics(
         ctx.settings.kafka_bootstrap_servers,
         [topic_spec(name) for name in sorted(names)],
+        replication_factor=ctx.settings.replication_factor,
+    )
+    # The table changelogs too, before faust starts: workers of a new app id starting
+    # together (--processes N, several machines) otherwise race to declare them, and one
+    # whose metadata still shows a changelog without partitions crashes its agent
+    # (faust's PartitionsMismatch).
+    create_changelog_topics(
+        ctx.settings.kafka_bootstrap_servers,
+        {
+            table.changelog_topic.get_topic_name(): table.changelog_topic.partitions
+            for table in ctx.topology.app.tables.values()
+        },
         replication_factor=ctx.settings.replication_factor,
     )
 

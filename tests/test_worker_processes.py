@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from connectors.embedded import PostgresServer
+from connectors.kafka_admin import list_topics
 from connectors.migrate import apply_migrations
+from schemas.catalog import JOIN_PARTITIONS, WEBHOOK_PARTITIONS
 from tests.fixtures.kafka import group_members
 from tests.fixtures.worker import start_group_at_end, wait_until
 
@@ -113,6 +115,10 @@ async def test_two_processes_share_one_group_and_stop_together_on_sigterm(
     await _until_both_in_the_group(supervisor, catalog_topics)
     assert len(supervisor.child_pids()) == 2
     assert sorted(p.name for p in supervisor.state_dir.iterdir()) == ["w0", "w1"]
+    # Created before faust started, so the two children did not race to declare them.
+    topics = {t.name: t.partitions for t in list_topics(catalog_topics)}
+    assert topics[f"{supervisor.group}-dedupe_seen-changelog"] == WEBHOOK_PARTITIONS
+    assert topics[f"{supervisor.group}-orders_state-changelog"] == JOIN_PARTITIONS
 
     supervisor.process.send_signal(signal.SIGTERM)
 

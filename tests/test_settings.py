@@ -54,7 +54,7 @@ def test_malformed_setting_names_it(name: str, value: str) -> None:
 
 def test_scale_out_defaults_move_a_dead_workers_partitions_within_seconds() -> None:
     settings = load_settings({})
-    assert settings.standby_replicas == 1
+    assert settings.standby_replicas == 0
     assert (settings.broker_session_timeout_s, settings.broker_heartbeat_interval_s) == (6.0, 1.0)
     assert settings.broker_request_timeout_s == 90.0
 
@@ -62,13 +62,13 @@ def test_scale_out_defaults_move_a_dead_workers_partitions_within_seconds() -> N
 def test_scale_out_settings_are_read_from_the_environment() -> None:
     settings = load_settings(
         {
-            "SLUICE_STANDBY_REPLICAS": "0",
+            "SLUICE_STANDBY_REPLICAS": "1",
             "SLUICE_BROKER_SESSION_TIMEOUT": "2m",
             "SLUICE_BROKER_HEARTBEAT_INTERVAL": "500ms",
             "SLUICE_BROKER_REQUEST_TIMEOUT": "3m",
         }
     )
-    assert settings.standby_replicas == 0
+    assert settings.standby_replicas == 1
     assert settings.broker_session_timeout_s == 120.0
     assert settings.broker_heartbeat_interval_s == 0.5
     assert settings.broker_request_timeout_s == 180.0

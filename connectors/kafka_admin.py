@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
@@ -12,7 +12,7 @@ from confluent_kafka.cimpl import NewTopic
 from schemas.catalog import TopicSpec
 from sluice.errors import TransientError
 
-__all__ = ["TopicState", "create_topics", "list_topics"]
+__all__ = ["TopicState", "create_changelog_topics", "create_topics", "list_topics"]
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,12 @@ def create_topics(
 
     :raises TransientError: when the cluster cannot be reached or refuses a topic.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     wanted = [_new_topic(spec, replication_factor) for spec in specs]
+    return _create(bootstrap_servers, wanted, timeout_s)
+
+
+def _create(bootstrap_servers: str, wanted: list[NewTopic], timeout_s: float) -> list[str]:
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     if not wanted:
         return []
     futures = admin.create_topics(wanted, operation_timeout=timeout_s, request_timeout=timeout_s)
@@ -50,6 +54,33 @@ def create_topics(
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise TransientError(f"could not create topic {name}: {error.str()}") from None
     return sorted(created)
+
+
+def create_changelog_topics(
+    bootstrap_servers: str,
+    partitions: Mapping[str, int],
+    *,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create faust table changelog topics (compacted; name -> partitions) if missing.
+
+    Their names are faust's (``<app id>-<table>-changelog``), outside the catalog's naming
+    rule, so they are not :class:`TopicSpec`. Idempotent, as :func:`create_topics`.
+    """
+    return _create(
+        bootstrap_servers,
+        [
+            NewTopic(
+                name,
+                num_partitions=count,
+                replication_factor=replication_factor,
+                config={"cleanup.policy": "compact"},
+            )
+            for name, count in sorted(partitions.items())
+        ],
+        timeout_s,
+    )
 
 
 def list_topics(bootstrap_servers: str, *, timeout_s: float = 10.0) -> list[TopicState]:

@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     worker = commands.add_parser("worker", help="run the stream-processing worker (faust)")
+    worker.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes in the same consumer group, each with its own state "
+        "directory SLUICE_STATE_DIR/w<i>; the same command on every machine (default 1)",
+    )
     worker.set_defaults(run=_worker)
 
     migrate = commands.add_parser("migrate", help="apply Postgres migrations")
@@ -96,11 +104,20 @@ def _ingress(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker(_args: argparse.Namespace) -> int:
-    from streams.app import run_worker
-
+def _worker(args: argparse.Namespace) -> int:
+    if args.processes < 1:
+        raise ConfigError("worker --processes must be at least 1")
+    # Validated here once, so a bad setting stops the supervisor with one line instead of
+    # every child printing it.
     settings = load_settings(require=WORKER_REQUIRED)
     configure_logging(settings.log_level)
+    if args.processes > 1:
+        from sluice.supervise import run_worker_processes
+
+        return run_worker_processes(args.processes, settings.state_dir)
+
+    from streams.app import run_worker
+
     run_worker(settings)
     return 0
 

@@ -62,8 +62,8 @@ class Settings:
     publish_timeout_s: float = 5.0
     state_dir: Path = Path(".data/state")
     log_level: str = "INFO"
-    # Worker: at_least_once is the default; exactly_once only where the broker supports
-    # transactions, and correctness never depends on it (sinks are idempotent).
+    # Worker: at_least_once, the only guarantee accepted; exactly_once is refused (see
+    # load_settings). Correctness never depends on it: sinks are idempotent.
     processing_guarantee: str = "at_least_once"
     dedupe_window_s: float = 30 * 24 * 3600.0
     dedupe_purge_every_s: float = 60.0
@@ -73,6 +73,20 @@ class Settings:
     # How long the worker's consumer lets the broker hold a fetch open (see
     # streams/transport.py for why faust's 1.5 s made every hop slow on a busy machine).
     consumer_fetch_wait_s: float = 0.05
+    # Scale-out (several worker processes in one consumer group). A standby copy of each
+    # table partition lets a survivor take over a dead worker's partitions without
+    # replaying their changelogs from the start. Off by default: with today's small tables
+    # the measured takeover gain is within noise, and one test run with a standby saw a
+    # two-worker group stop processing without an error, not yet explained
+    # (docs/decisions.md, Scale-out).
+    standby_replicas: int = 0
+    # How fast the group notices a worker that died without leaving (SIGKILL, lost
+    # machine): its partitions move after the session timeout. 6 s is the broker's
+    # minimum by default (group.min.session.timeout.ms); heartbeats at a third of it or
+    # less, as Kafka advises. faust refuses a session timeout above the request timeout.
+    broker_session_timeout_s: float = 6.0
+    broker_heartbeat_interval_s: float = 1.0
+    broker_request_timeout_s: float = 90.0
     # Per-partner settings (PARTNER_<ID>_*) are kept raw here; the leads issue gives them shape.
     # Request/reply (ingress waits for the worker's answer this long, then 202 + taskId).
     reply_timeout_s: float = 5.0
@@ -160,6 +174,18 @@ def load_settings(
         worker_web_port=parsed("SLUICE_WORKER_WEB_PORT", int, None),
         worker_batch_size=parsed("SLUICE_WORKER_BATCH_SIZE", int, 500),
         consumer_fetch_wait_s=parsed("SLUICE_CONSUMER_FETCH_WAIT", parse_duration, 0.05),
+        standby_replicas=parsed("SLUICE_STANDBY_REPLICAS", int, Settings.standby_replicas),
+        broker_session_timeout_s=parsed(
+            "SLUICE_BROKER_SESSION_TIMEOUT", parse_duration, Settings.broker_session_timeout_s
+        ),
+        broker_heartbeat_interval_s=parsed(
+            "SLUICE_BROKER_HEARTBEAT_INTERVAL",
+            parse_duration,
+            Settings.broker_heartbeat_interval_s,
+        ),
+        broker_request_timeout_s=parsed(
+            "SLUICE_BROKER_REQUEST_TIMEOUT", parse_duration, Settings.broker_request_timeout_s
+        ),
         reply_timeout_s=parsed("SLUICE_REPLY_TIMEOUT", parse_duration, 5.0),
         orphan_hold_s=parsed("SLUICE_ORPHAN_HOLD", parse_duration, 3600.0),
         orphan_check_every_s=parsed("SLUICE_ORPHAN_CHECK_EVERY", parse_duration, 30.0),
@@ -169,9 +195,27 @@ def load_settings(
         raise ConfigError("malformed setting SLUICE_MAX_BODY_BYTES: must be positive")
     if settings.publish_timeout_s <= 0:
         raise ConfigError("malformed setting SLUICE_PUBLISH_TIMEOUT_S: must be positive")
-    if settings.processing_guarantee not in ("at_least_once", "exactly_once"):
+    if settings.processing_guarantee == "exactly_once":
+        # Refused rather than offered: faust-streaming 0.15's transactions commit only the
+        # source partitions' transactions, so outputs to another topic are aborted later
+        # while their inputs stay committed: records are lost (docs/decisions.md).
         raise ConfigError(
-            "malformed setting SLUICE_PROCESSING_GUARANTEE: use at_least_once or exactly_once"
+            "SLUICE_PROCESSING_GUARANTEE=exactly_once is refused: faust's transactions lose"
+            " records here (docs/decisions.md); use at_least_once (sinks are idempotent)"
+        )
+    if settings.processing_guarantee != "at_least_once":
+        raise ConfigError("malformed setting SLUICE_PROCESSING_GUARANTEE: use at_least_once")
+    if settings.standby_replicas < 0:
+        raise ConfigError("malformed setting SLUICE_STANDBY_REPLICAS: must be 0 or more")
+    if not 0 < settings.broker_heartbeat_interval_s < settings.broker_session_timeout_s:
+        raise ConfigError(
+            "malformed setting SLUICE_BROKER_HEARTBEAT_INTERVAL: "
+            "must be positive and below SLUICE_BROKER_SESSION_TIMEOUT"
+        )
+    if settings.broker_session_timeout_s > settings.broker_request_timeout_s:
+        raise ConfigError(
+            "malformed setting SLUICE_BROKER_SESSION_TIMEOUT: "
+            "must not exceed SLUICE_BROKER_REQUEST_TIMEOUT"
         )
     if (settings.internal_tls_cert is None) != (settings.internal_tls_key is None):
         raise ConfigError(

@@ -14,7 +14,7 @@ from typing import Any, cast
 import faust
 import mode.loop
 
-from connectors.kafka_admin import create_topics
+from connectors.kafka_admin import create_changelog_topics, create_topics
 from connectors.kafka_outbox import KafkaOutbox
 from connectors.postgres import PostgresProjection
 from schemas.catalog import topic_spec
@@ -30,9 +30,9 @@ from streams.agents import (
     retry_delayed,
     stripe_calls,
 )
-from streams.context import FaustOutbox, WorkerContext
+from streams.context import WorkerContext
 from streams.domain.retry import RetryPolicy
-from streams.effects import EffectRunner, Outbox
+from streams.effects import EffectRunner
 from streams.topology import build_topology
 from streams.transport import SluiceApp
 
@@ -75,7 +75,10 @@ def create_worker(
         processing_guarantee=settings.processing_guarantee,
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,
-        table_standby_replicas=0,
+        table_standby_replicas=settings.standby_replicas,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
+        broker_request_timeout=settings.broker_request_timeout_s,
         key_serializer="json",
         value_serializer="json",
         consumer_auto_offset_reset="earliest",
@@ -89,14 +92,8 @@ def create_worker(
     topology = build_topology(app, policy)
     codec = make_codec(settings.schema_registry_url)
     clock = clock or SystemClock()
-    outbox: Outbox
-    if settings.processing_guarantee == "exactly_once":
-        # Outputs must join faust's transaction to be exactly once.
-        outbox = FaustOutbox(topology)
-    else:
-        kafka_outbox = KafkaOutbox(settings.kafka_bootstrap_servers)
-        app.barriers.append(kafka_outbox.flush)
-        outbox = kafka_outbox
+    outbox = KafkaOutbox(settings.kafka_bootstrap_servers)
+    app.barriers.append(outbox.flush)
     ctx = WorkerContext(
         settings=settings,
         codec=codec,
@@ -128,6 +125,18 @@ def ensure_worker_topics(ctx: WorkerContext) -> None:
     create_topics(
         ctx.settings.kafka_bootstrap_servers,
         [topic_spec(name) for name in sorted(names)],
+        replication_factor=ctx.settings.replication_factor,
+    )
+    # The table changelogs too, before faust starts: workers of a new app id starting
+    # together (--processes N, several machines) otherwise race to declare them, and one
+    # whose metadata still shows a changelog without partitions crashes its agent
+    # (faust's PartitionsMismatch).
+    create_changelog_topics(
+        ctx.settings.kafka_bootstrap_servers,
+        {
+            table.changelog_topic.get_topic_name(): table.changelog_topic.partitions
+            for table in ctx.topology.app.tables.values()
+        },
         replication_factor=ctx.settings.replication_factor,
     )
 

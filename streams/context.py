@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from connectors.elasticsearch import SearchProjection
@@ -21,26 +20,9 @@ from sluice.settings import Settings
 from streams.effects import EffectRunner, Outbox
 from streams.topology import Topology
 
-__all__ = ["FaustOutbox", "WorkerContext"]
+__all__ = ["WorkerContext"]
 
 log = logging.getLogger(__name__)
-
-
-class FaustOutbox:
-    """Produce through the faust app's producer.
-
-    Sends are not awaited one by one: faust flushes its producer before it commits the
-    consumed offsets, so a record is durable before its input is marked done
-    (at-least-once), without a round trip per record.
-    """
-
-    def __init__(self, topology: Topology) -> None:
-        self._topology = topology
-
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
-    ) -> None:
-        await self._topology.topic(topic).send(key=key, value=value, headers=list(headers))
 
 
 @dataclass

@@ -10,96 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import defaultdict
 from typing import Any
 
 import pytest
 
 from connectors.embedded import ElasticsearchServer
-from schemas.codec import make_codec
-from tests.fixtures.ingress import INTERNAL_TOKEN, post_stripe
-from tests.fixtures.kafka import key_of, read_topic, value_of
+from tests.fixtures.orders import lifecycle_ids, paid, send_orders
 from tests.fixtures.worker import Pipeline
-from tests.payloads.stripe import stripe_event
 
 pytestmark = pytest.mark.integration
 
 PIPELINE_SERVICES = ("search",)
-CODEC = make_codec(None)
-
-
-async def _create(pipeline: Pipeline, order_id: str, amount: int) -> None:
-    body = {
-        "eventId": f"evt-created-{order_id}",
-        "eventType": "order.created",
-        "source": "shop",
-        "data": {
-            "orderId": order_id,
-            "userId": "user_7",
-            "amount": amount,
-            "currency": "usd",
-            "items": [{"productId": "sku_9", "quantity": 1}],
-        },
-    }
-    async with pipeline.ingress.http.post(
-        f"{pipeline.ingress.internal}/internal/v1/events",
-        json=body,
-        headers={"X-Internal-Token": INTERNAL_TOKEN},
-    ) as response:
-        assert response.status == 202, await response.text()
-
-
-async def _pay(pipeline: Pipeline, order_id: str, amount: int) -> None:
-    event = stripe_event(
-        "payment_intent.succeeded",
-        event_id=f"evt_{order_id}",
-        order_id=order_id,
-        object_id=f"pi_{order_id}",
-        amount=amount,
-    )
-    assert await post_stripe(pipeline.ingress, event) == 200
-
-
-async def _order_and_payment(pipeline: Pipeline, order_id: str, amount: int, n: int) -> None:
-    # Every third payment arrives before its order.
-    if n % 3 == 0:
-        await _pay(pipeline, order_id, amount)
-        await _create(pipeline, order_id, amount)
-    else:
-        await _create(pipeline, order_id, amount)
-        await _pay(pipeline, order_id, amount)
-
-
-async def _send(pipeline: Pipeline, orders: list[str], *, pause_s: float) -> None:
-    queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
-    for n, order_id in enumerate(orders):
-        queue.put_nowait((n, order_id))
-
-    async def sender() -> None:
-        while not queue.empty():
-            n, order_id = queue.get_nowait()
-            await _order_and_payment(pipeline, order_id, 1000 + n, n)
-            await asyncio.sleep(pause_s)
-
-    await asyncio.gather(*(sender() for _ in range(4)))
 
 
 def _paid(pipeline: Pipeline, batch: str) -> int:
-    count: int = pipeline.scalar(
-        "SELECT count(*) FROM orders WHERE order_id LIKE %s AND status = 'PAID'", f"ord_{batch}_%"
-    )
-    return count
+    return paid(pipeline, f"ord_{batch}_")
 
 
 def _lifecycle_ids(pipeline: Pipeline, batch: str) -> dict[str, dict[str, set[str]]]:
-    """order id → event type → the distinct event ids seen on orders.lifecycle."""
-    ids: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-    for message in read_topic(pipeline.bootstrap, "orders.lifecycle"):
-        order_id = key_of(message)
-        if order_id.startswith(f"ord_{batch}_"):
-            record = CODEC.decode(value_of(message), topic="orders.lifecycle").record
-            ids[order_id][str(record["eventType"])].add(str(record["eventId"]))
-    return ids
+    return lifecycle_ids(pipeline, f"ord_{batch}_")
 
 
 async def _search_count(pipeline: Pipeline, batch: str, status: str) -> int:
@@ -149,7 +78,7 @@ async def test_sigkill_twice_while_orders_flow_pays_each_order_exactly_once(
     # half is sent only then, so both kills are mid-stream by construction (a restarted
     # worker may drain a backlog in one batch, so "after N paid" alone cannot promise it).
     first, second = orders[:120], orders[120:]
-    sending = asyncio.create_task(_send(pipeline, first, pause_s=0.5))
+    sending = asyncio.create_task(send_orders(pipeline, first, pause_s=0.5))
     await pipeline.wait_for(
         "40 paid orders before the first kill", lambda: _paid(pipeline, batch) >= 40
     )
@@ -161,7 +90,7 @@ async def test_sigkill_twice_while_orders_flow_pays_each_order_exactly_once(
     )
     await kill_and_restart()
     await sending
-    await _send(pipeline, second, pause_s=0.1)
+    await send_orders(pipeline, second, pause_s=0.1)
     assert 0 < kills_at[0] < kills_at[1] < len(orders), kills_at
 
     await pipeline.wait_for(
@@ -185,12 +114,12 @@ async def test_elasticsearch_stopped_mid_stream_catches_up(
     batch = uuid.uuid4().hex[:8]
     before = [f"ord_{batch}_{n}" for n in range(20)]
     during = [f"ord_{batch}_{n}" for n in range(20, 80)]
-    await _send(pipeline, before, pause_s=0)
+    await send_orders(pipeline, before, pause_s=0)
     await _until_searchable(pipeline, batch, len(before))
 
     await asyncio.to_thread(elasticsearch_server.stop)
     try:
-        await _send(pipeline, during, pause_s=0)
+        await send_orders(pipeline, during, pause_s=0)
         await pipeline.wait_for(
             "Postgres to have every order paid",
             lambda: _paid(pipeline, batch) == 80,

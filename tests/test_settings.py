@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,11 +37,58 @@ def test_missing_required_setting_names_it(name: str) -> None:
         ("INGRESS_PUBLIC_PORT", "eighty"),
         ("INGRESS_INTERNAL_PORT", "70000"),
         ("SLUICE_MAX_BODY_BYTES", "-1"),
+        ("SLUICE_STANDBY_REPLICAS", "-1"),
+        ("SLUICE_STANDBY_REPLICAS", "one"),
+        ("SLUICE_BROKER_SESSION_TIMEOUT", "soon"),
+        # A heartbeat must come more often than the session times out.
+        ("SLUICE_BROKER_HEARTBEAT_INTERVAL", "6s"),
+        ("SLUICE_BROKER_HEARTBEAT_INTERVAL", "0"),
+        # faust refuses a session timeout above the request timeout; say so at start-up.
+        ("SLUICE_BROKER_SESSION_TIMEOUT", "91s"),
     ],
 )
 def test_malformed_setting_names_it(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({**COMPLETE, name: value})
+
+
+def test_scale_out_defaults_move_a_dead_workers_partitions_within_seconds() -> None:
+    settings = load_settings({})
+    assert settings.standby_replicas == 0
+    assert (settings.broker_session_timeout_s, settings.broker_heartbeat_interval_s) == (6.0, 1.0)
+    assert settings.broker_request_timeout_s == 90.0
+
+
+def test_scale_out_settings_are_read_from_the_environment() -> None:
+    settings = load_settings(
+        {
+            "SLUICE_STANDBY_REPLICAS": "1",
+            "SLUICE_BROKER_SESSION_TIMEOUT": "2m",
+            "SLUICE_BROKER_HEARTBEAT_INTERVAL": "500ms",
+            "SLUICE_BROKER_REQUEST_TIMEOUT": "3m",
+        }
+    )
+    assert settings.standby_replicas == 1
+    assert settings.broker_session_timeout_s == 120.0
+    assert settings.broker_heartbeat_interval_s == 0.5
+    assert settings.broker_request_timeout_s == 180.0
+
+
+def test_worker_app_gets_the_scale_out_settings(tmp_path: Path) -> None:
+    from streams.app import create_worker
+
+    env = {
+        "SLUICE_STANDBY_REPLICAS": "2",
+        "SLUICE_BROKER_SESSION_TIMEOUT": "8s",
+        "SLUICE_BROKER_HEARTBEAT_INTERVAL": "2s",
+        "SLUICE_STATE_DIR": str(tmp_path),
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "DATABASE_URL": "postgresql://127.0.0.1:1/none",
+    }
+    conf = create_worker(load_settings(env), env=env).topology.app.conf
+    assert conf.table_standby_replicas == 2
+    assert (conf.broker_session_timeout, conf.broker_heartbeat_interval) == (8.0, 2.0)
+    assert conf.broker_request_timeout == 90.0
 
 
 def test_partner_settings_are_grouped_by_partner() -> None:
@@ -68,3 +116,15 @@ def test_sluice_ingress_without_a_secret_stops_with_one_line() -> None:
     assert result.stderr.strip().splitlines() == [
         "sluice: missing required setting STRIPE_WEBHOOK_SECRET"
     ]
+
+
+def test_exactly_once_is_refused_with_the_reason() -> None:
+    # faust-streaming 0.15's transactions lose records that cross topic groups
+    # (docs/decisions.md, Scale-out): refusing is safer than offering it.
+    with pytest.raises(ConfigError, match="exactly_once is refused"):
+        load_settings({"SLUICE_PROCESSING_GUARANTEE": "exactly_once"})
+
+
+def test_consumer_fetch_wait_is_a_duration() -> None:
+    assert load_settings({}).consumer_fetch_wait_s == 0.05
+    assert load_settings({"SLUICE_CONSUMER_FETCH_WAIT": "10ms"}).consumer_fetch_wait_s == 0.01

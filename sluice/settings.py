@@ -67,6 +67,8 @@ class Settings:
     processing_guarantee: str = "at_least_once"
     dedupe_window_s: float = 30 * 24 * 3600.0
     dedupe_purge_every_s: float = 60.0
+    # Entries one purge step reads (bounds the event-loop time and memory of a purge).
+    dedupe_purge_slice: int = 2000
     replication_factor: int = 1
     worker_web_port: int | None = None
     worker_batch_size: int = 500
@@ -170,6 +172,7 @@ def load_settings(
         processing_guarantee=text("SLUICE_PROCESSING_GUARANTEE") or "at_least_once",
         dedupe_window_s=parsed("SLUICE_DEDUPE_WINDOW", parse_duration, 30 * 24 * 3600.0),
         dedupe_purge_every_s=parsed("SLUICE_DEDUPE_PURGE_EVERY", parse_duration, 60.0),
+        dedupe_purge_slice=parsed("SLUICE_DEDUPE_PURGE_SLICE", int, 2000),
         replication_factor=parsed("SLUICE_REPLICATION_FACTOR", int, 1),
         worker_web_port=parsed("SLUICE_WORKER_WEB_PORT", int, None),
         worker_batch_size=parsed("SLUICE_WORKER_BATCH_SIZE", int, 500),
@@ -193,6 +196,8 @@ def load_settings(
     )
     if settings.max_body_bytes <= 0:
         raise ConfigError("malformed setting SLUICE_MAX_BODY_BYTES: must be positive")
+    if settings.dedupe_purge_slice <= 0:
+        raise ConfigError("malformed setting SLUICE_DEDUPE_PURGE_SLICE: must be positive")
     if settings.publish_timeout_s <= 0:
         raise ConfigError("malformed setting SLUICE_PUBLISH_TIMEOUT_S: must be positive")
     if settings.processing_guarantee == "exactly_once":

@@ -17,7 +17,12 @@ from tests.payloads.stripe import stripe_event
 
 pytestmark = pytest.mark.integration
 
-PIPELINE_ENV = {"SLUICE_DEDUPE_WINDOW": "3s", "SLUICE_DEDUPE_PURGE_EVERY": "1s"}
+# Purge slices of 2 entries, so a pass over the partition takes several steps.
+PIPELINE_ENV = {
+    "SLUICE_DEDUPE_WINDOW": "3s",
+    "SLUICE_DEDUPE_PURGE_EVERY": "1s",
+    "SLUICE_DEDUPE_PURGE_SLICE": "2",
+}
 
 
 def _partition_of(pipeline: Pipeline, event_id: str) -> int:
@@ -59,6 +64,44 @@ async def test_expired_ids_are_purged_from_the_table_and_its_changelog(
         return len(values) >= 2 and values[-1] is None
 
     await pipeline.wait_for("a tombstone for the expired id", tombstoned, timeout_s=60)
+
+
+async def test_a_purge_pass_goes_on_slice_by_slice_until_every_expired_id_is_gone(
+    pipeline: Pipeline,
+) -> None:
+    old = [
+        stripe_event("payment_intent.succeeded", event_id=f"evt_{uuid.uuid4().hex[:14]}")
+        for _ in range(8)
+    ]
+    for event in old:
+        assert await post_stripe(pipeline.ingress, event) == 200
+    ids = [str(event["id"]) for event in old]
+    await pipeline.wait_for(
+        "the old events",
+        lambda: (
+            pipeline.scalar("SELECT count(*) FROM webhook_events WHERE event_id = ANY(%s)", ids)
+            == len(ids)
+        ),
+    )
+    await asyncio.sleep(4)  # past the 3 s window
+    changelog = f"{pipeline.worker.env['SLUICE_APP_ID']}-dedupe_seen-changelog"
+    keys = {json.dumps(f"stripe:{event_id}").encode() for event_id in ids}
+
+    def still_remembered() -> set[bytes]:
+        latest: dict[bytes, bytes | None] = {}
+        for message in read_topic(pipeline.bootstrap, changelog):
+            key = message.key()
+            if key in keys:
+                latest[key] = message.value()
+        return {key for key in keys if latest.get(key) is not None}
+
+    # Each event in hand moves its partition's pass on by one slice of two entries.
+    for _ in range(60):
+        if not still_remembered():
+            break
+        event = stripe_event("payment_intent.succeeded", event_id=f"evt_{uuid.uuid4().hex[:14]}")
+        assert await post_stripe(pipeline.ingress, event) == 200
+    assert still_remembered() == set()
 
 
 async def test_redelivery_after_the_window_is_processed_again(pipeline: Pipeline) -> None:

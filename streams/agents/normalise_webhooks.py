@@ -4,39 +4,51 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from itertools import islice
+from typing import Any, NamedTuple
 
 from sluice.errors import InvalidEvent
 from streams.context import WorkerContext
-from streams.domain.dedupe import Remembered, decide, dedupe_key, expired_keys, remembered_entry
+from streams.domain.dedupe import decide, dedupe_key, expired_keys, remembered_entry
 from streams.domain.dlq import REPLAY_HEADER
 from streams.domain.normalise import normalise
 from streams.effects import dead_letter_now
 from streams.records import Inbound, header_value
-from streams.tables import partition_items
+from streams.tables import partition_entries
 
-__all__ = ["handle", "purge_partition", "register"]
+__all__ = ["Purged", "handle", "purge_partition", "register"]
 
 log = logging.getLogger(__name__)
 
 AGENT = "normalise_webhooks"
 
 
+class Purged(NamedTuple):
+    purged: int
+    #: Stored key the next slice starts after; None once the pass saw every entry.
+    resume_after: bytes | None
+
+
 def register(ctx: WorkerContext) -> None:
     app = ctx.topology.app
-    # Each partition's expired ids are purged at most once per interval, while one of its
-    # events is in hand (see purge_partition for why).
+    # Each partition's expired ids are purged once per interval, while one of its events is
+    # in hand (see purge_partition for why): a pass starts at most once per interval and
+    # goes on one slice per event of that partition until it has seen every entry.
     last_purge: dict[int, float] = {}
+    resume_after: dict[int, bytes] = {}
 
     async def normalise_webhooks(stream: Any) -> None:
         async for event in stream.events():
             record = Inbound.from_faust(event)
             await handle(ctx, record)
+            partition = record.partition
             now = time.monotonic()
-            due = last_purge.setdefault(record.partition, now) + ctx.settings.dedupe_purge_every_s
-            if now >= due:
-                last_purge[record.partition] = now
-                purge_partition(ctx, record.partition)
+            due = last_purge.setdefault(partition, now) + ctx.settings.dedupe_purge_every_s
+            if partition in resume_after or now >= due:
+                last_purge[partition] = now
+                purged = purge_partition(ctx, partition, after=resume_after.pop(partition, None))
+                if purged.resume_after is not None:
+                    resume_after[partition] = purged.resume_after
 
     app.agent(ctx.topology.reads(AGENT), name=AGENT)(normalise_webhooks)
 
@@ -95,27 +107,29 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
         seen[key] = remembered_entry(decision.remember_ms, record.position)
 
 
-def purge_partition(ctx: WorkerContext, partition: int) -> int:
-    """Delete this partition's dedupe ids older than the window; returns how many.
+def purge_partition(ctx: WorkerContext, partition: int, *, after: bytes | None = None) -> Purged:
+    """Delete expired dedupe ids among the next ``SLUICE_DEDUPE_PURGE_SLICE`` entries of
+    ``partition``
+    (2,000 by default; in key order, after the stored key ``after``).
+
+    One slice at a time, so a purge holds the event loop for a bounded time and keeps one
+    slice in memory, however many ids the partition remembers (a million ids are
+    hundreds of thousands per partition). The agent calls it again, slice after slice,
+    until ``Purged.resume_after`` is None.
 
     Must run while an event of ``partition`` is being processed: faust writes the
     tombstones to the changelog partition of the current event, which is where these
     keys live (the table is co-partitioned with the webhook topics).
     """
     table = ctx.topology.dedupe_seen
-    entries = _partition_entries(table, partition)
+    limit = ctx.settings.dedupe_purge_slice
+    scanned = list(islice(partition_entries(table, partition, after=after), limit))
+    entries = ((key, value) for _, key, value in scanned if isinstance(value, int | list))
     now_ms = int(ctx.clock.time() * 1000)
     expired = expired_keys(entries, now_ms, int(ctx.settings.dedupe_window_s * 1000))
     for key in expired:
         del table[key]
     if expired:
         log.info("dedupe ids purged", extra={"partition": partition, "purged": len(expired)})
-    return len(expired)
-
-
-def _partition_entries(table: Any, partition: int) -> dict[str, Remembered]:
-    return {
-        key: value
-        for key, value in partition_items(table, partition).items()
-        if isinstance(value, int | list)
-    }
+    resume_after = scanned[-1][0] if len(scanned) == limit else None
+    return Purged(len(expired), resume_after)

@@ -18,7 +18,7 @@ steps 2 and 3, say) does no harm.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -128,9 +128,14 @@ def decide(
     return DedupeDecision(process=True, reason="expired", remember_ms=now_ms)
 
 
-def expired_keys(seen: Mapping[str, Remembered], now_ms: int, window_ms: int) -> list[str]:
-    """Keys remembered at least ``window_ms`` before ``now_ms``, in the mapping's order:
-    the ones the periodic purge deletes. Pure; the caller deletes them.
+def expired_keys(
+    seen: Mapping[str, Remembered] | Iterable[tuple[str, Remembered]],
+    now_ms: int,
+    window_ms: int,
+) -> list[str]:
+    """Keys remembered at least ``window_ms`` before ``now_ms``, in the given order: the
+    ones the periodic purge deletes. ``seen`` is a mapping or (key, entry) pairs. Pure;
+    the caller deletes them.
 
     :raises ValueError: ``window_ms`` is not positive.
     """
@@ -138,7 +143,8 @@ def expired_keys(seen: Mapping[str, Remembered], now_ms: int, window_ms: int) ->
         raise ValueError(f"dedupe window must be positive, got {window_ms} ms")
     cutoff = now_ms - window_ms
     expired = []
-    for key, entry in seen.items():
+    pairs = seen.items() if isinstance(seen, Mapping) else seen
+    for key, entry in pairs:
         remembered, _ = _unpack(entry)
         if remembered is not None and remembered <= cutoff:
             expired.append(key)

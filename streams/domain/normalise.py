@@ -21,10 +21,11 @@ Work is split in two layers:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypedDict, TypeGuard
+
+import orjson
 
 from schemas.catalog import BILLING_TOPICS, topic_spec
 from sluice.errors import InvalidEvent
@@ -151,8 +152,8 @@ def normalise(raw: Mapping[str, Any]) -> Normalised:
     if mapper is None:
         return Normalised("unmapped", reason=_clip(f"no mapping for provider {provider!r}"))
     try:
-        body = json.loads(envelope.raw_body)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        body = orjson.loads(envelope.raw_body)
+    except ValueError as exc:  # orjson.JSONDecodeError (also bad UTF-8, too deep nesting)
         return Normalised("invalid", reason=f"rawBody is not JSON: {type(exc).__name__}")
     if not isinstance(body, dict):
         return Normalised("invalid", reason=f"rawBody is JSON {type(body).__name__}, not an object")

@@ -72,6 +72,9 @@ class Settings:
     replication_factor: int = 1
     worker_web_port: int | None = None
     worker_batch_size: int = 500
+    # The longest a batch keeps taking records while its agent is behind (see
+    # streams/agents/batched.py); at the head of its input a batch never waits.
+    worker_batch_within_s: float = 0.2
     # How long the worker's consumer lets the broker hold a fetch open (see
     # streams/transport.py for why faust's 1.5 s made every hop slow on a busy machine).
     consumer_fetch_wait_s: float = 0.05
@@ -176,6 +179,7 @@ def load_settings(
         replication_factor=parsed("SLUICE_REPLICATION_FACTOR", int, 1),
         worker_web_port=parsed("SLUICE_WORKER_WEB_PORT", int, None),
         worker_batch_size=parsed("SLUICE_WORKER_BATCH_SIZE", int, 500),
+        worker_batch_within_s=parsed("SLUICE_WORKER_BATCH_WITHIN", parse_duration, 0.2),
         consumer_fetch_wait_s=parsed("SLUICE_CONSUMER_FETCH_WAIT", parse_duration, 0.05),
         standby_replicas=parsed("SLUICE_STANDBY_REPLICAS", int, Settings.standby_replicas),
         broker_session_timeout_s=parsed(

@@ -59,17 +59,13 @@ class _Event:
 
 @dataclass
 class _StreamStandIn:
-    """The three things ``drained_batches`` uses of a faust stream: ``channel.queue``,
-    ``events()`` and ``ack()``. A stand-in, not faust: these tests pin the batching rule
-    (when a batch ends, when its events are acked); the real faust stream runs it in
-    every pipeline, orders and fault test."""
+    """What ``drained_batches`` uses of a faust stream: ``events()`` and ``ack()``. A
+    stand-in, not faust: these tests pin the batching rule (when a batch ends, when its
+    events are acked); the real faust stream runs it in every pipeline, orders and fault
+    test. An event with a negative value ends the stream (faust stopping it)."""
 
     queue: asyncio.Queue[_Event] = field(default_factory=asyncio.Queue)
     enable_acks: bool = True
-
-    @property
-    def channel(self) -> Any:
-        return self
 
     async def events(self) -> AsyncIterator[_Event]:
         while True:
@@ -82,33 +78,70 @@ class _StreamStandIn:
         event.acked = True
 
 
-async def test_a_batch_ends_when_the_input_is_drained_or_full() -> None:
+def _at_head(_event: Any) -> bool:
+    return False
+
+
+def _behind(_event: Any) -> bool:
+    return True
+
+
+#: Long enough that a test finishing well within its 5 s bound proves nobody waited.
+LONG_WAIT_S = 60.0
+
+
+async def _values(batches: AsyncIterator[list[_Event]], count: int) -> list[list[int]]:
+    seen: list[list[int]] = []
+    while sum(map(len, seen)) < count:
+        batch = await asyncio.wait_for(anext(batches), timeout=5)
+        seen.append([e.value for e in batch])
+    return seen
+
+
+async def test_at_the_head_a_batch_ends_when_the_buffer_is_drained_or_full() -> None:
     stream = _StreamStandIn()
     for value in range(5):
         stream.queue.put_nowait(_Event(value))
-    batches = drained_batches(stream, max_size=3)
-    first = await anext(batches)
-    assert [e.value for e in first] == [0, 1, 2]  # full
-    second = await anext(batches)
-    assert [e.value for e in second] == [3, 4]  # drained: nobody waits for a tick
+    batches = drained_batches(stream, 3, LONG_WAIT_S, _at_head)
+    seen = await _values(batches, 5)
+    assert seen[0] == [0, 1, 2]  # full
+    assert [v for batch in seen for v in batch] == [0, 1, 2, 3, 4]  # drained: no wait
     assert stream.enable_acks is False  # acks are the batch loop's
 
 
-async def test_a_lone_record_is_its_own_batch_at_once() -> None:
+async def test_a_lone_record_at_the_head_is_its_own_batch_at_once() -> None:
     stream = _StreamStandIn()
-    batches = drained_batches(stream, max_size=500)
+    batches = drained_batches(stream, 500, LONG_WAIT_S, _at_head)
     pending = asyncio.ensure_future(anext(batches))
     stream.queue.put_nowait(_Event(7))
     batch = await asyncio.wait_for(pending, timeout=5)
     assert [e.value for e in batch] == [7]
 
 
+async def test_behind_the_head_a_batch_waits_for_more_records() -> None:
+    stream = _StreamStandIn()
+    batches = drained_batches(stream, 3, LONG_WAIT_S, _behind)
+    pending = asyncio.ensure_future(anext(batches))
+    for value in range(3):
+        stream.queue.put_nowait(_Event(value))
+        await asyncio.sleep(0)  # one at a time, as faust hands them over
+    batch = await asyncio.wait_for(pending, timeout=5)
+    assert [e.value for e in batch] == [0, 1, 2]  # one batch, not three
+
+
+async def test_behind_the_head_a_batch_waits_at_most_the_batch_window() -> None:
+    stream = _StreamStandIn()
+    stream.queue.put_nowait(_Event(1))
+    batch = await asyncio.wait_for(anext(drained_batches(stream, 500, 0.05, _behind)), 5)
+    assert [e.value for e in batch] == [1]
+
+
 async def test_events_are_acked_only_after_their_batch_was_handled() -> None:
     stream = _StreamStandIn()
     for value in range(2):
         stream.queue.put_nowait(_Event(value))
-    batches = drained_batches(stream, max_size=10)
-    batch = await anext(batches)
+    batches = drained_batches(stream, 10, LONG_WAIT_S, _at_head)
+    [batch] = [await asyncio.wait_for(anext(batches), timeout=5)]
     assert not any(e.acked for e in batch)  # the effect has not run yet
     following = asyncio.ensure_future(anext(batches))  # the loop body returned
     stream.queue.put_nowait(_Event(2))
@@ -125,5 +158,5 @@ async def test_records_of_an_unfinished_batch_are_never_acked() -> None:
         stream.queue.put_nowait(event)
     stream.queue.put_nowait(_Event(-1))
     with pytest.raises(StopAsyncIteration):
-        await anext(drained_batches(stream, max_size=10))
+        await asyncio.wait_for(anext(drained_batches(stream, 10, LONG_WAIT_S, _behind)), 5)
     assert not any(e.acked for e in held)

@@ -99,7 +99,8 @@ def _ingress(_args: argparse.Namespace) -> int:
 
     settings = load_settings(require=INGRESS_REQUIRED)
     configure_logging(settings.log_level)
-    # uvloop: less CPU per request than asyncio's loop (measured in docs/decisions.md).
+    # uvloop: libuv's event loop, cheaper per callback than asyncio's own (see
+    # docs/decisions.md, Worker speed).
     uvloop.run(_until_signalled(lambda stop: run_ingress(settings, stop)))
     return 0
 

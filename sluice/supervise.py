@@ -56,9 +56,7 @@ def run_worker_processes(
         # The children may have had the signal already (Ctrl-C reaches the whole process
         # group); a second one is harmless, faust's worker stops once.
         stop_requested.append(signum)
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+        _signal_all(children, signum)
 
     previous = {signum: signal.signal(signum, forward) for signum in _STOP_SIGNALS}
     try:

@@ -27,7 +27,7 @@ from streams.context import WorkerContext
 from streams.effects import Effect
 from streams.records import Inbound
 
-__all__ = ["behind_head", "drained_batches", "register_batched"]
+__all__ = ["agent_batches", "behind_head", "drained_batches", "register_batched"]
 
 Behind = Callable[[Any], bool]
 
@@ -127,21 +127,24 @@ async def _take(
     return _TIMED_OUT
 
 
+def agent_batches(ctx: WorkerContext, stream: Any) -> AsyncIterator[list[Any]]:
+    """``drained_batches`` of an agent's stream, sized and timed by the worker's settings."""
+    settings = ctx.settings
+    return drained_batches(
+        stream,
+        settings.worker_batch_size,
+        settings.worker_batch_within_s,
+        behind_head(ctx.topology.app.consumer),
+    )
+
+
 def register_batched(ctx: WorkerContext, name: str, effect: Effect) -> None:
     """Register ``effect`` under ``name`` (so retry agents can re-run it) and an agent of
     the same name that feeds it adaptive batches from the topics ``name`` reads."""
     ctx.runner.register(name, effect)
-    settings = ctx.settings
-    app = ctx.topology.app
 
     async def agent(stream: Any) -> None:
-        batches = drained_batches(
-            stream,
-            settings.worker_batch_size,
-            settings.worker_batch_within_s,
-            behind_head(app.consumer),
-        )
-        async for events in batches:
+        async for events in agent_batches(ctx, stream):
             await ctx.runner.run(name, [Inbound.from_faust(event) for event in events])
 
-    app.agent(ctx.topology.reads(name), name=name)(agent)
+    ctx.topology.app.agent(ctx.topology.reads(name), name=name)(agent)

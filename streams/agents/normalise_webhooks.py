@@ -108,9 +108,8 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
 
 
 def purge_partition(ctx: WorkerContext, partition: int, *, after: bytes | None = None) -> Purged:
-    """Delete expired dedupe ids among the next ``SLUICE_DEDUPE_PURGE_SLICE`` entries of
-    ``partition``
-    (2,000 by default; in key order, after the stored key ``after``).
+    """Delete expired dedupe ids among the next ``SLUICE_DEDUPE_PURGE_SLICE`` entries
+    (2,000 by default) of ``partition``, in key order, after the stored key ``after``.
 
     One slice at a time, so a purge holds the event loop for a bounded time and keeps one
     slice in memory, however many ids the partition remembers (a million ids are

@@ -39,7 +39,7 @@ from typing import Any, Final, Protocol
 from schemas.codec import Codec
 from sluice.clock import Clock
 from sluice.errors import PermanentError
-from streams.agents.batched import behind_head, drained_batches
+from streams.agents.batched import agent_batches
 from streams.context import WorkerContext
 from streams.domain.payment_calls import (
     SETUP_FAILED,
@@ -103,16 +103,9 @@ def register(ctx: WorkerContext) -> None:
         )
 
     ctx.runner.register(AGENT, effect)
-    settings = ctx.settings
 
     async def stripe_calls(stream: Any) -> None:
-        batches = drained_batches(
-            stream,
-            settings.worker_batch_size,
-            settings.worker_batch_within_s,
-            behind_head(ctx.topology.app.consumer),
-        )
-        async for events in batches:
+        async for events in agent_batches(ctx, stream):
             records = [Inbound.from_faust(event) for event in events]
             await run_by_key(ctx.runner, AGENT, records, limit=MAX_CONCURRENT_CALLS)
 

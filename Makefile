@@ -23,8 +23,8 @@ $(VENV)/.synced: pyproject.toml uv.lock
 # Apache Kafka's jars and the Elasticsearch distribution, resolved by Maven into the
 # cache (skipped once present).
 jars: setup
-	$(BIN)/python -m connectors.embedded.kafka --fetch
-	$(BIN)/python -m connectors.embedded.elasticsearch --fetch
+	$(BIN)/python -m devstack.kafka --fetch
+	$(BIN)/python -m devstack.elasticsearch --fetch
 
 # Operator tools the tests also exercise; best effort, they need root and apt.
 tools:

@@ -117,8 +117,8 @@ def run_bare(bootstrap: str, group: str, output: str) -> None:
 def run_sluice(bootstrap: str, group: str, state_dir: Path, database_url: str) -> None:
     import faust
 
-    from sluice.logs import configure_logging
-    from sluice.settings import WORKER_REQUIRED, load_settings
+    from base.logs import configure_logging
+    from base.settings import WORKER_REQUIRED, load_settings
     from streams.app import create_worker
 
     settings = load_settings(
@@ -201,9 +201,9 @@ def run_quix(bootstrap: str, group: str, output: str, state_dir: Path) -> None:
     quix: Any = importlib.import_module("quixstreams")
     serializers: Any = importlib.import_module("quixstreams.models.serializers")
 
+    from base.logs import configure_logging
+    from base.settings import load_settings
     from schemas.codec import make_codec
-    from sluice.logs import configure_logging
-    from sluice.settings import load_settings
 
     settings = load_settings({})
     configure_logging(settings.log_level)

@@ -26,7 +26,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from bench._load import cpu_seconds
 from bench.ingress import _java_version
-from connectors.embedded.process import ChildProcess
+from devstack.process import ChildProcess
 
 __all__ = [
     "ROOT",
@@ -263,8 +263,8 @@ class Kafka:
 @contextlib.contextmanager
 def kafka(bootstrap: str | None, workdir: Path) -> Iterator[Kafka]:
     """The given cluster, or an embedded broker for the block; catalog topics created."""
-    from connectors.embedded.kafka import KAFKA_VERSION, KafkaBroker
     from connectors.kafka_admin import create_topics
+    from devstack.kafka import KAFKA_VERSION, KafkaBroker
     from schemas.catalog import all_topics
 
     if bootstrap:
@@ -297,8 +297,8 @@ def postgres(database_url: str | None, workdir: Path, *, fast: bool = False) -> 
     like a production database, so the projection's commits cost what they would there;
     ``fast`` turns durability off instead (as the tests run it).
     """
-    from connectors.embedded.postgres import PostgresServer
     from connectors.migrate import apply_migrations
+    from devstack.postgres import PostgresServer
 
     if database_url:
         apply_migrations(database_url)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
+from base.settings import load_settings
 from bench._load import cpu_seconds
 from bench._pipeline_infra import (
     Child,
@@ -46,7 +47,6 @@ from bench._pipeline_input import (
 )
 from schemas.catalog import JOIN_PARTITIONS, WEBHOOK_TOPICS
 from schemas.codec import make_codec
-from sluice.settings import load_settings
 from streams.domain.dedupe import Remembered, decide, dedupe_key, remembered_entry
 from streams.domain.normalise import normalise
 

@@ -26,12 +26,12 @@ import sys
 
 from aiohttp import web
 
+from base.clock import SystemClock
+from base.logs import configure_logging
+from base.settings import Settings, load_settings
 from ingress.app import create_apps
 from ingress.publisher import KafkaPublisher
 from schemas.codec import make_codec
-from sluice.clock import SystemClock
-from sluice.logs import configure_logging
-from sluice.settings import Settings, load_settings
 
 __all__ = ["BASELINE_PATH", "INGRESS_PATH", "bench_settings", "main"]
 

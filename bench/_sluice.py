@@ -23,7 +23,7 @@ from typing import Any, Final, Protocol, TypeVar
 import aiohttp
 
 from bench._pipeline_infra import ROOT, Child, child_env, commit_group, end_offsets, progress
-from connectors.embedded.ports import LOOPBACK, free_port
+from devstack.ports import LOOPBACK, free_port
 from streams.topology import WIRING
 
 __all__ = [

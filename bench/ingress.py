@@ -161,7 +161,7 @@ def _memory() -> str:
 
 
 def _java_version() -> str:
-    from connectors.embedded.kafka import find_java
+    from devstack.kafka import find_java
 
     try:
         out = subprocess.run(
@@ -187,8 +187,8 @@ class _Kafka:
 @contextlib.contextmanager
 def _kafka(bootstrap: str | None, workdir: Path) -> Iterator[_Kafka]:
     """The given cluster, or an embedded broker for the duration of the block."""
-    from connectors.embedded.kafka import KAFKA_VERSION, KafkaBroker
     from connectors.kafka_admin import create_topics
+    from devstack.kafka import KAFKA_VERSION, KafkaBroker
     from schemas.catalog import all_topics
 
     if bootstrap:

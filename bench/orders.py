@@ -318,7 +318,7 @@ def _search(wanted: bool, workdir: Path) -> Iterator[tuple[str | None, int | Non
     if not wanted:
         yield None, None, "off (--with-search adds it)"
         return
-    from connectors.embedded.elasticsearch import ELASTICSEARCH_VERSION, ElasticsearchServer
+    from devstack.elasticsearch import ELASTICSEARCH_VERSION, ElasticsearchServer
 
     progress("starting an embedded Elasticsearch ...")
     with ElasticsearchServer(workdir / "elasticsearch") as server:

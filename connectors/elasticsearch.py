@@ -17,9 +17,9 @@ counted as ``stale`` in the :class:`BulkOutcome`, never raised.
 
 Failures are translated for the worker's retry topics (``streams/domain/retry.py``
 ``classify``): connection errors, timeouts, 408/425/429 and 5xx, for the whole request or
-for any item, are :class:`~sluice.errors.TransientError` (with ``retry_after`` when the
+for any item, are :class:`~base.errors.TransientError` (with ``retry_after`` when the
 server sent ``Retry-After``); any other item failure (a strict-mapping violation, a bad
-value) is :class:`DocumentsRejected`, a :class:`~sluice.errors.PermanentError` naming the
+value) is :class:`DocumentsRejected`, a :class:`~base.errors.PermanentError` naming the
 document ids and reasons. When a batch holds both, the transient error wins: the whole
 batch is retried, and once the transient cause is gone the rejected documents are
 reported. The connector never retries by itself (the client runs with
@@ -44,7 +44,7 @@ from typing import Any, Final, Self
 import elasticsearch
 from elasticsearch import AsyncElasticsearch
 
-from sluice.errors import PermanentError, SluiceError, TransientError
+from base.errors import PermanentError, SluiceError, TransientError
 from streams.domain.retry import classify_http_status, parse_retry_after
 
 __all__ = [

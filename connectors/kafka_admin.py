@@ -9,8 +9,8 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from base.errors import TransientError
 from schemas.catalog import TopicSpec
-from sluice.errors import TransientError
 
 __all__ = ["TopicState", "create_changelog_topics", "create_topics", "list_topics"]
 

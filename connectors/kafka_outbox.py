@@ -24,7 +24,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from sluice.errors import SluiceError
+from base.errors import SluiceError
 
 __all__ = ["DeliveryFailed", "KafkaOutbox"]
 

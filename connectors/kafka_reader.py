@@ -7,7 +7,7 @@ import uuid
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from sluice.errors import TransientError
+from base.errors import TransientError
 
 __all__ = ["end_offsets", "read_to_end"]
 

@@ -25,7 +25,7 @@ from typing import Final
 
 import psycopg
 
-from sluice.errors import SluiceError, TransientError
+from base.errors import SluiceError, TransientError
 
 __all__ = [
     "MIGRATIONS_PACKAGE",

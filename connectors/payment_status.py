@@ -22,8 +22,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
+from base.errors import TransientError
 from connectors.postgres import translate_error
-from sluice.errors import TransientError
 
 __all__ = ["OrderPayment", "OrderPaymentStatus", "PaymentStatusStore"]
 

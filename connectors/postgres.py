@@ -15,9 +15,9 @@ out-of-order events and concurrent writers:
 - ``orders`` holds snapshots: a row is replaced only by a higher ``revision`` (the
   join's counter), so replays and late records never overwrite newer state.
 
-Driver errors come out as :class:`~sluice.errors.TransientError` (connection lost or
+Driver errors come out as :class:`~base.errors.TransientError` (connection lost or
 refused, no pooled connection within the timeout, serialization failure, deadlock,
-admin shutdown, statement timeout) or :class:`~sluice.errors.PermanentError` (data and
+admin shutdown, statement timeout) or :class:`~base.errors.PermanentError` (data and
 constraint errors: bad input); anything else — a missing table, an SQL bug — is not
 translated and crashes loudly. The connector never retries: the caller's retry topics
 do. While the server is down calls fail within ``timeout`` seconds; the pool reconnects
@@ -41,7 +41,7 @@ from psycopg.rows import TupleRow, class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
-from sluice.errors import PermanentError, SluiceError, TransientError
+from base.errors import PermanentError, SluiceError, TransientError
 from streams.domain.orders import OrderStatus
 from streams.domain.status import (
     CHECKOUT_RANK,

@@ -8,9 +8,9 @@ Async, over aiohttp, with the ``stripe`` library's ``StripeClient``. Every call:
   a retry later than that creates a new object.
 - never retries by itself (``max_network_retries=0``): Sluice's ``retry.<delay>`` topics
   do, after :func:`translate_error` has decided whether retrying can help.
-- raises only :class:`~sluice.errors.TransientError` (connection failures, timeouts,
+- raises only :class:`~base.errors.TransientError` (connection failures, timeouts,
   429, 409, 5xx; ``retry_after`` from a ``Retry-After`` header) or
-  :class:`~sluice.errors.PermanentError` (every other 4xx: invalid request, card
+  :class:`~base.errors.PermanentError` (every other 4xx: invalid request, card
   declined, authentication, permission, idempotency key reused with other parameters).
   A ``Stripe-Should-Retry`` header, when Stripe sends one, overrides the status.
 
@@ -35,7 +35,7 @@ from typing import Final, Self, TypeVar
 import aiohttp
 import stripe
 
-from sluice.errors import PermanentError, SluiceError, TransientError
+from base.errors import PermanentError, SluiceError, TransientError
 from streams.domain.retry import classify_http_status, parse_retry_after
 
 __all__ = [

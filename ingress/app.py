@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from base.clock import Clock
+from base.metrics import Metrics
+from base.settings import Settings
 from connectors.payment_status import PaymentStatusStore
 from ingress.auth import internal_token_middleware
 from ingress.events import events_handler
@@ -30,9 +33,6 @@ from ingress.replies import ReplyWaiter
 from ingress.verify import razorpay, stripe
 from ingress.webhooks import WebhookSource, webhook_handler
 from schemas.codec import Codec
-from sluice.clock import Clock
-from sluice.metrics import Metrics
-from sluice.settings import Settings
 
 __all__ = ["IngressApps", "create_apps", "webhook_sources"]
 

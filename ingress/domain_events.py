@@ -41,8 +41,8 @@ from typing import Any, Final
 
 from fastavro.validation import validate as avro_validate
 
+from base.errors import InvalidEvent
 from schemas.catalog import SchemaCatalog, default_catalog, topic_spec
-from sluice.errors import InvalidEvent
 
 __all__ = [
     "ENVELOPE_FIELDS",

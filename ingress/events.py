@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from base.clock import Clock
+from base.metrics import MetricName, Metrics
 from ingress.domain_events import DomainEventParser, parse_json
 from ingress.middleware import correlation_id
 from ingress.publisher import NotDurable, Publisher
@@ -24,8 +26,6 @@ from ingress.records import kafka_headers
 from ingress.requests import read_json_body, traceparent_of
 from schemas.catalog import topic_spec
 from schemas.codec import Codec
-from sluice.clock import Clock
-from sluice.metrics import MetricName, Metrics
 
 __all__ = [
     "avro_content_type",

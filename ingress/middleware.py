@@ -9,8 +9,8 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from base.metrics import MetricName, Metrics
 from ingress.outcomes import error_response
-from sluice.metrics import MetricName, Metrics
 
 __all__ = ["CORRELATION_HEADER", "METRICS_KEY", "correlation_id", "outcome_middleware"]
 

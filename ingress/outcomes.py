@@ -10,9 +10,9 @@ import logging
 
 from aiohttp import web
 
+from base.errors import InvalidEvent, TransientError
 from ingress.publisher import NotDurable
 from ingress.verify.errors import SignatureError
-from sluice.errors import InvalidEvent, TransientError
 
 __all__ = [
     "BodyTooLarge",

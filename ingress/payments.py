@@ -43,6 +43,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from base.clock import Clock
+from base.errors import InvalidEvent, TransientError
+from base.metrics import Metrics
 from connectors.payment_status import OrderPaymentStatus
 from ingress.domain_events import (
     check_identifier,
@@ -59,9 +62,6 @@ from ingress.replies import Reply, ReplyWaiter
 from ingress.requests import read_json_body, traceparent_of
 from schemas.catalog import PAYMENT_COMMAND_SUBJECT
 from schemas.codec import Codec
-from sluice.clock import Clock
-from sluice.errors import InvalidEvent, TransientError
-from sluice.metrics import Metrics
 
 __all__ = [
     "CHECKOUT_CREATE",

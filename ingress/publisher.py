@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from sluice.errors import SluiceError
+from base.errors import SluiceError
 
 __all__ = ["BUSY_POLL_S", "IDLE_POLL_S", "KafkaPublisher", "NotDurable", "Publisher"]
 

@@ -58,8 +58,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from base.errors import InvalidEvent, TransientError
 from schemas.codec import Codec
-from sluice.errors import InvalidEvent, TransientError
 
 __all__ = ["REPLY_TOPIC", "PendingReply", "Reply", "ReplyWaiter"]
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from base.clock import Clock, SystemClock
+from base.settings import Settings
 from ingress.app import IngressApps, create_apps
 from ingress.publisher import KafkaPublisher
 from schemas.codec import make_codec
-from sluice.clock import Clock, SystemClock
-from sluice.settings import Settings
 
 __all__ = ["RunningIngress", "run_ingress", "running_ingress"]
 

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from base.clock import Clock
+from base.metrics import MetricName, Metrics
 from ingress.middleware import correlation_id
 from ingress.publisher import NotDurable, Publisher
 from ingress.records import ReceivedWebhook, kafka_headers, raw_webhook_record
 from ingress.requests import read_json_body, traceparent_of
 from ingress.verify import VerifiedEvent
 from schemas.codec import Codec
-from sluice.clock import Clock
-from sluice.metrics import MetricName, Metrics
 
 __all__ = ["WebhookSource", "webhook_handler"]
 

@@ -50,7 +50,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from sluice.errors import SluiceError
+from base.errors import SluiceError
 
 __all__ = [
     "AVRO_DIR",

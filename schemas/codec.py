@@ -52,6 +52,7 @@ import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from base.errors import InvalidEvent, PermanentError, TransientError
 from schemas.catalog import (
     TOPICS,
     SchemaCatalog,
@@ -61,7 +62,6 @@ from schemas.catalog import (
     default_catalog,
     topic_spec,
 )
-from sluice.errors import InvalidEvent, PermanentError, TransientError
 
 __all__ = [
     "MAGIC_BYTE",

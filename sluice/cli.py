@@ -13,9 +13,9 @@ from pathlib import Path
 
 import uvloop
 
-from sluice.errors import ConfigError, SluiceError
-from sluice.logs import configure_logging
-from sluice.settings import INGRESS_REQUIRED, WORKER_REQUIRED, load_settings
+from base.errors import ConfigError, SluiceError
+from base.logs import configure_logging
+from base.settings import INGRESS_REQUIRED, WORKER_REQUIRED, load_settings
 
 __all__ = ["main"]
 

@@ -20,14 +20,14 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from connectors.embedded import DEFAULT_SERVICES, ELASTICSEARCH_SERVICE, EmbeddedStack, free_port
-from connectors.embedded.stack import STRIPE_SERVICE
-from connectors.embedded.stripe import LOCAL_STRIPE_API_KEY, LocalStripeServer
+from base.settings import INGRESS_REQUIRED, load_settings
 from connectors.kafka_admin import create_topics
 from connectors.migrate import apply_migrations
+from devstack import DEFAULT_SERVICES, ELASTICSEARCH_SERVICE, EmbeddedStack, free_port
+from devstack.stack import STRIPE_SERVICE
+from devstack.stripe import LOCAL_STRIPE_API_KEY, LocalStripeServer
 from ingress.server import running_ingress
 from schemas.catalog import all_topics
-from sluice.settings import INGRESS_REQUIRED, load_settings
 
 __all__ = ["dev_secrets", "read_env_file", "run_dev", "write_env_file"]
 

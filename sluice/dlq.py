@@ -8,9 +8,9 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from base.errors import InvalidEvent, TransientError
 from connectors.kafka_reader import read_to_end
 from schemas.codec import Codec
-from sluice.errors import InvalidEvent, TransientError
 from streams.domain.dlq import replay_target
 
 __all__ = ["dead_letters", "list_lines", "replay"]

@@ -11,8 +11,8 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, Message
 
+from base.errors import InvalidEvent
 from schemas.codec import Codec
-from sluice.errors import InvalidEvent
 
 __all__ = ["record_line", "tail"]
 

@@ -14,13 +14,13 @@ from typing import Any, cast
 import faust
 import mode.loop
 
+from base.clock import Clock, SystemClock
+from base.settings import Settings
 from connectors.kafka_admin import create_changelog_topics, create_topics
 from connectors.kafka_outbox import KafkaOutbox
 from connectors.postgres import PostgresProjection
 from schemas.catalog import topic_spec
 from schemas.codec import make_codec
-from sluice.clock import Clock, SystemClock
-from sluice.settings import Settings
 from streams.agents import (
     join_orders,
     normalise_webhooks,
@@ -62,7 +62,7 @@ def create_worker(
     """Build the faust app with every agent registered; nothing is started yet."""
     env = os.environ if env is None else env
     if not settings.database_url:
-        from sluice.errors import ConfigError
+        from base.errors import ConfigError
 
         raise ConfigError("missing required setting DATABASE_URL")
     policy = RetryPolicy.from_settings(env)

@@ -10,13 +10,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from base.clock import Clock
+from base.errors import PermanentError
+from base.settings import Settings
 from connectors.elasticsearch import SearchProjection
 from connectors.postgres import PostgresProjection
 from connectors.stripe_api import StripeApi
 from schemas.codec import Codec
-from sluice.clock import Clock
-from sluice.errors import PermanentError
-from sluice.settings import Settings
 from streams.effects import EffectRunner, Outbox
 from streams.topology import Topology
 

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from base.clock import Clock
 from schemas.codec import Codec
-from sluice.clock import Clock
 from streams.domain.dlq import DeadLetterGuard, alert_record, dead_letter_record, encode_alert
 from streams.domain.retry import (
     DeadLetter,

@@ -13,7 +13,7 @@ import uuid
 import pytest
 from multidict import CIMultiDict
 
-from connectors.embedded import KafkaBroker
+from devstack import KafkaBroker
 from tests.fixtures.ingress import STRIPE_SECRET, IngressUnderTest
 from tests.fixtures.kafka import key_of, read_topic
 from tests.payloads.stripe import signed_stripe_request, stripe_event

@@ -14,6 +14,7 @@ import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from base.errors import InvalidEvent, PermanentError, TransientError
 from schemas.catalog import (
     AVRO_DIR,
     BILLING_TOPICS,
@@ -30,7 +31,6 @@ from schemas.codec import (
     RegistryResolver,
     make_codec,
 )
-from sluice.errors import InvalidEvent, PermanentError, TransientError
 from tests.fixtures.registry import RegistryStandIn
 
 UTC = dt.UTC

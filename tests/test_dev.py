@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.embedded import PostgresServer, RedisServer, free_port
+from devstack import PostgresServer, RedisServer, free_port
 from sluice.dev import dev_secrets, read_env_file, write_env_file
 from tests.fixtures.kafka import read_topic
 from tests.payloads.stripe import signed_stripe_request, stripe_event

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from base.errors import SluiceError
 from schemas.codec import make_codec
-from sluice.errors import SluiceError
 from streams.domain.dlq import (
     KEY_BYTES_HEADER,
     REPLAY_HEADER,

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastavro.validation import validate
 
+from base.errors import InvalidEvent
 from ingress.domain_events import (
     EVENT_ROUTES,
     DomainEventParser,
@@ -18,7 +19,6 @@ from ingress.domain_events import (
 )
 from schemas.catalog import ORDER_EVENT_SUBJECT, default_catalog
 from schemas.codec import make_codec
-from sluice.errors import InvalidEvent
 
 PARSER = DomainEventParser()
 CODEC = make_codec(None)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from elasticsearch import AsyncElasticsearch
 
+from base.errors import PermanentError, TransientError
 from connectors.elasticsearch import (
     ORDERS_INDEX,
     ORDERS_MAPPING,
@@ -28,9 +29,8 @@ from connectors.elasticsearch import (
     VersionedDoc,
     bulk_outcome,
 )
-from connectors.embedded import ElasticsearchServer
-from connectors.embedded.ports import LOOPBACK, free_port
-from sluice.errors import PermanentError, TransientError
+from devstack import ElasticsearchServer
+from devstack.ports import LOOPBACK, free_port
 
 integration = pytest.mark.integration
 

@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from connectors.embedded import (
+from devstack import (
     ELASTICSEARCH_SERVICE,
     ELASTICSEARCH_VERSION,
     ElasticsearchServer,
     ensure_elasticsearch,
 )
-from connectors.embedded.elasticsearch import SYSTEM_USER
+from devstack.elasticsearch import SYSTEM_USER
 
 pytestmark = pytest.mark.integration
 
@@ -43,9 +43,9 @@ def _request(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
 
 
 def _fetch_cli(*args: str, path: str) -> subprocess.CompletedProcess[str]:
-    """``python -m connectors.embedded.elasticsearch`` with only ``path`` as ``PATH``."""
+    """``python -m devstack.elasticsearch`` with only ``path`` as ``PATH``."""
     return subprocess.run(
-        [sys.executable, "-m", "connectors.embedded.elasticsearch", *args],
+        [sys.executable, "-m", "devstack.elasticsearch", *args],
         cwd=ROOT,
         env={**os.environ, "PATH": path},
         capture_output=True,

@@ -23,8 +23,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from psycopg import sql
 
-import connectors.embedded as embedded
-from connectors.embedded import (
+import devstack as embedded
+from devstack import (
     EmbeddedService,
     EmbeddedStack,
     KafkaBroker,
@@ -33,7 +33,7 @@ from connectors.embedded import (
     ServiceStartError,
     free_port,
 )
-from connectors.embedded.postgres import bundled_postgres_bindir
+from devstack.postgres import bundled_postgres_bindir
 
 pytestmark = pytest.mark.integration
 

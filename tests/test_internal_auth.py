@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from base.logs import JsonFormatter
 from ingress.auth import TokenSet, check_token
 from ingress.outcomes import Unauthorized
-from sluice.logs import JsonFormatter
 from tests.fixtures.ingress import (
     INTERNAL_OLD_TOKEN,
     INTERNAL_TOKEN,

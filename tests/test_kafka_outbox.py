@@ -8,9 +8,9 @@ import uuid
 import pytest
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 
-from connectors.embedded import KafkaBroker
 from connectors.kafka_admin import create_topics
 from connectors.kafka_outbox import DeliveryFailed, KafkaOutbox
+from devstack import KafkaBroker
 from schemas.catalog import TopicSpec
 from tests.fixtures.kafka import end_offsets, header_map, read_topic
 

@@ -19,7 +19,7 @@ import pytest
 import stripe
 from aiohttp import web
 
-from connectors.embedded.stripe import LocalStripeApiError, LocalStripeServer
+from devstack.stripe import LocalStripeApiError, LocalStripeServer
 
 pytestmark = pytest.mark.integration
 

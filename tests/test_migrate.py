@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from connectors.embedded.ports import LOOPBACK, free_port
+from base.errors import SluiceError, TransientError
 from connectors.migrate import (
     Migration,
     MigrationError,
@@ -24,7 +24,7 @@ from connectors.migrate import (
     load_migrations,
     main_migrate,
 )
-from sluice.errors import SluiceError, TransientError
+from devstack.ports import LOOPBACK, free_port
 
 pytestmark = pytest.mark.integration
 

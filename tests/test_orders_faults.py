@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from connectors.embedded import ElasticsearchServer
+from devstack import ElasticsearchServer
 from tests.fixtures.orders import lifecycle_ids, paid, send_orders
 from tests.fixtures.worker import Pipeline
 

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from connectors.embedded.stripe import LocalStripeServer
+from devstack.stripe import LocalStripeServer
 from schemas.catalog import PAYMENT_TOPICS
 from schemas.codec import make_codec
 from tests.fixtures.ingress import ingress_settings, post_razorpay, post_stripe, started_ingress

@@ -18,13 +18,13 @@ from typing import Any, cast
 import psycopg
 import pytest
 
+from base.clock import SystemClock
+from base.errors import PermanentError
+from base.settings import Settings
 from connectors.elasticsearch import ORDERS_INDEX, SearchProjection
-from connectors.embedded import ElasticsearchServer
 from connectors.postgres import ORDER_STATUSES, PostgresProjection, ProjectionInputError
+from devstack import ElasticsearchServer
 from schemas.codec import make_codec
-from sluice.clock import SystemClock
-from sluice.errors import PermanentError
-from sluice.settings import Settings
 from streams.agents.project_orders import AGENT, latest_snapshots, project_orders, search_doc
 from streams.context import WorkerContext
 from streams.domain.ids import derived_event_id

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from base.clock import FrozenClock
+from base.errors import InvalidEvent, PermanentError, TransientError
 from schemas.codec import make_codec
-from sluice.clock import FrozenClock
-from sluice.errors import InvalidEvent, PermanentError, TransientError
 from streams.agents.stripe_calls import AGENT, call_stripe, run_by_key
 from streams.domain.ids import derived_event_id
 from streams.domain.payment_calls import (

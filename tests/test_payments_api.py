@@ -22,7 +22,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from multidict import CIMultiDict
 
-from connectors.embedded import free_port
+from base.errors import InvalidEvent
+from devstack import free_port
 from ingress.payments import (
     parse_checkout,
     parse_intent,
@@ -31,7 +32,6 @@ from ingress.payments import (
 )
 from ingress.replies import ReplyWaiter
 from schemas.codec import make_codec
-from sluice.errors import InvalidEvent
 from streams.domain.replies import reply_record
 from tests.fixtures.ingress import (
     REPLY_TIMEOUT_S,

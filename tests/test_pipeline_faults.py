@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from connectors.embedded import PostgresServer
+from devstack import PostgresServer
 from tests.fixtures.ingress import post_stripe
 from tests.fixtures.worker import Pipeline
 from tests.payloads.stripe import stripe_event

@@ -20,8 +20,7 @@ import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
-from connectors.embedded import PostgresServer
-from connectors.embedded.ports import LOOPBACK, free_port
+from base.errors import PermanentError, TransientError
 from connectors.postgres import (
     BILLING_TOPICS,
     PROJECTION_TABLES,
@@ -30,7 +29,8 @@ from connectors.postgres import (
     WebhookRow,
     translate_error,
 )
-from sluice.errors import PermanentError, TransientError
+from devstack import PostgresServer
+from devstack.ports import LOOPBACK, free_port
 from streams.domain.normalise import normalise
 from streams.domain.status import (
     CheckoutStatus,

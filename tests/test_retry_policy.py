@@ -7,14 +7,14 @@ from collections.abc import Callable
 
 import pytest
 
-from schemas.catalog import RETRY_DELAYS, retry_topic_name
-from sluice.errors import (
+from base.errors import (
     Backpressure,
     ConfigError,
     InvalidEvent,
     PermanentError,
     TransientError,
 )
+from schemas.catalog import RETRY_DELAYS, retry_topic_name
 from streams.domain.retry import (
     ATTEMPT_HEADER,
     DUE_AT_HEADER,

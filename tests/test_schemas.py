@@ -13,6 +13,7 @@ import fastavro
 import pytest
 from fastavro.schema import UnknownType
 
+from base.errors import SluiceError
 from schemas.catalog import (
     AVRO_DIR,
     BILLING_TOPICS,
@@ -35,7 +36,6 @@ from schemas.catalog import (
     topic_spec,
 )
 from schemas.compat import check_backward, is_backward_compatible
-from sluice.errors import SluiceError
 
 CATALOG = default_catalog()
 FILES = CATALOG.files()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sluice.errors import ConfigError
-from sluice.settings import INGRESS_REQUIRED, load_settings
+from base.errors import ConfigError
+from base.settings import INGRESS_REQUIRED, load_settings
 
 COMPLETE = {
     "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",

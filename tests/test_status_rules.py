@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from sluice.errors import InvalidEvent
+from base.errors import InvalidEvent
 from streams.domain.status import (
     CHECKOUT_RANK,
     INVOICE_RANK,

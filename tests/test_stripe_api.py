@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from connectors.embedded.stripe import LocalStripeServer
+from base.errors import PermanentError, TransientError
 from connectors.stripe_api import (
     IntentCreated,
     StripeApi,
@@ -26,7 +26,7 @@ from connectors.stripe_api import (
     intent_idempotency_key,
     refund_idempotency_key,
 )
-from sluice.errors import PermanentError, TransientError
+from devstack.stripe import LocalStripeServer
 
 pytestmark = pytest.mark.integration
 

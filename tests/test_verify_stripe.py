@@ -9,6 +9,7 @@ import pytest
 import stripe as stripe_library
 from multidict import CIMultiDict
 
+from base.errors import InvalidEvent, SluiceError
 from ingress.verify import VerifiedEvent
 from ingress.verify import stripe as verifier
 from ingress.verify.errors import (
@@ -20,7 +21,6 @@ from ingress.verify.errors import (
     SignatureMismatch,
     StaleTimestamp,
 )
-from sluice.errors import InvalidEvent, SluiceError
 
 SECRET = "whsec_test_current"
 OLD_SECRET = "whsec_test_previous"

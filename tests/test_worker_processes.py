@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from connectors.embedded import PostgresServer
 from connectors.kafka_admin import list_topics
 from connectors.migrate import apply_migrations
+from devstack import PostgresServer
 from schemas.catalog import JOIN_PARTITIONS, WEBHOOK_PARTITIONS
 from tests.fixtures.kafka import group_members
 from tests.fixtures.worker import start_group_at_end, wait_until

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from sluice.errors import InvalidEvent, SluiceError
+from base.errors import InvalidEvent, SluiceError
 
 __all__ = [
     "InvalidPayload",

@@ -21,8 +21,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from base.errors import InvalidEvent
 from schemas.catalog import topic_spec
-from sluice.errors import InvalidEvent
 from streams.context import WorkerContext
 from streams.domain.orders import Emit, Held, Order, step, sweep_orphans
 from streams.effects import dead_letter_now

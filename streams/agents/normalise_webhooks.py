@@ -7,7 +7,7 @@ import time
 from itertools import islice
 from typing import Any, NamedTuple
 
-from sluice.errors import InvalidEvent
+from base.errors import InvalidEvent
 from streams.context import WorkerContext
 from streams.domain.dedupe import decide, dedupe_key, expired_keys, remembered_entry
 from streams.domain.dlq import REPLAY_HEADER

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from base.errors import InvalidEvent
 from connectors.postgres import WebhookRow
-from sluice.errors import InvalidEvent
 from streams.agents.batched import register_batched
 from streams.context import WorkerContext
 from streams.domain.normalise import normalise

@@ -36,9 +36,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol
 
+from base.clock import Clock
+from base.errors import PermanentError
 from schemas.codec import Codec
-from sluice.clock import Clock
-from sluice.errors import PermanentError
 from streams.agents.batched import agent_batches
 from streams.context import WorkerContext
 from streams.domain.payment_calls import (

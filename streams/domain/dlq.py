@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
-from sluice.errors import SluiceError
+from base.errors import SluiceError
 from streams.domain.retry import RETRY_HEADER_NAMES, HeadersLike, clean_reason, normalise_headers
 
 __all__ = [

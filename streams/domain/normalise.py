@@ -27,8 +27,8 @@ from typing import Any, Final, Literal, TypedDict, TypeGuard
 
 import orjson
 
+from base.errors import InvalidEvent
 from schemas.catalog import BILLING_TOPICS, topic_spec
-from sluice.errors import InvalidEvent
 from streams.domain import razorpay_mapping, stripe_mapping
 from streams.domain.ids import derived_event_id
 

@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from sluice.errors import InvalidEvent, PermanentError
+from base.errors import InvalidEvent, PermanentError
 from streams.domain.ids import derived_event_id
 from streams.domain.replies import reply_record
 from streams.domain.retry import clean_reason

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
-from sluice.errors import InvalidEvent
+from base.errors import InvalidEvent
 
 if TYPE_CHECKING:  # type-only: normalise imports this module at run time
     from streams.domain.normalise import Extracted

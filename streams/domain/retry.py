@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Final, Literal, TypeAlias
 
+from base.errors import ConfigError, InvalidEvent, PermanentError, TransientError
 from schemas.catalog import RETRY_DELAYS, UnknownTopic, retry_topic_name, topic_spec
-from sluice.errors import ConfigError, InvalidEvent, PermanentError, TransientError
 
 __all__ = [
     "ATTEMPT_HEADER",
@@ -249,12 +249,12 @@ def _check_schedule(delays: tuple[float, ...]) -> None:
 
 
 def classify(exc: BaseException) -> FailureKind:
-    """How the pipeline reacts to ``exc``, decided by its class (``sluice.errors``).
+    """How the pipeline reacts to ``exc``, decided by its class (``base.errors``).
 
-    - :class:`~sluice.errors.TransientError`, :class:`TimeoutError`,
+    - :class:`~base.errors.TransientError`, :class:`TimeoutError`,
       :class:`ConnectionError` and any other :class:`OSError`: ``"transient"``;
-    - :class:`~sluice.errors.PermanentError`: ``"permanent"``;
-    - :class:`~sluice.errors.InvalidEvent`: ``"invalid"``.
+    - :class:`~base.errors.PermanentError`: ``"permanent"``;
+    - :class:`~base.errors.InvalidEvent`: ``"invalid"``.
 
     :raises BaseException: ``exc`` itself, for anything else (a bug, ``Backpressure``,
         ``CancelledError``, ``KeyboardInterrupt``): unknown failures crash the worker
@@ -535,7 +535,7 @@ def decide_failure(
       ``delays[i]``, ``i = min(attempt, len(delays) - 1)``, due
       ``now + delays[i] * (1 + jitter * (2 * rand() - 1))`` (``rand() == 0`` gives the
       shortest wait, ``1`` the longest), but never before ``now + retry_after`` of a
-      :class:`~sluice.errors.TransientError`. When ``retry_after`` is longer than
+      :class:`~base.errors.TransientError`. When ``retry_after`` is longer than
       ``delays[i]`` the record goes to the shortest delay topic at least that long
       instead, so it never holds up a topic's queue for longer than that topic's delay;
       a ``retry_after`` beyond the longest delay is capped at the longest delay for the

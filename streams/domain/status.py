@@ -47,7 +47,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, TypeVar
 
-from sluice.errors import InvalidEvent
+from base.errors import InvalidEvent
 
 __all__ = [
     "CHECKOUT_RANK",

@@ -23,9 +23,9 @@ from pathlib import Path
 import psycopg
 from psycopg import errors, sql
 
-from connectors.embedded.host import chown_tree, ensure_system_user, make_traversable
-from connectors.embedded.ports import LOOPBACK
-from connectors.embedded.process import EmbeddedService, EmbeddedServiceError, run_logged
+from devstack.host import chown_tree, ensure_system_user, make_traversable
+from devstack.ports import LOOPBACK
+from devstack.process import EmbeddedService, EmbeddedServiceError, run_logged
 
 __all__ = ["SYSTEM_USER", "PostgresServer", "bundled_postgres_bindir", "find_postgres_bindir"]
 

@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from connectors.embedded.process import EmbeddedServiceError
+from devstack.process import EmbeddedServiceError
 
 __all__ = ["chown_tree", "ensure_system_user", "exclusive_lock", "make_traversable", "read_text"]
 

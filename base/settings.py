@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from sluice.errors import ConfigError
+from base.errors import ConfigError
 
 __all__ = ["INGRESS_REQUIRED", "WORKER_REQUIRED", "Settings", "load_settings", "parse_duration"]
 

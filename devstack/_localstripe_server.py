@@ -1,8 +1,8 @@
 """The local Stripe-compatible API server: localstripe, plus what Sluice needs that it lacks.
 
-Run by ``LocalStripeServer`` (``connectors/embedded/stripe.py``) as its own process::
+Run by ``LocalStripeServer`` (``devstack/stripe.py``) as its own process::
 
-    python -m connectors.embedded._localstripe_server --port 8420 --data-dir DIR
+    python -m devstack._localstripe_server --port 8420 --data-dir DIR
 
 This is the only Sluice module that imports localstripe (a GPL dev dependency, an
 aiohttp fake-but-stateful Stripe server). It runs only in that child process; nothing
@@ -71,7 +71,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from connectors.embedded.ports import LOOPBACK
+from devstack.ports import LOOPBACK
 
 __all__ = ["build_app", "main"]
 
@@ -655,7 +655,7 @@ def _hosted_page_html(session: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m connectors.embedded._localstripe_server")
+    parser = argparse.ArgumentParser(prog="python -m devstack._localstripe_server")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default=LOOPBACK)
     parser.add_argument(

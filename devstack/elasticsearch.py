@@ -30,7 +30,7 @@ core; the production compose stack runs the full distribution.
 
 Fetch the distribution ahead of time (a Makefile step, CI cache warm-up)::
 
-    python -m connectors.embedded.elasticsearch --fetch [--cache-dir DIR]
+    python -m devstack.elasticsearch --fetch [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -49,16 +49,16 @@ import time
 import zipfile
 from pathlib import Path
 
-from connectors.embedded.host import (
+from devstack.host import (
     chown_tree,
     ensure_system_user,
     exclusive_lock,
     make_traversable,
     read_text,
 )
-from connectors.embedded.kafka import default_cache_dir, find_java
-from connectors.embedded.ports import LOOPBACK, is_port_free
-from connectors.embedded.process import EmbeddedService, EmbeddedServiceError
+from devstack.kafka import default_cache_dir, find_java
+from devstack.ports import LOOPBACK, is_port_free
+from devstack.process import EmbeddedService, EmbeddedServiceError
 
 __all__ = [
     "ELASTICSEARCH_VERSION",
@@ -393,7 +393,7 @@ class ElasticsearchServer(EmbeddedService):
 
 def main(argv: list[str] | None = None) -> int:
     """``--fetch``: resolve the distribution into the cache and print its directory."""
-    parser = argparse.ArgumentParser(prog="python -m connectors.embedded.elasticsearch")
+    parser = argparse.ArgumentParser(prog="python -m devstack.elasticsearch")
     parser.add_argument("--fetch", action="store_true", help="download the distribution")
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="default: $SLUICE_CACHE_DIR or ~/.cache/sluice"

@@ -9,7 +9,7 @@ aiokafka (and so faust) still speaks.
 
 Fetch the jars ahead of time (a Makefile step, CI cache warm-up)::
 
-    python -m connectors.embedded.kafka --fetch [--cache-dir DIR]
+    python -m devstack.kafka --fetch [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # where it is defined; .admin does not export it
 
-from connectors.embedded.host import exclusive_lock, read_text
-from connectors.embedded.ports import LOOPBACK, free_port
-from connectors.embedded.process import EmbeddedService, EmbeddedServiceError, run_logged
+from devstack.host import exclusive_lock, read_text
+from devstack.ports import LOOPBACK, free_port
+from devstack.process import EmbeddedService, EmbeddedServiceError, run_logged
 
 __all__ = [
     "KAFKA_VERSION",
@@ -410,7 +410,7 @@ class KafkaBroker(EmbeddedService):
 
 def main(argv: list[str] | None = None) -> int:
     """``--fetch``: resolve the jars into the cache and print the Kafka home directory."""
-    parser = argparse.ArgumentParser(prog="python -m connectors.embedded.kafka")
+    parser = argparse.ArgumentParser(prog="python -m devstack.kafka")
     parser.add_argument("--fetch", action="store_true", help="download the broker jars")
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="default: $SLUICE_CACHE_DIR or ~/.cache/sluice"

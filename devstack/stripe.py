@@ -3,7 +3,7 @@
 Stripe cannot run on this machine; localstripe (a dev dependency, an aiohttp
 fake-but-stateful Stripe server) can. ``LocalStripeServer`` runs it, with the few
 stand-ins Sluice needs (idempotent requests, Checkout Sessions, Stripe's refund checks;
-see ``connectors/embedded/_localstripe_server.py``), as a child process. This module
+see ``devstack/_localstripe_server.py``), as a child process. This module
 never imports localstripe: it only starts it. Point ``STRIPE_API_BASE`` at ``.url``;
 any ``sk_test_...`` key is accepted (``.api_key`` is one).
 
@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
-from connectors.embedded.ports import LOOPBACK
-from connectors.embedded.process import EmbeddedService, EmbeddedServiceError
+from devstack.ports import LOOPBACK
+from devstack.process import EmbeddedService, EmbeddedServiceError
 
 __all__ = ["LOCAL_STRIPE_API_KEY", "LocalStripeApiError", "LocalStripeServer"]
 
 #: The key ``sluice dev`` and the tests use; localstripe accepts any ``sk_test_...`` key.
 LOCAL_STRIPE_API_KEY: Final = "sk_test_sluice_local"
 
-_LAUNCHER: Final = "connectors.embedded._localstripe_server"
+_LAUNCHER: Final = "devstack._localstripe_server"
 _HTTP_TIMEOUT: Final = 10.0
 _PAGE: Final = 100
 

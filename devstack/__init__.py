@@ -4,8 +4,8 @@ servers run as child processes.
 Used by ``sluice dev`` and by the pytest session fixtures (``tests/fixtures/services.py``).
 Every service is synchronous; async callers wrap calls in ``asyncio.to_thread``.
 
-Names are imported lazily (PEP 562), so ``import connectors.embedded`` stays cheap and
-``python -m connectors.embedded.kafka --fetch`` does not import its own module twice.
+Names are imported lazily (PEP 562), so ``import devstack`` stays cheap and
+``python -m devstack.kafka --fetch`` does not import its own module twice.
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from connectors.embedded.elasticsearch import (
+    from devstack.elasticsearch import (
         ELASTICSEARCH_VERSION,
         ElasticsearchServer,
         ensure_elasticsearch,
     )
-    from connectors.embedded.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka_jars
-    from connectors.embedded.ports import free_port, is_port_free
-    from connectors.embedded.postgres import PostgresServer
-    from connectors.embedded.process import (
+    from devstack.kafka import KAFKA_VERSION, KafkaBroker, ensure_kafka_jars
+    from devstack.ports import free_port, is_port_free
+    from devstack.postgres import PostgresServer
+    from devstack.process import (
         EmbeddedService,
         EmbeddedServiceError,
         ServiceStartError,
     )
-    from connectors.embedded.redis import RedisServer
-    from connectors.embedded.stack import (
+    from devstack.redis import RedisServer
+    from devstack.stack import (
         DEFAULT_SERVICES,
         ELASTICSEARCH_SERVICE,
         EmbeddedStack,

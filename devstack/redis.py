@@ -12,8 +12,8 @@ from pathlib import Path
 
 import redis as redis_client
 
-from connectors.embedded.ports import LOOPBACK
-from connectors.embedded.process import EmbeddedService, EmbeddedServiceError
+from devstack.ports import LOOPBACK
+from devstack.process import EmbeddedService, EmbeddedServiceError
 
 __all__ = ["RedisServer", "find_redis_server"]
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self, TypedDict
 
-from connectors.embedded.ports import free_port, is_port_free
-from sluice.errors import SluiceError
+from base.errors import SluiceError
+from devstack.ports import free_port, is_port_free
 
 __all__ = [
     "ChildProcess",

@@ -16,12 +16,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from connectors.embedded.elasticsearch import ElasticsearchServer
-from connectors.embedded.kafka import KafkaBroker
-from connectors.embedded.postgres import PostgresServer
-from connectors.embedded.process import EmbeddedService
-from connectors.embedded.redis import RedisServer
-from connectors.embedded.stripe import LocalStripeServer
+from devstack.elasticsearch import ElasticsearchServer
+from devstack.kafka import KafkaBroker
+from devstack.postgres import PostgresServer
+from devstack.process import EmbeddedService
+from devstack.redis import RedisServer
+from devstack.stripe import LocalStripeServer
 
 __all__ = [
     "DEFAULT_SERVICES",

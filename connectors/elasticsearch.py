@@ -45,7 +45,7 @@ import elasticsearch
 from elasticsearch import AsyncElasticsearch
 
 from base.errors import PermanentError, SluiceError, TransientError
-from streams.domain.retry import classify_http_status, parse_retry_after
+from base.http_status import classify_http_status, parse_retry_after
 
 __all__ = [
     "ORDERS_INDEX",

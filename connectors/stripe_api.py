@@ -36,7 +36,7 @@ import aiohttp
 import stripe
 
 from base.errors import PermanentError, SluiceError, TransientError
-from streams.domain.retry import classify_http_status, parse_retry_after
+from base.http_status import classify_http_status, parse_retry_after
 
 __all__ = [
     "CheckoutCreated",

@@ -28,16 +28,15 @@ earlier head; it is never released early.
 
 from __future__ import annotations
 
-import email.utils
 import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Final, Literal, TypeAlias
 
 from base.errors import ConfigError, InvalidEvent, PermanentError, TransientError
+from base.http_status import classify_http_status, parse_retry_after
 from schemas.catalog import RETRY_DELAYS, UnknownTopic, retry_topic_name, topic_spec
 
 __all__ = [
@@ -119,7 +118,6 @@ _DEFAULT_DELAYS: Final = tuple(seconds for _, seconds in RETRY_DELAYS)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _INT = re.compile(rb"-?[0-9]{1,19}")
-_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 # --------------------------------------------------------------------------------------
@@ -267,45 +265,6 @@ def classify(exc: BaseException) -> FailureKind:
     if isinstance(exc, TransientError | OSError):  # TimeoutError, ConnectionError are OSErrors
         return "transient"
     raise exc
-
-
-def classify_http_status(status: int) -> Literal["transient", "permanent"]:
-    """How a connector should treat an HTTP error status from a downstream.
-
-    408, 425, 429 and every status from 500 up are ``"transient"``; other 3xx and 4xx are
-    ``"permanent"`` (a redirect Sluice does not follow is a configuration error).
-
-    :raises ValueError: for a status below 300: it is not a failure.
-    """
-    if status < 300:
-        raise ValueError(f"HTTP {status} is not an error status")
-    if status >= 500 or status in (408, 425, 429):
-        return "transient"
-    return "permanent"
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds (``"120"``) or an
-    HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``, relative to ``now``, epoch seconds).
-
-    :returns: ``None`` when the header is absent or unparseable (callers then use their
-        own backoff); ``0.0`` for a date in the past; never negative.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    if _DELTA_SECONDS.fullmatch(text):
-        seconds = float(text)
-        return seconds if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:  # "-0000" means UTC with no zone information
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
 
 
 # --------------------------------------------------------------------------------------

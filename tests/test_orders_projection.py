@@ -22,12 +22,13 @@ from base.clock import SystemClock
 from base.errors import PermanentError
 from base.settings import Settings
 from connectors.elasticsearch import ORDERS_INDEX, SearchProjection
-from connectors.postgres import ORDER_STATUSES, PostgresProjection, ProjectionInputError
+from connectors.postgres import PostgresProjection
 from devstack import ElasticsearchServer
 from schemas.codec import make_codec
 from streams.agents.project_orders import AGENT, latest_snapshots, project_orders, search_doc
 from streams.context import WorkerContext
 from streams.domain.ids import derived_event_id
+from streams.domain.projection import ORDER_STATUSES, ProjectionInputError, plan_order_snapshots
 from streams.records import Inbound
 
 integration = pytest.mark.integration
@@ -123,7 +124,7 @@ async def projection(migrated_db: str) -> AsyncIterator[PostgresProjection]:
 
 
 async def apply(projection: PostgresProjection, *events: dict[str, Any]) -> int:
-    return await projection.apply_order_snapshots(events, consumer=CONSUMER)
+    return await projection.write_order_snapshots(plan_order_snapshots(events), consumer=CONSUMER)
 
 
 # -- schema ----------------------------------------------------------------------------

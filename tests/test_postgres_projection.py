@@ -21,17 +21,17 @@ import pytest
 from psycopg_pool import PoolTimeout
 
 from base.errors import PermanentError, TransientError
-from connectors.postgres import (
-    BILLING_TOPICS,
-    PROJECTION_TABLES,
-    PostgresProjection,
-    ProjectionInputError,
-    WebhookRow,
-    translate_error,
-)
+from connectors.postgres import PROJECTION_TABLES, PostgresProjection, translate_error
 from devstack import PostgresServer
 from devstack.ports import LOOPBACK, free_port
+from schemas.upserts import WebhookUpsert as WebhookRow
 from streams.domain.normalise import normalise
+from streams.domain.projection import (
+    BILLING_TOPICS,
+    ProjectionInputError,
+    plan_billing,
+    webhook_upsert,
+)
 from streams.domain.status import (
     CheckoutStatus,
     InvoiceStatus,
@@ -123,8 +123,16 @@ async def projection(migrated_db: str) -> AsyncIterator[PostgresProjection]:
         yield started
 
 
+async def apply_billing(
+    projection: PostgresProjection, events: Sequence[dict[str, Any]], consumer: str
+) -> int:
+    """What the project_billing agent does with a batch: the domain plans, the
+    connector writes."""
+    return await projection.write_billing(plan_billing(events), consumer)
+
+
 async def apply(projection: PostgresProjection, *events: dict[str, Any]) -> int:
-    return await projection.apply_billing(events, CONSUMER)
+    return await apply_billing(projection, events, CONSUMER)
 
 
 async def paid_payment(projection: PostgresProjection, amount: int = 1000) -> str:
@@ -208,7 +216,7 @@ async def test_every_billing_topic_projects_into_its_table(
         )
         for topic in sorted(BILLING_TOPICS)
     ]
-    assert await projection.apply_billing(events, CONSUMER) == len(BILLING_TOPICS)
+    assert await apply_billing(projection, events, CONSUMER) == len(BILLING_TOPICS)
     by_topic = {e["eventType"]: e for e in events}
 
     for topic in (SUCCEEDED, FAILED, PENDING):
@@ -304,7 +312,7 @@ async def test_what_the_normaliser_emits_is_projectable(
     assert result.outcome == "mapped", result.reason
     records = [event.record for event in result.events]
 
-    assert await projection.apply_billing(records, CONSUMER) == len(records)
+    assert await apply_billing(projection, records, CONSUMER) == len(records)
 
     for record in records:
         topic, object_id = record["eventType"], record["providerObjectId"]
@@ -338,7 +346,7 @@ async def test_the_same_event_five_times_is_one_row_and_one_processed_entry(
 
     results = [await apply(projection, event) for _ in range(5)]
     assert results == [1, 0, 0, 0, 0]
-    assert await projection.apply_billing([event] * 5, CONSUMER) == 0
+    assert await apply_billing(projection, [event] * 5, CONSUMER) == 0
 
     assert await projection.count("payments") == payments + 1
     assert await projection.count("processed_events") == processed + 1
@@ -348,23 +356,23 @@ async def test_the_same_event_five_times_is_one_row_and_one_processed_entry(
 async def test_a_repeat_inside_one_batch_is_applied_once(projection: PostgresProjection) -> None:
     event = billing(SUCCEEDED, new_id("pi"))
     processed = await projection.count("processed_events")
-    assert await projection.apply_billing([event] * 5, CONSUMER) == 1
+    assert await apply_billing(projection, [event] * 5, CONSUMER) == 1
     assert await projection.count("processed_events") == processed + 1
 
 
 @integration
 async def test_each_consumer_has_its_own_ledger(projection: PostgresProjection) -> None:
     event = billing(SUCCEEDED, new_id("pi"))
-    assert await projection.apply_billing([event], "consumer-a") == 1
-    assert await projection.apply_billing([event], "consumer-b") == 1
-    assert await projection.apply_billing([event], "consumer-a") == 0
+    assert await apply_billing(projection, [event], "consumer-a") == 1
+    assert await apply_billing(projection, [event], "consumer-b") == 1
+    assert await apply_billing(projection, [event], "consumer-a") == 0
     assert await projection.is_processed("consumer-b", event["eventId"])
     assert not await projection.is_processed("consumer-c", event["eventId"])
 
 
 @integration
 async def test_an_empty_batch_does_nothing(projection: PostgresProjection) -> None:
-    assert await projection.apply_billing([], CONSUMER) == 0
+    assert await apply_billing(projection, [], CONSUMER) == 0
     await projection.record_webhooks([])
 
 
@@ -373,7 +381,7 @@ async def test_concurrent_batches_apply_each_event_exactly_once(
     projection: PostgresProjection,
 ) -> None:
     events = [billing(SUCCEEDED, new_id("pi")) for _ in range(50)]
-    results = await asyncio.gather(*(projection.apply_billing(events, CONSUMER) for _ in range(3)))
+    results = await asyncio.gather(*(apply_billing(projection, events, CONSUMER) for _ in range(3)))
     assert sum(results) == len(events)
 
 
@@ -415,8 +423,8 @@ async def test_succeeded_then_failed_stays_succeeded(projection: PostgresProject
 async def test_payment_status_matrix_in_both_orders(projection: PostgresProjection) -> None:
     topics = (PENDING, FAILED, SUCCEEDED)
     cases = [(first, second, new_id("pi")) for first in topics for second in topics]
-    await projection.apply_billing([billing(a, pid, at=1) for a, _, pid in cases], CONSUMER)
-    await projection.apply_billing([billing(b, pid, at=2) for _, b, pid in cases], CONSUMER)
+    await apply_billing(projection, [billing(a, pid, at=1) for a, _, pid in cases], CONSUMER)
+    await apply_billing(projection, [billing(b, pid, at=2) for _, b, pid in cases], CONSUMER)
     for first, second, payment_id in cases:
         expected = strongest(payment_status_for_event(first), payment_status_for_event(second))
         assert await payment_status(projection, payment_id) == expected, (first, second)
@@ -608,8 +616,8 @@ async def test_refund_status_matrix_in_both_orders(projection: PostgresProjectio
     cases = [(a, b, new_id("re")) for a in statuses for b in statuses]
     first = [refund(None, 100, status=a, refundId=rid) for a, _, rid in cases]
     second = [refund(None, 100, status=b, refundId=rid) for _, b, rid in cases]
-    await projection.apply_billing(first, CONSUMER)
-    await projection.apply_billing(second, CONSUMER)
+    await apply_billing(projection, first, CONSUMER)
+    await apply_billing(projection, second, CONSUMER)
     for a, b, refund_id in cases:
         row = await projection.refund("stripe", refund_id)
         assert row is not None
@@ -626,7 +634,7 @@ async def test_concurrent_batches_refunding_one_payment_add_up(
         first = [refund(p, 400) for p in payments]
         second = [refund(p, 600) for p in payments]
         await asyncio.gather(
-            projection.apply_billing(first, CONSUMER), projection.apply_billing(second, CONSUMER)
+            apply_billing(projection, first, CONSUMER), apply_billing(projection, second, CONSUMER)
         )
         for payment_id in payments:
             payment = await projection.payment("stripe", payment_id)
@@ -641,8 +649,8 @@ async def test_concurrent_batches_refunding_one_payment_add_up(
 async def test_checkout_status_matrix_in_both_orders(projection: PostgresProjection) -> None:
     topics = ("billing.checkout.completed", "billing.checkout.failed", "billing.checkout.expired")
     cases = [(a, b, new_id("cs")) for a in topics for b in topics]
-    await projection.apply_billing([billing(a, sid) for a, _, sid in cases], CONSUMER)
-    await projection.apply_billing([billing(b, sid) for _, b, sid in cases], CONSUMER)
+    await apply_billing(projection, [billing(a, sid) for a, _, sid in cases], CONSUMER)
+    await apply_billing(projection, [billing(b, sid) for _, b, sid in cases], CONSUMER)
     for a, b, session_id in cases:
         row = await projection.checkout_session("stripe", session_id)
         assert row is not None
@@ -654,8 +662,8 @@ async def test_invoice_status_matrix_in_both_orders(projection: PostgresProjecti
     statuses = ("unknown", "draft", "open", "uncollectible", "void", "paid")
     cases = [(a, b, new_id("in")) for a in statuses for b in statuses]
     topic = "billing.invoice.updated"
-    await projection.apply_billing([billing(topic, i, status=a) for a, _, i in cases], CONSUMER)
-    await projection.apply_billing([billing(topic, i, status=b) for _, b, i in cases], CONSUMER)
+    await apply_billing(projection, [billing(topic, i, status=a) for a, _, i in cases], CONSUMER)
+    await apply_billing(projection, [billing(topic, i, status=b) for _, b, i in cases], CONSUMER)
     for a, b, invoice_id in cases:
         row = await projection.invoice("stripe", invoice_id)
         assert row is not None
@@ -788,7 +796,7 @@ async def test_a_status_may_arrive_before_the_webhook_and_repeats_in_one_batch(
 async def test_webhook_row_from_a_raw_webhook_record(projection: PostgresProjection) -> None:
     record = _raw_webhook("razorpay", "payment.captured", b'{"event":"payment.captured"}')
     record["signatureHeader"] = "deadbeef"
-    row = WebhookRow.from_record(record)
+    row = webhook_upsert(record)
     assert row.event_id == record["providerEventId"]
     assert row.received_at == dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     await projection.record_webhooks([row])
@@ -937,7 +945,7 @@ async def _first_success_after(
     began = time.monotonic()
     while True:
         try:
-            return await projection.apply_billing(events, CONSUMER), time.monotonic() - began
+            return await apply_billing(projection, events, CONSUMER), time.monotonic() - began
         except TransientError:
             if time.monotonic() - began > limit:
                 raise
@@ -956,7 +964,7 @@ async def test_a_server_outage_is_transient_and_the_same_pool_recovers(
         try:
             assert await _timed_transient(projection.ping()) < bound
             event = billing(SUCCEEDED, payment_id)
-            assert await _timed_transient(projection.apply_billing([event], CONSUMER)) < bound
+            assert await _timed_transient(apply_billing(projection, [event], CONSUMER)) < bound
             assert await _timed_transient(projection.payment("stripe", payment_id)) < bound
             assert await _timed_transient(projection.record_webhooks([webhook_row()])) < bound
         finally:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from streams.agents.batched import register_batched
 from streams.context import WorkerContext
+from streams.domain.projection import plan_billing
 from streams.records import Inbound
 
 __all__ = ["register"]
@@ -22,6 +23,6 @@ def register(ctx: WorkerContext) -> None:
         # Decoding failures raise InvalidEvent: the runner isolates and dead-letters them.
         events = [ctx.codec.decode(record.value, topic=record.topic).record for record in records]
         projection = await ctx.connectors()
-        await projection.apply_billing(events, consumer=AGENT)
+        await projection.write_billing(plan_billing(events), consumer=AGENT)
 
     register_batched(ctx, AGENT, apply)

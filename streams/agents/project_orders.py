@@ -3,7 +3,7 @@
 Batched: every lifecycle record except ``order.payment_orphaned`` (revision 0, about a
 payment whose order is unknown, so there is no order row to write) carries the order's
 whole state and its revision. Per order only the newest revision of the batch is
-written, first to Postgres (one transaction, ``PostgresProjection.apply_order_snapshots``)
+written, first to Postgres (one transaction, ``PostgresProjection.write_order_snapshots``)
 then to Elasticsearch (one ``_bulk`` with the revision as the external version).
 
 Both writes are idempotent by revision: a row or document is replaced only by a higher
@@ -30,6 +30,7 @@ from connectors.postgres import PostgresProjection
 from schemas.codec import Codec
 from streams.agents.batched import register_batched
 from streams.context import WorkerContext
+from streams.domain.projection import plan_order_snapshots
 from streams.records import Inbound
 
 __all__ = [
@@ -90,8 +91,9 @@ async def project_orders(
         return Projected(0, 0, None if search is None else 0, None if search is None else 0)
     # All snapshots go to Postgres (it keeps the newest per order itself and records
     # every event id in processed_events); only the newest go to Elasticsearch.
-    rows = await projection.apply_order_snapshots(
-        [event for event in events if event.get("eventType") != ORPHANED], consumer=AGENT
+    rows = await projection.write_order_snapshots(
+        plan_order_snapshots([event for event in events if event.get("eventType") != ORPHANED]),
+        consumer=AGENT,
     )
     if search is None:
         return Projected(len(snapshots), rows, None, None)
@@ -115,7 +117,7 @@ def latest_snapshots(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, A
 
     ``order.payment_orphaned`` records are left out (they are no order's snapshot).
     Ties on the revision (which the join never produces) go to the larger event id, the
-    same rule ``apply_order_snapshots`` uses, so both stores pick the same record.
+    same rule ``plan_order_snapshots`` uses, so both stores pick the same record.
     """
     newest: dict[str, Mapping[str, Any]] = {}
     for event in events:

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from base.errors import InvalidEvent
-from connectors.postgres import WebhookRow
+from schemas.upserts import WebhookUpsert
 from streams.agents.batched import register_batched
 from streams.context import WorkerContext
 from streams.domain.normalise import normalise
+from streams.domain.projection import webhook_upsert
 from streams.domain.status import WebhookStatus
 from streams.records import Inbound
 
@@ -29,10 +30,10 @@ _STATUS = {
 }
 
 
-def webhook_row(raw: dict[str, Any], processed_at: datetime) -> WebhookRow:
+def webhook_row(raw: dict[str, Any], processed_at: datetime) -> WebhookUpsert:
     """The ``webhook_events`` row for a decoded raw webhook record (pure)."""
     result = normalise(raw)
-    return WebhookRow.from_record(
+    return webhook_upsert(
         raw, status=_STATUS[result.outcome], reason=result.reason, processed_at=processed_at
     )
 

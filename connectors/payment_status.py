@@ -8,7 +8,7 @@ The pool is opened on first use, not at start-up: the ingress's one essential jo
 webhooks into Kafka, and it must start (and keep serving them) whether or not Postgres
 is up. A failed open holds nothing and is tried again on the next call. Driver errors
 come out as ``TransientError`` (the route answers 503) via
-:func:`connectors.postgres.translate_error`; its messages name no row values.
+:func:`connectors.postgres.errors.translate_error`; its messages name no row values.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from base.errors import TransientError
-from connectors.postgres import translate_error
+from connectors.postgres.errors import translate_error
 
 __all__ = ["OrderPayment", "OrderPaymentStatus", "PaymentStatusStore"]
 

@@ -23,7 +23,16 @@ from connectors.postgres.guards import (
     SUBSCRIPTION_UPSERT,
 )
 from schemas.statuses import WebhookStatus
-from schemas.upserts import BillingUpserts, OrderUpsert, RefundUpsert, WebhookUpsert
+from schemas.upserts import (
+    BillingUpserts,
+    CheckoutUpsert,
+    InvoiceUpsert,
+    OrderUpsert,
+    PaymentUpsert,
+    RefundUpsert,
+    SubscriptionUpsert,
+    WebhookUpsert,
+)
 
 __all__ = ["BillingStatements", "billing_statements", "order_params", "webhook_params"]
 
@@ -48,29 +57,16 @@ class BillingStatements:
 
 def billing_statements(batch: BillingUpserts, consumer: str) -> BillingStatements:
     """Group ``batch`` by statement, every parameter set carrying ``consumer``."""
-    base = {"consumer": consumer}
-    refunds = [_refund_params(upsert, base) for upsert in batch.refunds]
+    refunds = [_refund(consumer, u) for u in batch.refunds]
     groups: list[tuple[sql.Composed, list[Params]]] = [
-        (
-            PAYMENT_UPSERT,
-            [{**base, **_fields(u), "object_id": u.payment_id} for u in batch.payments],
-        ),
+        (PAYMENT_UPSERT, [_payment(consumer, u) for u in batch.payments]),
         (REFUND_UPSERT, [p for p in refunds if p["object_id"] is not None]),
         # A refund without a refund id (Stripe charge.refunded with no expanded refund)
         # has no refund row to write; it only claims the event and moves the payment.
         (CLAIM_ONLY, [p for p in refunds if p["object_id"] is None]),
-        (
-            CHECKOUT_UPSERT,
-            [{**base, **_fields(u), "object_id": u.session_id} for u in batch.checkouts],
-        ),
-        (
-            INVOICE_UPSERT,
-            [{**base, **_fields(u), "object_id": u.invoice_id} for u in batch.invoices],
-        ),
-        (
-            SUBSCRIPTION_UPSERT,
-            [{**base, **_fields(u), "object_id": u.subscription_id} for u in batch.subscriptions],
-        ),
+        (CHECKOUT_UPSERT, [_checkout(consumer, u) for u in batch.checkouts]),
+        (INVOICE_UPSERT, [_invoice(consumer, u) for u in batch.invoices]),
+        (SUBSCRIPTION_UPSERT, [_subscription(consumer, u) for u in batch.subscriptions]),
     ]
     updates = sorted(
         (p for p in refunds if p["payment_id"] is not None),
@@ -83,20 +79,86 @@ def billing_statements(batch: BillingUpserts, consumer: str) -> BillingStatement
     )
 
 
-def _fields(upsert: Any) -> Params:
-    """The fields of a slotted upsert dataclass, statuses as plain strings."""
-    params = {name: getattr(upsert, name) for name in upsert.__slots__}
-    params["status"] = str(params["status"])
-    params.setdefault("order_id", None)
-    params.setdefault("payment_id", None)
-    return params
+# One function per upsert: the parameter names are the statements' (guards.py).
 
 
-def _refund_params(upsert: RefundUpsert, base: Params) -> Params:
-    params = {**base, **_fields(upsert), "object_id": upsert.refund_id}
-    hint = upsert.payment_hint
-    params["payment_hint"] = None if hint is None else str(hint)
-    return params
+def _payment(consumer: str, u: PaymentUpsert) -> Params:
+    return {
+        "consumer": consumer,
+        "event_id": u.event_id,
+        "provider": u.provider,
+        "object_id": u.payment_id,
+        "order_id": u.order_id,
+        "user_id": u.user_id,
+        "amount_minor": u.amount_minor,
+        "currency": u.currency,
+        "status": str(u.status),
+        "occurred_at": u.occurred_at,
+    }
+
+
+def _refund(consumer: str, u: RefundUpsert) -> Params:
+    return {
+        "consumer": consumer,
+        "event_id": u.event_id,
+        "provider": u.provider,
+        "object_id": u.refund_id,
+        "payment_id": u.payment_id,
+        "order_id": u.order_id,
+        "user_id": u.user_id,
+        "amount_minor": u.amount_minor,
+        "amount_refunded_minor": u.amount_refunded_minor,
+        "currency": u.currency,
+        "status": str(u.status),
+        "payment_hint": None if u.payment_hint is None else str(u.payment_hint),
+        "occurred_at": u.occurred_at,
+    }
+
+
+def _checkout(consumer: str, u: CheckoutUpsert) -> Params:
+    return {
+        "consumer": consumer,
+        "event_id": u.event_id,
+        "provider": u.provider,
+        "object_id": u.session_id,
+        "order_id": u.order_id,
+        "user_id": u.user_id,
+        "payment_id": u.payment_id,
+        "amount_minor": u.amount_minor,
+        "currency": u.currency,
+        "status": str(u.status),
+        "occurred_at": u.occurred_at,
+    }
+
+
+def _invoice(consumer: str, u: InvoiceUpsert) -> Params:
+    return {
+        "consumer": consumer,
+        "event_id": u.event_id,
+        "provider": u.provider,
+        "object_id": u.invoice_id,
+        "order_id": u.order_id,
+        "user_id": u.user_id,
+        "payment_id": u.payment_id,
+        "amount_minor": u.amount_minor,
+        "currency": u.currency,
+        "status": str(u.status),
+        "occurred_at": u.occurred_at,
+    }
+
+
+def _subscription(consumer: str, u: SubscriptionUpsert) -> Params:
+    return {
+        "consumer": consumer,
+        "event_id": u.event_id,
+        "provider": u.provider,
+        "object_id": u.subscription_id,
+        "user_id": u.user_id,
+        "amount_minor": u.amount_minor,
+        "currency": u.currency,
+        "status": str(u.status),
+        "occurred_at": u.occurred_at,
+    }
 
 
 def _payment_lock_key(provider: str, payment_id: str) -> int:
@@ -106,11 +168,26 @@ def _payment_lock_key(provider: str, payment_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def order_params(upsert: OrderUpsert) -> Params:
-    params = {name: getattr(upsert, name) for name in OrderUpsert.__slots__}
-    params["items"] = Jsonb(list(upsert.items))
-    params["provider_ids"] = list(upsert.provider_ids)
-    return params
+def order_params(u: OrderUpsert) -> Params:
+    return {
+        "order_id": u.order_id,
+        "user_id": u.user_id,
+        "amount_minor": u.amount_minor,
+        "currency": u.currency,
+        "status": u.status,
+        "refunded_minor": u.refunded_minor,
+        "payment_provider": u.payment_provider,
+        "payment_intent_id": u.payment_intent_id,
+        "client_secret": u.client_secret,
+        "items": Jsonb(list(u.items)),
+        "provider_ids": list(u.provider_ids),
+        "revision": u.revision,
+        "last_event_id": u.last_event_id,
+        "last_event_type": u.last_event_type,
+        "last_reason": u.last_reason,
+        "created_at": u.created_at,
+        "updated_at": u.updated_at,
+    }
 
 
 def webhook_params(row: WebhookUpsert) -> Params:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, TypedDict
+from typing import Any, Final
 
 from schemas.statuses import WebhookStatus
 from schemas.upserts import (
@@ -150,15 +150,6 @@ def plan_billing(events: Sequence[Mapping[str, Any]]) -> BillingUpserts:
     )
 
 
-class _Common(TypedDict):
-    event_id: str
-    provider: str
-    user_id: str | None
-    amount_minor: int | None
-    currency: str | None
-    occurred_at: dt.datetime
-
-
 _BillingUpsert = PaymentUpsert | RefundUpsert | CheckoutUpsert | InvoiceUpsert | SubscriptionUpsert
 
 
@@ -186,21 +177,17 @@ def _billing_upsert(record: Mapping[str, Any]) -> _BillingUpsert:
     refunded = read.amount("amountRefundedMinor")
     currency = read.optional_text("currency")
     occurred_at = read.occurred_at()
-    # The fields every billing upsert has.
-    common: _Common = {
-        "event_id": event_id,
-        "provider": provider,
-        "user_id": user_id,
-        "amount_minor": amount,
-        "currency": currency,
-        "occurred_at": occurred_at,
-    }
     if topic in _PAYMENT_TOPICS:
         return PaymentUpsert(
-            **common,
+            event_id=event_id,
+            provider=provider,
             payment_id=object_id,
             order_id=order_id,
+            user_id=user_id,
+            amount_minor=amount,
+            currency=currency,
             status=payment_status_for_event(topic),
+            occurred_at=occurred_at,
         )
     if topic == _REFUND_TOPIC:
         attributes = record.get("attributes")
@@ -221,22 +208,39 @@ def _billing_upsert(record: Mapping[str, Any]) -> _BillingUpsert:
         )
     if topic in _CHECKOUT_TOPICS:
         return CheckoutUpsert(
-            **common,
+            event_id=event_id,
+            provider=provider,
             session_id=object_id,
             order_id=order_id,
+            user_id=user_id,
             payment_id=payment_id,
+            amount_minor=amount,
+            currency=currency,
             status=checkout_status_for_event(topic),
+            occurred_at=occurred_at,
         )
     if topic == _INVOICE_TOPIC:
         return InvoiceUpsert(
-            **common,
+            event_id=event_id,
+            provider=provider,
             invoice_id=object_id,
             order_id=order_id,
+            user_id=user_id,
             payment_id=payment_id,
+            amount_minor=amount,
+            currency=currency,
             status=invoice_status(raw_status),
+            occurred_at=occurred_at,
         )
     return SubscriptionUpsert(
-        **common, subscription_id=object_id, status=subscription_status(raw_status)
+        event_id=event_id,
+        provider=provider,
+        subscription_id=object_id,
+        user_id=user_id,
+        amount_minor=amount,
+        currency=currency,
+        status=subscription_status(raw_status),
+        occurred_at=occurred_at,
     )
 
 

@@ -9,6 +9,9 @@
 - :mod:`schemas.codec`: the only code that turns records into Confluent-framed Avro bytes
   and back, backed by the id table or a Confluent-compatible registry.
 - :mod:`schemas.compat`: the BACKWARD compatibility check every new version must pass.
+- :mod:`schemas.statuses` and :mod:`schemas.upserts`: the Postgres projections' status
+  vocabularies with their rank tables, and the typed upserts the domain plans and
+  ``connectors.postgres`` writes (the contract between the two).
 
 Nothing is re-exported here, so importing the catalog does not import the registry client.
 """

@@ -9,6 +9,9 @@ microseconds. Modules:
   ``razorpay_mapping``, one per provider).
 - ``dedupe``: process-or-drop decisions by provider event id.
 - ``ids``: deterministic ids of derived events.
+- ``projection``: decoded events → the Postgres projections' typed upserts
+  (``schemas/upserts.py``), with ``status`` (the never-regress rules) and
+  ``projection_input`` (reading a record field by field).
 """
 
 __all__: list[str] = []

@@ -7,8 +7,6 @@ command as a real process so they can SIGKILL it.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from typing import Any, cast
 
 import faust
@@ -36,7 +34,7 @@ from streams.effects import EffectRunner
 from streams.topology import build_topology
 from streams.transport import SluiceApp
 
-__all__ = ["AGENT_MODULES", "create_worker", "run_worker"]
+__all__ = ["AGENT_MODULES", "create_worker", "retry_policy", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +50,27 @@ AGENT_MODULES = (
 )
 
 
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The retry schedule the settings configure (unset: the catalog's default)."""
+    if settings.retry_delays is None:
+        return RetryPolicy(max_attempts=settings.retry_max_attempts)
+    return RetryPolicy(settings.retry_delays, settings.retry_max_attempts)
+
+
 def create_worker(
-    settings: Settings,
-    *,
-    env: Mapping[str, str] | None = None,
-    clock: Clock | None = None,
-    app_id: str | None = None,
+    settings: Settings, *, clock: Clock | None = None, app_id: str | None = None
 ) -> WorkerContext:
-    """Build the faust app with every agent registered; nothing is started yet."""
-    env = os.environ if env is None else env
+    """Build the faust app with every agent registered; nothing is started yet.
+
+    :param app_id: overrides ``settings.app_id`` (the benchmarks run one group per run).
+    """
     if not settings.database_url:
         from base.errors import ConfigError
 
         raise ConfigError("missing required setting DATABASE_URL")
-    policy = RetryPolicy.from_settings(env)
+    policy = retry_policy(settings)
     app = SluiceApp(
-        app_id or env.get("SLUICE_APP_ID") or "sluice",
+        app_id or settings.app_id,
         fetch_max_wait_s=settings.consumer_fetch_wait_s,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")],
         store="rocksdb://",
@@ -102,8 +105,7 @@ def create_worker(
         outbox=outbox,
         runner=EffectRunner(outbox=outbox, codec=codec, policy=policy, clock=clock),
         projection=PostgresProjection(settings.database_url),
-        # Tests give each worker its own Elasticsearch indices on the shared node.
-        search_index_prefix=env.get("SLUICE_SEARCH_INDEX_PREFIX", ""),
+        search_index_prefix=settings.search_index_prefix,
     )
     for module in AGENT_MODULES:
         module.register(ctx)

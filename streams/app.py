@@ -13,6 +13,8 @@ import faust
 import mode.loop
 
 from base.clock import Clock, SystemClock
+from base.errors import ConfigError
+from base.metrics import MetricsServer
 from base.settings import Settings
 from connectors.kafka_admin import create_changelog_topics, create_topics
 from connectors.kafka_outbox import KafkaOutbox
@@ -65,8 +67,6 @@ def create_worker(
     :param app_id: overrides ``settings.app_id`` (the benchmarks run one group per run).
     """
     if not settings.database_url:
-        from base.errors import ConfigError
-
         raise ConfigError("missing required setting DATABASE_URL")
     policy = retry_policy(settings)
     app = SluiceApp(
@@ -143,6 +143,22 @@ def ensure_worker_topics(ctx: WorkerContext) -> None:
     )
 
 
+def _serve_metrics(ctx: WorkerContext, settings: Settings) -> MetricsServer | None:
+    """The worker's /metrics on ``SLUICE_WORKER_METRICS_PORT``, when set."""
+    port = settings.worker_metrics_port
+    if port is None:
+        return None
+    try:
+        server = MetricsServer(ctx.runner.metrics, settings.worker_metrics_host, port)
+    except OSError as exc:
+        raise ConfigError(
+            f"malformed setting SLUICE_WORKER_METRICS_PORT: cannot listen on "
+            f"{settings.worker_metrics_host}:{port}: {exc.strerror or exc}"
+        ) from None
+    log.info("worker metrics served", extra={"port": server.port})
+    return server
+
+
 def run_worker(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT (faust's worker owns the event loop and the signals)."""
     # uvloop before anything asks for a loop: faust and mode create theirs lazily.
@@ -150,4 +166,9 @@ def run_worker(settings: Settings) -> None:
     ctx = create_worker(settings)
     ensure_worker_topics(ctx)
     worker = faust.Worker(ctx.topology.app, loglevel=settings.log_level.lower(), quiet=True)
-    worker.execute_from_commandline()
+    metrics_server = _serve_metrics(ctx, settings)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()

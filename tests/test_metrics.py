@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import urllib.request
 import uuid
+from collections.abc import Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from base.clock import FrozenClock
+from base.errors import PermanentError, TransientError
 from base.metrics import (
     INGRESS_METRICS,
     WORKER_METRICS,
@@ -14,6 +17,10 @@ from base.metrics import (
     Metrics,
     MetricsServer,
 )
+from schemas.codec import make_codec
+from streams.domain.retry import RetryPolicy
+from streams.effects import EffectRunner
+from streams.records import Inbound
 from tests.fixtures.ingress import IngressUnderTest, post_stripe
 from tests.payloads.stripe import stripe_event
 
@@ -83,3 +90,44 @@ async def test_ingress_metrics_count_requests_and_published_records(
     after = await scrape()
     assert after[published] == before.get(published, 0.0) + 1
     assert after[accepted] == before.get(accepted, 0.0) + 1
+
+
+class ListOutbox:
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> None:
+        self.topics.append(topic)
+
+
+async def test_effect_runner_counts_outcomes_per_effect() -> None:
+    outbox = ListOutbox()
+    runner = EffectRunner(
+        outbox=outbox, codec=make_codec(None), policy=RetryPolicy(), clock=FrozenClock(1e9)
+    )
+
+    async def effect(records: Sequence[Inbound]) -> None:
+        for record in records:
+            if record.value == b"flaky":
+                raise TransientError("503")
+            if record.value == b"bad":
+                raise PermanentError("400")
+
+    runner.register("project_things", effect)
+    values = [b"ok", b"ok", b"flaky", b"bad"]
+    records = [Inbound("things", 0, offset, b"k", value, ()) for offset, value in enumerate(values)]
+    await runner.run("project_things", records[:2])
+    await runner.run("project_things", records[2:3])
+    await runner.run("project_things", records[3:])
+    await runner.run("no_such_effect", records[:1])
+
+    def count(name: MetricName, agent: str = "project_things") -> float:
+        return runner.metrics.value(name, agent=agent)
+
+    assert count(MetricName.EVENTS_PROCESSED) == 2.0
+    assert count(MetricName.EVENTS_RETRIED) == 1.0
+    assert count(MetricName.EVENTS_DEAD_LETTERED) == 1.0
+    assert count(MetricName.EVENTS_DEAD_LETTERED, "no_such_effect") == 1.0
+    assert outbox.topics == ["retry.5s", "dlq", "dlq"]

@@ -205,3 +205,13 @@ def test_worker_names_come_from_settings_not_the_environment(tmp_path: Path) -> 
     ctx = create_worker(load_settings(env))
     assert ctx.topology.app.conf.id == "settings-app"
     assert ctx.search_index_prefix == "t1-"
+
+
+def test_every_setting_is_documented_in_design_section_7() -> None:
+    # Adding a setting is one line of Settings and one row of docs/design.md §7's table.
+    design = (Path(__file__).parent.parent / "docs" / "design.md").read_text()
+    section = design.split("## 7.", 1)[1].split("\n## 8.", 1)[0]
+    for name, field in Settings.model_fields.items():
+        if field.alias is None:
+            continue  # partners: PARTNER_<ID>_* variables, documented as a pattern
+        assert f"`{field.alias}`" in section, name

@@ -1,23 +1,58 @@
-"""Twelve-factor settings, read once from the environment and validated at start-up.
+"""Twelve-factor settings: one pydantic-settings model, read once from the environment.
 
-A missing or malformed required setting raises ``ConfigError`` whose message is one line
-naming the setting; the CLI prints it and exits, so an operator never has to read a
-traceback to learn which variable to set.
+Every setting is one line of :class:`Settings`: its type (which validates it), its
+default and the environment variable it is read from (the field's alias). To add one,
+add a line; a duration is a :data:`Duration`, a port a :data:`Port`, a comma-separated
+secret list :data:`Secrets`.
+
+A missing or malformed setting raises ``ConfigError`` with one line per bad variable,
+naming it; the CLI prints it and exits, so an operator never reads a traceback to learn
+which variable to set.
+
+Only :func:`load_settings` reads an environment (``os.environ``, or the mapping a test or
+``sluice dev`` hands it). ``Settings(...)`` takes values only: code that builds one never
+picks up the process's environment by surprise.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, Any
 
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from base.durations import parse_duration
 from base.errors import ConfigError
 
-__all__ = ["INGRESS_REQUIRED", "WORKER_REQUIRED", "Settings", "load_settings", "parse_duration"]
-
-T = TypeVar("T")
+__all__ = [
+    "INGRESS_REQUIRED",
+    "WORKER_REQUIRED",
+    "Duration",
+    "Port",
+    "Secrets",
+    "Settings",
+    "load_settings",
+    "parse_duration",
+]
 
 # Settings without which the ingress cannot do its one job safely.
 INGRESS_REQUIRED = frozenset(
@@ -28,86 +63,254 @@ INGRESS_REQUIRED = frozenset(
 WORKER_REQUIRED = frozenset({"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"})
 
 ONE_MIB = 1024 * 1024
+DAY_S = 24 * 3600.0
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything a Sluice process needs to know about its surroundings.
+class _Malformed(ValueError):
+    """A check that spans settings failed; ``setting`` is the variable to fix."""
 
-    Secrets are tuples: a comma-separated value lists several, so a secret can be
-    rotated without downtime (old and new accepted until the old one is removed).
-    """
+    def __init__(self, setting: str, detail: str) -> None:
+        super().__init__(detail)
+        self.setting = setting
 
-    kafka_bootstrap_servers: str = ""
-    schema_registry_url: str | None = None
-    database_url: str | None = None
-    redis_url: str | None = None
-    elasticsearch_url: str | None = None
-    stripe_api_key: str | None = None
+
+def _duration(value: Any) -> Any:
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _retry_delays(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(parse_duration(part) for part in value.split(","))
+    return value
+
+
+def _check_retry_delays(delays: tuple[float, ...]) -> tuple[float, ...]:
+    """The schedule rules ``RetryPolicy`` enforces too, checked at start-up with the
+    variable's name (``base`` cannot import the catalog; its rule is whole milliseconds)."""
+    if not delays:
+        raise ValueError("the retry schedule needs at least one delay")
+    for delay in delays:
+        if not math.isfinite(delay) or delay <= 0:
+            raise ValueError(f"retry delay {delay!r}s is not a positive number of seconds")
+        millis = delay * 1000
+        if abs(millis - round(millis)) > 1e-6:
+            raise ValueError(
+                f"retry delay {delay!r}s has no catalog retry topic: retry.<delay> topics "
+                "need a whole number of milliseconds"
+            )
+    for shorter, longer in itertools.pairwise(delays):
+        if longer <= shorter:
+            raise ValueError(
+                f"retry delays must be strictly increasing, got {shorter:g}s then {longer:g}s"
+            )
+    return delays
+
+
+def _non_negative(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a finite number of seconds, 0 or more")
+    return value
+
+
+def _positive(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration), AfterValidator(_non_negative)]
+"""Seconds, written ``250ms``, ``30s``, ``5m``, ``2h``, ``30d`` or a bare number."""
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+"""A TCP port."""
+Secrets = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), Field(repr=False)]
+"""Comma-separated: several values let a secret rotate without downtime (old and new both
+accepted until the old one is removed). Left out of ``repr``."""
+RetryDelays = Annotated[
+    tuple[float, ...], NoDecode, BeforeValidator(_retry_delays), AfterValidator(_check_retry_delays)
+]
+"""Comma-separated durations, shortest first: ``5s,30s,5m,30m``."""
+
+
+class Settings(BaseSettings):
+    """Everything a Sluice process needs to know about its surroundings, one line per
+    setting: ``name: Type = Field(default, alias="ENVIRONMENT_VARIABLE")``."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+    )
+
+    # -- Services ----------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field("", alias="KAFKA_BOOTSTRAP_SERVERS")
+    schema_registry_url: str | None = Field(None, alias="SCHEMA_REGISTRY_URL")
+    database_url: str | None = Field(None, alias="DATABASE_URL")
+    redis_url: str | None = Field(None, alias="REDIS_URL")
+    elasticsearch_url: str | None = Field(None, alias="ELASTICSEARCH_URL")
+    stripe_api_key: str | None = Field(None, alias="STRIPE_API_KEY", repr=False)
     # A Stripe-compatible server (localstripe in dev and tests); None: the stripe
     # library's default, Stripe itself.
-    stripe_api_base: str | None = None
-    stripe_webhook_secrets: tuple[str, ...] = ()
-    razorpay_webhook_secrets: tuple[str, ...] = ()
-    internal_api_tokens: tuple[str, ...] = ()
-    admin_api_tokens: tuple[str, ...] = ()
-    public_host: str = "0.0.0.0"  # noqa: S104 - the public listener is meant to face the internet
-    public_port: int = 8080
-    internal_host: str = "127.0.0.1"
-    internal_port: int = 8081
-    internal_tls_cert: Path | None = None
-    internal_tls_key: Path | None = None
-    internal_tls_client_ca: Path | None = None
-    max_body_bytes: int = ONE_MIB
-    publish_timeout_s: float = 5.0
-    state_dir: Path = Path(".data/state")
-    log_level: str = "INFO"
-    # Worker: at_least_once, the only guarantee accepted; exactly_once is refused (see
-    # load_settings). Correctness never depends on it: sinks are idempotent.
-    processing_guarantee: str = "at_least_once"
-    dedupe_window_s: float = 30 * 24 * 3600.0
-    dedupe_purge_every_s: float = 60.0
+    stripe_api_base: str | None = Field(None, alias="STRIPE_API_BASE")
+    # Planned (DESIGN §7, the notifications capability): read, not used yet.
+    smtp_url: str | None = Field(None, alias="SMTP_URL")
+    sms_webhook_url: str | None = Field(None, alias="SMS_WEBHOOK_URL")
+    push_webhook_url: str | None = Field(None, alias="PUSH_WEBHOOK_URL")
+
+    # -- Secrets -----------------------------------------------------------------------
+    stripe_webhook_secrets: Secrets = Field((), alias="STRIPE_WEBHOOK_SECRET")
+    razorpay_webhook_secrets: Secrets = Field((), alias="RAZORPAY_WEBHOOK_SECRET")
+    internal_api_tokens: Secrets = Field((), alias="INTERNAL_API_TOKEN")
+    admin_api_tokens: Secrets = Field((), alias="ADMIN_API_TOKEN")
+    # PARTNER_<ID>_SECRET / _TOKEN / _DELIVERY_URL, grouped by partner id (lower-cased) by
+    # load_settings; kept raw here, the leads issue gives them shape.
+    partners: Mapping[str, Mapping[str, str]] = Field(default_factory=dict, repr=False)
+
+    # -- Ingress -----------------------------------------------------------------------
+    # The public listener is meant to face the internet.
+    public_host: str = Field("0.0.0.0", alias="INGRESS_PUBLIC_HOST")  # noqa: S104
+    public_port: Port = Field(8080, alias="INGRESS_PUBLIC_PORT")
+    internal_host: str = Field("127.0.0.1", alias="INGRESS_INTERNAL_HOST")
+    internal_port: Port = Field(8081, alias="INGRESS_INTERNAL_PORT")
+    internal_tls_cert: Path | None = Field(None, alias="INGRESS_INTERNAL_TLS_CERT")
+    internal_tls_key: Path | None = Field(None, alias="INGRESS_INTERNAL_TLS_KEY")
+    internal_tls_client_ca: Path | None = Field(None, alias="INGRESS_INTERNAL_TLS_CLIENT_CA")
+    max_body_bytes: PositiveInt = Field(ONE_MIB, alias="SLUICE_MAX_BODY_BYTES")
+    publish_timeout_s: PositiveDuration = Field(5.0, alias="SLUICE_PUBLISH_TIMEOUT_S")
+    # Request/reply: the ingress waits this long for the worker's answer, then 202 + taskId.
+    reply_timeout_s: Duration = Field(5.0, alias="SLUICE_REPLY_TIMEOUT")
+
+    # -- Both processes ----------------------------------------------------------------
+    log_level: Annotated[str, BeforeValidator(_upper)] = Field("INFO", alias="SLUICE_LOG_LEVEL")
+    replication_factor: PositiveInt = Field(1, alias="SLUICE_REPLICATION_FACTOR")
+
+    # -- Worker ------------------------------------------------------------------------
+    # The faust app id: the consumer group and the prefix of table changelog topics.
+    app_id: str = Field("sluice", alias="SLUICE_APP_ID")
+    state_dir: Path = Field(Path(".data/state"), alias="SLUICE_STATE_DIR")
+    # at_least_once is the only guarantee accepted; exactly_once is refused (see
+    # _refuse_exactly_once). Correctness never depends on it: sinks are idempotent.
+    processing_guarantee: str = Field("at_least_once", alias="SLUICE_PROCESSING_GUARANTEE")
+    dedupe_window_s: Duration = Field(30 * DAY_S, alias="SLUICE_DEDUPE_WINDOW")
+    dedupe_purge_every_s: Duration = Field(60.0, alias="SLUICE_DEDUPE_PURGE_EVERY")
     # Entries one purge step reads (bounds the event-loop time and memory of a purge).
-    dedupe_purge_slice: int = 2000
-    replication_factor: int = 1
-    worker_web_port: int | None = None
-    worker_batch_size: int = 500
+    dedupe_purge_slice: PositiveInt = Field(2000, alias="SLUICE_DEDUPE_PURGE_SLICE")
+    # Not used: the worker runs without faust's web server (metrics have their own port).
+    worker_web_port: Port | None = Field(None, alias="SLUICE_WORKER_WEB_PORT")
+    # The worker's Prometheus /metrics; unset: not served. `worker --processes N` gives
+    # child i this port + i.
+    worker_metrics_host: str = Field("127.0.0.1", alias="SLUICE_WORKER_METRICS_HOST")
+    worker_metrics_port: Port | None = Field(None, alias="SLUICE_WORKER_METRICS_PORT")
+    worker_batch_size: PositiveInt = Field(500, alias="SLUICE_WORKER_BATCH_SIZE")
     # The longest a batch keeps taking records while its agent is behind (see
     # streams/agents/batched.py); at the head of its input a batch never waits.
-    worker_batch_within_s: float = 0.2
+    worker_batch_within_s: Duration = Field(0.2, alias="SLUICE_WORKER_BATCH_WITHIN")
     # How long the worker's consumer lets the broker hold a fetch open (see
     # streams/transport.py for why faust's 1.5 s made every hop slow on a busy machine).
-    consumer_fetch_wait_s: float = 0.05
+    consumer_fetch_wait_s: Duration = Field(0.05, alias="SLUICE_CONSUMER_FETCH_WAIT")
     # Scale-out (several worker processes in one consumer group). A standby copy of each
     # table partition lets a survivor take over a dead worker's partitions without
     # replaying their changelogs from the start. Off by default: with today's small tables
     # the measured takeover gain is within noise, and one test run with a standby saw a
     # two-worker group stop processing without an error, not yet explained
     # (docs/decisions.md, Scale-out).
-    standby_replicas: int = 0
+    standby_replicas: NonNegativeInt = Field(0, alias="SLUICE_STANDBY_REPLICAS")
     # How fast the group notices a worker that died without leaving (SIGKILL, lost
     # machine): its partitions move after the session timeout. 6 s is the broker's
     # minimum by default (group.min.session.timeout.ms); heartbeats at a third of it or
     # less, as Kafka advises. faust refuses a session timeout above the request timeout.
-    broker_session_timeout_s: float = 6.0
-    broker_heartbeat_interval_s: float = 1.0
-    broker_request_timeout_s: float = 90.0
-    # Per-partner settings (PARTNER_<ID>_*) are kept raw here; the leads issue gives them shape.
-    # Request/reply (ingress waits for the worker's answer this long, then 202 + taskId).
-    reply_timeout_s: float = 5.0
+    broker_session_timeout_s: Duration = Field(6.0, alias="SLUICE_BROKER_SESSION_TIMEOUT")
+    broker_heartbeat_interval_s: Duration = Field(1.0, alias="SLUICE_BROKER_HEARTBEAT_INTERVAL")
+    broker_request_timeout_s: Duration = Field(90.0, alias="SLUICE_BROKER_REQUEST_TIMEOUT")
     # Orders: how long a payment may wait for its order before it is reported orphaned,
     # and how often held payments are checked.
-    orphan_hold_s: float = 3600.0
-    orphan_check_every_s: float = 30.0
-    partners: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    orphan_hold_s: Duration = Field(3600.0, alias="SLUICE_ORPHAN_HOLD")
+    orphan_check_every_s: Duration = Field(30.0, alias="SLUICE_ORPHAN_CHECK_EVERY")
+    # The retry schedule (streams.domain.retry.RetryPolicy); None: the catalog's default
+    # (schemas.catalog.RETRY_DELAYS) and one retry per delay.
+    retry_delays: RetryDelays | None = Field(None, alias="SLUICE_RETRY_DELAYS")
+    retry_max_attempts: NonNegativeInt | None = Field(None, alias="SLUICE_RETRY_MAX_ATTEMPTS")
+    # Tests give each worker its own Elasticsearch indices on a shared node.
+    search_index_prefix: str = Field("", alias="SLUICE_SEARCH_INDEX_PREFIX")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Values only; load_settings reads the environment (see the module docstring).
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _refuse_exactly_once(self) -> Settings:
+        if self.processing_guarantee == "exactly_once":
+            # Refused rather than offered: faust-streaming 0.15's transactions commit only
+            # the source partitions' transactions, so outputs to another topic are aborted
+            # later while their inputs stay committed: records are lost (docs/decisions.md).
+            raise _Malformed(
+                "SLUICE_PROCESSING_GUARANTEE",
+                "exactly_once is refused: faust's transactions lose records here"
+                " (docs/decisions.md); use at_least_once (sinks are idempotent)",
+            )
+        if self.processing_guarantee != "at_least_once":
+            raise _Malformed("SLUICE_PROCESSING_GUARANTEE", "use at_least_once")
+        return self
+
+    @model_validator(mode="after")
+    def _broker_timeouts_fit(self) -> Settings:
+        if not 0 < self.broker_heartbeat_interval_s < self.broker_session_timeout_s:
+            raise _Malformed(
+                "SLUICE_BROKER_HEARTBEAT_INTERVAL",
+                "must be positive and below SLUICE_BROKER_SESSION_TIMEOUT",
+            )
+        if self.broker_session_timeout_s > self.broker_request_timeout_s:
+            raise _Malformed(
+                "SLUICE_BROKER_SESSION_TIMEOUT", "must not exceed SLUICE_BROKER_REQUEST_TIMEOUT"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_cert_has_key(self) -> Settings:
+        if (self.internal_tls_cert is None) != (self.internal_tls_key is None):
+            raise _Malformed("INGRESS_INTERNAL_TLS_CERT", "needs INGRESS_INTERNAL_TLS_KEY too")
+        return self
 
     def redacted(self) -> dict[str, str]:
         """The settings as strings with every secret replaced, safe for a log line."""
         shown: dict[str, str] = {}
-        for name, value in vars(self).items():
-            secret = name.endswith(("secrets", "tokens", "_key"))
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            secret = name.endswith(("secrets", "tokens", "_key")) or name == "partners"
             shown[name] = "***" if secret and value else str(value)
         return shown
+
+
+class _GivenEnvironment(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of
+    ``os.environ``, values stripped, blank ones treated as unset (as before the model)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._given = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name: value.strip() for name, value in self._given.items() if value.strip()}
 
 
 def load_settings(
@@ -116,138 +319,40 @@ def load_settings(
     """Build ``Settings`` from ``env`` (default ``os.environ``).
 
     :param require: environment names that must be set and non-empty.
-    :raises ConfigError: naming the first missing or malformed setting.
+    :raises ConfigError: one line per missing or malformed setting, naming it.
     """
     env = os.environ if env is None else env
-    for name in sorted(require):
-        if not env.get(name, "").strip():
-            raise ConfigError(f"missing required setting {name}")
-
-    def text(name: str) -> str | None:
-        value = env.get(name, "").strip()
-        return value or None
-
-    def parsed(name: str, parse: Callable[[str], T], default: T) -> T:
-        raw = text(name)
-        if raw is None:
-            return default
-        try:
-            return parse(raw)
-        except ValueError:
-            raise ConfigError(f"malformed setting {name}: {raw!r}") from None
-
-    def secrets(name: str) -> tuple[str, ...]:
-        return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
-
-    def path(name: str) -> Path | None:
-        raw = text(name)
-        return Path(raw) if raw else None
-
-    def port(name: str, default: int) -> int:
-        value = parsed(name, int, default)
-        if not 0 <= value <= 65535:
-            raise ConfigError(f"malformed setting {name}: {value} is not a TCP port")
-        return value
-
-    settings = Settings(
-        kafka_bootstrap_servers=text("KAFKA_BOOTSTRAP_SERVERS") or "",
-        schema_registry_url=text("SCHEMA_REGISTRY_URL"),
-        database_url=text("DATABASE_URL"),
-        redis_url=text("REDIS_URL"),
-        elasticsearch_url=text("ELASTICSEARCH_URL"),
-        stripe_api_key=text("STRIPE_API_KEY"),
-        stripe_api_base=text("STRIPE_API_BASE"),
-        stripe_webhook_secrets=secrets("STRIPE_WEBHOOK_SECRET"),
-        razorpay_webhook_secrets=secrets("RAZORPAY_WEBHOOK_SECRET"),
-        internal_api_tokens=secrets("INTERNAL_API_TOKEN"),
-        admin_api_tokens=secrets("ADMIN_API_TOKEN"),
-        public_host=text("INGRESS_PUBLIC_HOST") or Settings.public_host,
-        public_port=port("INGRESS_PUBLIC_PORT", Settings.public_port),
-        internal_host=text("INGRESS_INTERNAL_HOST") or Settings.internal_host,
-        internal_port=port("INGRESS_INTERNAL_PORT", Settings.internal_port),
-        internal_tls_cert=path("INGRESS_INTERNAL_TLS_CERT"),
-        internal_tls_key=path("INGRESS_INTERNAL_TLS_KEY"),
-        internal_tls_client_ca=path("INGRESS_INTERNAL_TLS_CLIENT_CA"),
-        max_body_bytes=parsed("SLUICE_MAX_BODY_BYTES", int, ONE_MIB),
-        publish_timeout_s=parsed("SLUICE_PUBLISH_TIMEOUT_S", float, 5.0),
-        state_dir=path("SLUICE_STATE_DIR") or Settings.state_dir,
-        log_level=(text("SLUICE_LOG_LEVEL") or "INFO").upper(),
-        processing_guarantee=text("SLUICE_PROCESSING_GUARANTEE") or "at_least_once",
-        dedupe_window_s=parsed("SLUICE_DEDUPE_WINDOW", parse_duration, 30 * 24 * 3600.0),
-        dedupe_purge_every_s=parsed("SLUICE_DEDUPE_PURGE_EVERY", parse_duration, 60.0),
-        dedupe_purge_slice=parsed("SLUICE_DEDUPE_PURGE_SLICE", int, 2000),
-        replication_factor=parsed("SLUICE_REPLICATION_FACTOR", int, 1),
-        worker_web_port=parsed("SLUICE_WORKER_WEB_PORT", int, None),
-        worker_batch_size=parsed("SLUICE_WORKER_BATCH_SIZE", int, 500),
-        worker_batch_within_s=parsed("SLUICE_WORKER_BATCH_WITHIN", parse_duration, 0.2),
-        consumer_fetch_wait_s=parsed("SLUICE_CONSUMER_FETCH_WAIT", parse_duration, 0.05),
-        standby_replicas=parsed("SLUICE_STANDBY_REPLICAS", int, Settings.standby_replicas),
-        broker_session_timeout_s=parsed(
-            "SLUICE_BROKER_SESSION_TIMEOUT", parse_duration, Settings.broker_session_timeout_s
-        ),
-        broker_heartbeat_interval_s=parsed(
-            "SLUICE_BROKER_HEARTBEAT_INTERVAL",
-            parse_duration,
-            Settings.broker_heartbeat_interval_s,
-        ),
-        broker_request_timeout_s=parsed(
-            "SLUICE_BROKER_REQUEST_TIMEOUT", parse_duration, Settings.broker_request_timeout_s
-        ),
-        reply_timeout_s=parsed("SLUICE_REPLY_TIMEOUT", parse_duration, 5.0),
-        orphan_hold_s=parsed("SLUICE_ORPHAN_HOLD", parse_duration, 3600.0),
-        orphan_check_every_s=parsed("SLUICE_ORPHAN_CHECK_EVERY", parse_duration, 30.0),
-        partners=_partners(env),
-    )
-    if settings.max_body_bytes <= 0:
-        raise ConfigError("malformed setting SLUICE_MAX_BODY_BYTES: must be positive")
-    if settings.dedupe_purge_slice <= 0:
-        raise ConfigError("malformed setting SLUICE_DEDUPE_PURGE_SLICE: must be positive")
-    if settings.publish_timeout_s <= 0:
-        raise ConfigError("malformed setting SLUICE_PUBLISH_TIMEOUT_S: must be positive")
-    if settings.processing_guarantee == "exactly_once":
-        # Refused rather than offered: faust-streaming 0.15's transactions commit only the
-        # source partitions' transactions, so outputs to another topic are aborted later
-        # while their inputs stay committed: records are lost (docs/decisions.md).
-        raise ConfigError(
-            "SLUICE_PROCESSING_GUARANTEE=exactly_once is refused: faust's transactions lose"
-            " records here (docs/decisions.md); use at_least_once (sinks are idempotent)"
-        )
-    if settings.processing_guarantee != "at_least_once":
-        raise ConfigError("malformed setting SLUICE_PROCESSING_GUARANTEE: use at_least_once")
-    if settings.standby_replicas < 0:
-        raise ConfigError("malformed setting SLUICE_STANDBY_REPLICAS: must be 0 or more")
-    if not 0 < settings.broker_heartbeat_interval_s < settings.broker_session_timeout_s:
-        raise ConfigError(
-            "malformed setting SLUICE_BROKER_HEARTBEAT_INTERVAL: "
-            "must be positive and below SLUICE_BROKER_SESSION_TIMEOUT"
-        )
-    if settings.broker_session_timeout_s > settings.broker_request_timeout_s:
-        raise ConfigError(
-            "malformed setting SLUICE_BROKER_SESSION_TIMEOUT: "
-            "must not exceed SLUICE_BROKER_REQUEST_TIMEOUT"
-        )
-    if (settings.internal_tls_cert is None) != (settings.internal_tls_key is None):
-        raise ConfigError(
-            "malformed setting INGRESS_INTERNAL_TLS_CERT: needs INGRESS_INTERNAL_TLS_KEY too"
-        )
+    problems = [
+        f"missing required setting {name}"
+        for name in sorted(require)
+        if not env.get(name, "").strip()
+    ]
+    values = _GivenEnvironment(Settings, env)()
+    settings: Settings | None = None
+    try:
+        settings = Settings(**values, partners=_partners(env))
+    except ValidationError as exc:
+        problems.extend(_describe(exc))
+    if problems or settings is None:
+        raise ConfigError("\n".join(problems))
     return settings
 
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Variables whose value never appears in an error message.
+_SECRET_SUFFIXES = ("_SECRET", "_TOKEN", "_KEY")
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from ``"250ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"30d"`` or a bare number."""
-    text = text.strip().lower()
-    for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
-        if text.endswith(unit):
-            number = float(text[: -len(unit)])
-            break
-    else:
-        number, unit = float(text), "s"
-    if number < 0:
-        raise ValueError(text)
-    return number * _DURATION_UNITS[unit]
+def _describe(exc: ValidationError) -> Iterable[str]:
+    """One line per bad variable: ``malformed setting NAME: 'value': why``."""
+    for error in exc.errors(include_url=False):
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _Malformed):
+            yield f"malformed setting {cause.setting}: {cause}"
+            continue
+        name = ".".join(str(part) for part in error["loc"])
+        why = str(cause) if isinstance(cause, ValueError) else error["msg"]
+        shown = "" if name.endswith(_SECRET_SUFFIXES) else f"{error['input']!r}: "
+        yield f"malformed setting {name}: {shown}{why}"
 
 
 def _partners(env: Mapping[str, str]) -> dict[str, dict[str, str]]:

@@ -131,7 +131,7 @@ def run_sluice(bootstrap: str, group: str, state_dir: Path, database_url: str) -
         require=WORKER_REQUIRED,
     )
     configure_logging(settings.log_level)
-    ctx = create_worker(settings, env={}, app_id=group)
+    ctx = create_worker(settings, app_id=group)
     app = ctx.topology.app
     for name in [name for name in app.agents if name != AGENT]:
         del app.agents[name]  # never started, so their topics are never subscribed

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from base.clock import Clock
-from base.metrics import Metrics
+from base.metrics import CONTENT_TYPE, INGRESS_METRICS, Metrics
 from base.settings import Settings
 from connectors.payment_status import PaymentStatusStore
 from ingress.auth import internal_token_middleware
@@ -81,7 +81,7 @@ def create_apps(
     """Both applications. ``replies`` and ``payment_status`` default to ones built from
     ``settings`` (no payment status reader without ``DATABASE_URL``: that route answers
     503); whichever are used, the internal app starts and stops them."""
-    metrics = Metrics()
+    metrics = Metrics(INGRESS_METRICS)
     public = _application(settings, metrics)
     for source in webhook_sources(settings):
         handler = webhook_handler(
@@ -205,6 +205,5 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        text=request.app[METRICS_KEY].render(), content_type="text/plain", charset="utf-8"
-    )
+    body = request.app[METRICS_KEY].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -115,7 +115,9 @@ def _worker(args: argparse.Namespace) -> int:
     if args.processes > 1:
         from sluice.supervise import run_worker_processes
 
-        return run_worker_processes(args.processes, settings.state_dir)
+        return run_worker_processes(
+            args.processes, settings.state_dir, metrics_port=settings.worker_metrics_port
+        )
 
     from streams.app import run_worker
 

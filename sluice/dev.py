@@ -11,7 +11,6 @@ signed with them keeps working.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import secrets
@@ -70,8 +69,9 @@ async def run_dev(data_dir: Path, stop: asyncio.Event, *, with_search: bool = Fa
             free_port(8081)
         )
         write_env_file(env_file, effective)
-        settings = load_settings({**env, **effective}, require=INGRESS_REQUIRED)
-        settings = dataclasses.replace(settings, public_host="127.0.0.1")
+        # The dev ingress listens on loopback only, whatever INGRESS_PUBLIC_HOST says.
+        dev_env = {**env, **effective, "INGRESS_PUBLIC_HOST": "127.0.0.1"}
+        settings = load_settings(dev_env, require=INGRESS_REQUIRED)
 
         created = await asyncio.to_thread(
             create_topics, settings.kafka_bootstrap_servers, all_topics()

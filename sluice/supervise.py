@@ -42,9 +42,15 @@ def child_state_dir(state_dir: Path, index: int) -> Path:
 
 
 def run_worker_processes(
-    count: int, state_dir: Path, *, env: Mapping[str, str] | None = None
+    count: int,
+    state_dir: Path,
+    *,
+    metrics_port: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> int:
     """Run ``count`` worker processes until SIGTERM/SIGINT or until one exits on its own.
+
+    :param metrics_port: ``SLUICE_WORKER_METRICS_PORT``; child ``i`` serves on this + ``i``.
 
     :returns: 0 when stopped by a signal and every child exited cleanly, else 1.
     """
@@ -67,6 +73,8 @@ def run_worker_processes(
             # faust creates its data directory but not the parents.
             child_dir.mkdir(parents=True, exist_ok=True)
             child_env = {**env, "SLUICE_STATE_DIR": str(child_dir)}
+            if metrics_port is not None:
+                child_env["SLUICE_WORKER_METRICS_PORT"] = str(metrics_port + index)
             children.append(
                 subprocess.Popen([sys.executable, "-m", "sluice", "worker"], env=child_env)
             )

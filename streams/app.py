@@ -7,14 +7,14 @@ command as a real process so they can SIGKILL it.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from typing import Any, cast
 
 import faust
 import mode.loop
 
 from base.clock import Clock, SystemClock
+from base.errors import ConfigError
+from base.metrics import MetricsServer
 from base.settings import Settings
 from connectors.kafka_admin import create_changelog_topics, create_topics
 from connectors.kafka_outbox import KafkaOutbox
@@ -36,7 +36,7 @@ from streams.effects import EffectRunner
 from streams.topology import build_topology
 from streams.transport import SluiceApp
 
-__all__ = ["AGENT_MODULES", "create_worker", "run_worker"]
+__all__ = ["AGENT_MODULES", "create_worker", "retry_policy", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +52,25 @@ AGENT_MODULES = (
 )
 
 
-def create_worker(
-    settings: Settings,
-    *,
-    env: Mapping[str, str] | None = None,
-    clock: Clock | None = None,
-    app_id: str | None = None,
-) -> WorkerContext:
-    """Build the faust app with every agent registered; nothing is started yet."""
-    env = os.environ if env is None else env
-    if not settings.database_url:
-        from base.errors import ConfigError
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The retry schedule the settings configure (unset: the catalog's default)."""
+    if settings.retry_delays is None:
+        return RetryPolicy(max_attempts=settings.retry_max_attempts)
+    return RetryPolicy(settings.retry_delays, settings.retry_max_attempts)
 
+
+def create_worker(
+    settings: Settings, *, clock: Clock | None = None, app_id: str | None = None
+) -> WorkerContext:
+    """Build the faust app with every agent registered; nothing is started yet.
+
+    :param app_id: overrides ``settings.app_id`` (the benchmarks run one group per run).
+    """
+    if not settings.database_url:
         raise ConfigError("missing required setting DATABASE_URL")
-    policy = RetryPolicy.from_settings(env)
+    policy = retry_policy(settings)
     app = SluiceApp(
-        app_id or env.get("SLUICE_APP_ID") or "sluice",
+        app_id or settings.app_id,
         fetch_max_wait_s=settings.consumer_fetch_wait_s,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap_servers.split(",")],
         store="rocksdb://",
@@ -102,8 +105,7 @@ def create_worker(
         outbox=outbox,
         runner=EffectRunner(outbox=outbox, codec=codec, policy=policy, clock=clock),
         projection=PostgresProjection(settings.database_url),
-        # Tests give each worker its own Elasticsearch indices on the shared node.
-        search_index_prefix=env.get("SLUICE_SEARCH_INDEX_PREFIX", ""),
+        search_index_prefix=settings.search_index_prefix,
     )
     for module in AGENT_MODULES:
         module.register(ctx)
@@ -141,6 +143,22 @@ def ensure_worker_topics(ctx: WorkerContext) -> None:
     )
 
 
+def _serve_metrics(ctx: WorkerContext, settings: Settings) -> MetricsServer | None:
+    """The worker's /metrics on ``SLUICE_WORKER_METRICS_PORT``, when set."""
+    port = settings.worker_metrics_port
+    if port is None:
+        return None
+    try:
+        server = MetricsServer(ctx.runner.metrics, settings.worker_metrics_host, port)
+    except OSError as exc:
+        raise ConfigError(
+            f"malformed setting SLUICE_WORKER_METRICS_PORT: cannot listen on "
+            f"{settings.worker_metrics_host}:{port}: {exc.strerror or exc}"
+        ) from None
+    log.info("worker metrics served", extra={"port": server.port})
+    return server
+
+
 def run_worker(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT (faust's worker owns the event loop and the signals)."""
     # uvloop before anything asks for a loop: faust and mode create theirs lazily.
@@ -148,4 +166,9 @@ def run_worker(settings: Settings) -> None:
     ctx = create_worker(settings)
     ensure_worker_topics(ctx)
     worker = faust.Worker(ctx.topology.app, loglevel=settings.log_level.lower(), quiet=True)
-    worker.execute_from_commandline()
+    metrics_server = _serve_metrics(ctx, settings)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()

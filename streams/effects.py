@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from base.clock import Clock
+from base.metrics import WORKER_METRICS, MetricName, Metrics
 from schemas.codec import Codec
 from streams.domain.dlq import DeadLetterGuard, alert_record, dead_letter_record, encode_alert
 from streams.domain.retry import (
@@ -61,6 +62,8 @@ class EffectRunner:
     guard: DeadLetterGuard = field(default_factory=DeadLetterGuard)
     rand: Callable[[], float] = random.random
     effects: dict[str, Effect] = field(default_factory=dict)
+    # Counts, per effect name: processed, retried, dead-lettered.
+    metrics: Metrics = field(default_factory=lambda: Metrics(WORKER_METRICS))
 
     def register(self, name: str, effect: Effect) -> None:
         self.effects[name] = effect
@@ -95,6 +98,7 @@ class EffectRunner:
             return
         for _ in batch:
             self.guard.record(False)
+        self.metrics.inc(MetricName.EVENTS_PROCESSED, len(batch), agent=name)
 
     async def _fail(
         self, name: str, record: Inbound, retry: RetryHeaders | None, exc: Exception
@@ -130,8 +134,10 @@ class EffectRunner:
                 merge_headers(record.headers, decision.headers),
             )
             self.guard.record(False)
+            self.metrics.inc(MetricName.EVENTS_RETRIED, agent=name)
             return
         await self._dead_letter(record, retry, decision)
+        self.metrics.inc(MetricName.EVENTS_DEAD_LETTERED, agent=name)
 
     async def _dead_letter(
         self, record: Inbound, retry: RetryHeaders | None, decision: DeadLetter
@@ -167,6 +173,7 @@ class EffectRunner:
                 now=self.clock.time(),
                 retry=retry,
             )
+            self.metrics.inc(MetricName.EVENTS_DEAD_LETTERED, agent=name)
 
 
 async def dead_letter_now(

@@ -14,7 +14,9 @@ from base.errors import (
     PermanentError,
     TransientError,
 )
+from base.settings import load_settings
 from schemas.catalog import RETRY_DELAYS, retry_topic_name
+from streams.app import retry_policy
 from streams.domain.retry import (
     ATTEMPT_HEADER,
     DUE_AT_HEADER,
@@ -112,8 +114,13 @@ def test_policy_is_validated(kwargs: dict[str, object], message: str) -> None:
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
+def policy_from(env: dict[str, str]) -> RetryPolicy:
+    """The policy a worker started with ``env`` runs: settings read once, values handed in."""
+    return retry_policy(load_settings(env))
+
+
 def test_from_settings_parses_durations() -> None:
-    policy = RetryPolicy.from_settings(
+    policy = policy_from(
         {"SLUICE_RETRY_DELAYS": " 500ms, 5s,5m , 1h,7200", "SLUICE_RETRY_MAX_ATTEMPTS": "9"}
     )
     assert policy.delays == (0.5, 5.0, 300.0, 3600.0, 7200.0)
@@ -122,9 +129,9 @@ def test_from_settings_parses_durations() -> None:
 
 
 def test_from_settings_defaults_when_unset_or_blank() -> None:
-    assert RetryPolicy.from_settings({}) == POLICY
-    assert RetryPolicy.from_settings({"SLUICE_RETRY_DELAYS": " "}) == POLICY
-    assert RetryPolicy.from_settings({"SLUICE_RETRY_DELAYS": "5s,30s,5m,30m"}) == POLICY
+    assert policy_from({}) == POLICY
+    assert policy_from({"SLUICE_RETRY_DELAYS": " "}) == POLICY
+    assert policy_from({"SLUICE_RETRY_DELAYS": "5s,30s,5m,30m"}) == POLICY
 
 
 @pytest.mark.parametrize(
@@ -141,13 +148,13 @@ def test_from_settings_defaults_when_unset_or_blank() -> None:
 )
 def test_from_settings_errors_name_the_setting(env: dict[str, str], setting: str) -> None:
     with pytest.raises(ConfigError, match=f"^malformed setting {setting}: "):
-        RetryPolicy.from_settings(env)
+        policy_from(env)
 
 
 def test_schedule_delay_without_a_retry_topic_is_rejected() -> None:
     # 1.0005 s is not a whole number of ms: no retry.<delay> topic can hold it.
     with pytest.raises(ConfigError, match=r"SLUICE_RETRY_DELAYS: .*no catalog retry topic"):
-        RetryPolicy.from_settings({"SLUICE_RETRY_DELAYS": "1.0005s"})
+        policy_from({"SLUICE_RETRY_DELAYS": "1.0005s"})
 
 
 # -- classification -------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from base.errors import ConfigError
-from base.settings import INGRESS_REQUIRED, load_settings
+from base.settings import INGRESS_REQUIRED, Settings, load_settings, parse_duration
 
 COMPLETE = {
     "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
@@ -85,7 +85,7 @@ def test_worker_app_gets_the_scale_out_settings(tmp_path: Path) -> None:
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
         "DATABASE_URL": "postgresql://127.0.0.1:1/none",
     }
-    conf = create_worker(load_settings(env), env=env).topology.app.conf
+    conf = create_worker(load_settings(env)).topology.app.conf
     assert conf.table_standby_replicas == 2
     assert (conf.broker_session_timeout, conf.broker_heartbeat_interval) == (8.0, 2.0)
     assert conf.broker_request_timeout == 90.0
@@ -128,3 +128,90 @@ def test_exactly_once_is_refused_with_the_reason() -> None:
 def test_consumer_fetch_wait_is_a_duration() -> None:
     assert load_settings({}).consumer_fetch_wait_s == 0.05
     assert load_settings({"SLUICE_CONSUMER_FETCH_WAIT": "10ms"}).consumer_fetch_wait_s == 0.01
+
+
+def test_every_bad_variable_gets_its_own_line() -> None:
+    env = {"INGRESS_PUBLIC_PORT": "eighty", "SLUICE_DEDUPE_WINDOW": "a month"}
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env, require={"DATABASE_URL"})
+    lines = str(raised.value).splitlines()
+    assert lines[0] == "missing required setting DATABASE_URL"
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "malformed setting INGRESS_PUBLIC_PORT",
+        "malformed setting SLUICE_DEDUPE_WINDOW",
+    ]
+
+
+def test_a_malformed_secret_is_never_echoed() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"SLUICE_REPLICATION_FACTOR": "0", "STRIPE_WEBHOOK_SECRET": "whsec_a"})
+    assert "whsec_a" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("30d", 2592000.0),
+        (" 1.5 ", 1.5),
+        ("10MS", 0.01),
+        (".5s", 0.5),
+    ],
+)
+def test_one_duration_parser_reads_every_unit(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "-5s", "5x", "inf", "nan", "1e3", "5 minutes", "s"])
+def test_duration_parser_refuses_anything_else(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(text)
+
+
+def test_every_duration_setting_takes_units() -> None:
+    settings = load_settings(
+        {
+            "SLUICE_ORPHAN_HOLD": "2h",
+            "SLUICE_REPLY_TIMEOUT": "1500ms",
+            "SLUICE_DEDUPE_WINDOW": "7d",
+            "SLUICE_PUBLISH_TIMEOUT_S": "2",
+        }
+    )
+    assert (settings.orphan_hold_s, settings.reply_timeout_s) == (7200.0, 1.5)
+    assert (settings.dedupe_window_s, settings.publish_timeout_s) == (7 * 86400.0, 2.0)
+
+
+def test_constructing_settings_never_reads_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLUICE_APP_ID", "from-environment")
+    assert Settings().app_id == "sluice"
+    assert load_settings().app_id == "from-environment"
+
+
+def test_worker_names_come_from_settings_not_the_environment(tmp_path: Path) -> None:
+    from streams.app import create_worker
+
+    env = {
+        "SLUICE_APP_ID": "settings-app",
+        "SLUICE_SEARCH_INDEX_PREFIX": "t1-",
+        "SLUICE_STATE_DIR": str(tmp_path),
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "DATABASE_URL": "postgresql://127.0.0.1:1/none",
+    }
+    ctx = create_worker(load_settings(env))
+    assert ctx.topology.app.conf.id == "settings-app"
+    assert ctx.search_index_prefix == "t1-"
+
+
+def test_every_setting_is_documented_in_design_section_7() -> None:
+    # Adding a setting is one line of Settings and one row of docs/design.md §7's table.
+    design = (Path(__file__).parent.parent / "docs" / "design.md").read_text()
+    section = design.split("## 7.", 1)[1].split("\n## 8.", 1)[0]
+    for name, field in Settings.model_fields.items():
+        if field.alias is None:
+            continue  # partners: PARTNER_<ID>_* variables, documented as a pattern
+        assert f"`{field.alias}`" in section, name

@@ -8,6 +8,7 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from base.errors import InvalidEvent
+from base.metrics import MetricName
 from streams.context import WorkerContext
 from streams.domain.dedupe import decide, dedupe_key, expired_keys, remembered_entry
 from streams.domain.dlq import REPLAY_HEADER
@@ -80,6 +81,7 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
             "duplicate webhook skipped",
             extra={"position": record.position, "event_id": raw["eventId"], "key": key},
         )
+        ctx.runner.metrics.inc(MetricName.EVENTS_DEDUPLICATED, agent=AGENT)
         return
 
     result = normalise(raw)
@@ -105,6 +107,8 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
         await ctx.outbox.send(domain_event.topic, domain_event.key.encode(), value, headers)
     if decision.remember_ms is not None:
         seen[key] = remembered_entry(decision.remember_ms, record.position)
+    if result.outcome != "invalid":
+        ctx.runner.metrics.inc(MetricName.EVENTS_PROCESSED, agent=AGENT)
 
 
 def purge_partition(ctx: WorkerContext, partition: int, *, after: bytes | None = None) -> Purged:

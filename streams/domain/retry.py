@@ -41,11 +41,9 @@ from schemas.catalog import RETRY_DELAYS, UnknownTopic, retry_topic_name, topic_
 
 __all__ = [
     "ATTEMPT_HEADER",
-    "DELAYS_SETTING",
     "DUE_AT_HEADER",
     "EFFECT_HEADER",
     "FIRST_FAILED_AT_HEADER",
-    "MAX_ATTEMPTS_SETTING",
     "ORIGIN_HEADER",
     "ORIGIN_OFFSET_HEADER",
     "ORIGIN_PARTITION_HEADER",
@@ -77,9 +75,6 @@ HeadersLike: TypeAlias = (
 )
 """Kafka headers as clients hand them over: confluent-kafka's list of pairs (or ``None``),
 faust's mapping. Values may be bytes, str or ``None`` (a null header)."""
-
-DELAYS_SETTING: Final = "SLUICE_RETRY_DELAYS"
-MAX_ATTEMPTS_SETTING: Final = "SLUICE_RETRY_MAX_ATTEMPTS"
 
 ATTEMPT_HEADER: Final = "sluice-attempt"
 """Retry number the record is on: ``1`` on its first retry. ASCII decimal."""
@@ -115,8 +110,6 @@ RETRY_HEADER_NAMES: Final = frozenset(
 REASON_MAX_CHARS: Final = 500
 
 _DEFAULT_DELAYS: Final = tuple(seconds for _, seconds in RETRY_DELAYS)
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
-_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _INT = re.compile(rb"-?[0-9]{1,19}")
 
 
@@ -138,6 +131,9 @@ class RetryPolicy:
     :raises ConfigError: a delay is not positive, not a whole number of milliseconds (so
         it has no ``retry.<delay>`` topic in the catalog), or out of order; ``max_attempts``
         is negative; ``jitter`` is outside ``[0, 1)``.
+
+    Values in, never the environment: the worker builds it from ``SLUICE_RETRY_DELAYS``
+    and ``SLUICE_RETRY_MAX_ATTEMPTS`` as read by ``base.settings`` (``streams.app.retry_policy``).
     """
 
     delays: tuple[float, ...]
@@ -181,47 +177,6 @@ class RetryPolicy:
         except ValueError:
             raise ValueError(f"{topic!r} is not a delay topic of this policy") from None
         return delay * (1.0 + self.jitter)
-
-    @classmethod
-    def from_settings(cls, env: Mapping[str, str]) -> RetryPolicy:
-        """The policy configured by ``SLUICE_RETRY_DELAYS`` (``"5s,30s,5m,30m"``: numbers
-        with ``ms``/``s``/``m``/``h``, bare numbers are seconds) and
-        ``SLUICE_RETRY_MAX_ATTEMPTS`` (retries, a non-negative int). Unset or blank settings
-        take the defaults.
-
-        :raises ConfigError: naming the malformed setting.
-        """
-        raw_delays = env.get(DELAYS_SETTING, "").strip()
-        delays = _DEFAULT_DELAYS if not raw_delays else _parse_delays(raw_delays)
-        try:
-            _check_schedule(delays)
-        except ConfigError as exc:
-            raise ConfigError(f"malformed setting {DELAYS_SETTING}: {exc}") from None
-
-        raw_max = env.get(MAX_ATTEMPTS_SETTING, "").strip()
-        max_attempts: int | None = None
-        if raw_max:
-            if not re.fullmatch(r"[0-9]+", raw_max):
-                raise ConfigError(
-                    f"malformed setting {MAX_ATTEMPTS_SETTING}: {raw_max!r} is not "
-                    "a non-negative whole number"
-                )
-            max_attempts = int(raw_max)
-        return cls(delays, max_attempts)
-
-
-def _parse_delays(raw: str) -> tuple[float, ...]:
-    delays: list[float] = []
-    for part in raw.split(","):
-        item = part.strip().lower()
-        match = _DURATION.fullmatch(item)
-        if match is None:
-            raise ConfigError(
-                f"malformed setting {DELAYS_SETTING}: {part.strip()!r} is not a duration "
-                "like 500ms, 5s, 5m or 1h"
-            )
-        delays.append(float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
-    return tuple(delays)
 
 
 def _check_schedule(delays: tuple[float, ...]) -> None:

@@ -525,6 +525,7 @@ ENCODE_FAILURES: list[tuple[str, str, dict[str, Any], str | None, str]] = [
         "is required",
     ),
     ("array type", "orders", _order(items={"productId": "a"}), "data.items", "expected an array"),
+    ("unknown nested field", "orders", _order(amout=4999), "data.amout", "unknown field"),
     ("not a record", "orders", ["order"], None, "<record>: expected an object"),  # type: ignore[list-item]
 ]
 

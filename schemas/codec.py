@@ -16,8 +16,10 @@ a :class:`SchemaResolver`:
 - :class:`RegistryResolver`: a Confluent-compatible schema registry (``SCHEMA_REGISTRY_URL``).
   On first use of a topic it registers the schema under the TopicNameStrategy subject
   ``<topic>-value`` and caches the id; ids it does not know are fetched by id. These
-  calls block (one HTTP round trip, once per topic / per unknown id): call
-  :meth:`Codec.prepare` at start-up to keep them off the hot path.
+  calls block (one HTTP round trip, once per topic / per unknown id): the ingress and
+  the worker call :meth:`Codec.prepare` at start-up, so encoding never blocks, and only
+  a value written with a schema this deployment did not register (an older or newer
+  writer's) costs one fetch, once per id.
 
 Records are plain dicts of JSON-like values plus ``bytes``. ``timestamp-millis`` fields
 accept an ``int`` (ms since the epoch) or a timezone-aware ``datetime`` when encoding, and
@@ -393,7 +395,10 @@ class Codec:
 
     def prepare(self, topics: Iterable[str] | None = None) -> None:
         """Resolve (in registry mode: register) the schemas of ``topics`` now, so that
-        ``encode`` never blocks later. Defaults to every catalog topic with a schema.
+        ``encode`` never blocks later, and neither does ``decode`` of a value written with
+        one of those schemas. Defaults to every catalog topic with a schema. Blocks (one
+        registry round trip per topic): the ingress and the worker call it at start-up,
+        before they take traffic, off the event loop.
 
         :raises SchemaNotFound: / :raises TransientError: / :raises PermanentError:
         """
@@ -401,7 +406,9 @@ class Codec:
             catalog = self._topics if self._topics is not None else TOPICS
             topics = [name for name, spec in catalog.items() if spec.subject is not None]
         for topic in topics:
-            self.writer_schema(topic)
+            resolved = self.writer_schema(topic)
+            if resolved.schema_id not in self._readers:
+                self._plan_reading(resolved)
 
     def _spec(self, topic: str) -> TopicSpec:
         try:
@@ -440,6 +447,9 @@ class Codec:
                 if isinstance(self._resolver, CatalogResolver)
                 else f"unknown schema id {schema_id}: the schema registry does not know it"
             )
+        return self._plan_reading(resolved)
+
+    def _plan_reading(self, resolved: ResolvedSchema) -> _ReadPlan:
         catalog = self._resolver.catalog
         latest = catalog.latest_version(resolved.subject)
         reader = None
@@ -447,7 +457,7 @@ class Codec:
             reader = _parse_for_reading(catalog.schema(resolved.subject, latest))
         plan = _ReadPlan(resolved, _parse_for_reading(resolved.raw), reader)
         with self._lock:
-            return self._readers.setdefault(schema_id, plan)
+            return self._readers.setdefault(resolved.schema_id, plan)
 
 
 # Logical types fastavro would turn into datetime/date/time objects on read. The encoding

@@ -1,16 +1,14 @@
 """Registry mode at start-up: the ingress and the worker resolve every schema id before
 they take traffic, so no request or agent waits on the schema registry.
 
-These tests count the registry's requests, which only the stand-in records
-(``tests/fixtures/registry.py``); that registering works against a real registry is
-tested in ``tests/test_codec.py``.
+Against the session's real registry, through the recording proxy of
+``tests/fixtures/registry.py``, which shows which requests reached it.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,21 +18,15 @@ from base.settings import load_settings
 from schemas.catalog import TOPICS
 from streams.app import create_worker, resolve_schemas
 from tests.fixtures.ingress import STRIPE_SECRET, ingress_settings, started_ingress
-from tests.fixtures.registry import RegistryStandIn
+from tests.fixtures.registry import RegistryProxy
 from tests.payloads.stripe import signed_stripe_request, stripe_event
 from tests.test_codec import SAMPLES
 
 WITH_SCHEMA = {f"{name}-value" for name, spec in TOPICS.items() if spec.subject is not None}
 
 
-@pytest.fixture
-def registry() -> Iterator[RegistryStandIn]:
-    with RegistryStandIn() as stand_in:
-        yield stand_in
-
-
 async def test_ingress_registers_every_schema_before_it_serves(
-    catalog_topics: str, registry: RegistryStandIn
+    catalog_topics: str, registry: RegistryProxy
 ) -> None:
     settings = ingress_settings(catalog_topics, {"SCHEMA_REGISTRY_URL": registry.url})
     async with started_ingress(settings) as ingress:
@@ -50,8 +42,8 @@ async def test_ingress_registers_every_schema_before_it_serves(
 
 
 async def test_ingress_does_not_start_without_its_registry(catalog_topics: str) -> None:
-    with RegistryStandIn() as stand_in:
-        url = stand_in.url
+    with RegistryProxy("http://127.0.0.1:1") as closed:
+        url = closed.url  # nothing listens there once the proxy stopped
     settings = ingress_settings(catalog_topics, {"SCHEMA_REGISTRY_URL": url})
     with pytest.raises(TransientError, match="schema registry unreachable"):
         async with started_ingress(settings):
@@ -59,7 +51,7 @@ async def test_ingress_does_not_start_without_its_registry(catalog_topics: str) 
 
 
 def test_worker_registers_every_schema_before_it_starts(
-    tmp_path: Path, registry: RegistryStandIn
+    tmp_path: Path, registry: RegistryProxy
 ) -> None:
     env = {
         "SLUICE_STATE_DIR": str(tmp_path),

@@ -88,9 +88,10 @@ class TopLevelRules:
         return cls(tuple(timestamps), tuple(byte_fields))
 
     def apply(self, record: Mapping[str, Any]) -> Mapping[str, Any]:
-        """``record``, with memoryviews copied to bytes; a problem when a timestamp is naive.
+        """``record``, with memoryviews copied to bytes (a copy of the dict, only then).
+        A non-mapping record is returned as it is, for fastavro to refuse.
 
-        :raises TypeError: never; a non-mapping record is returned as is (fastavro refuses it).
+        :raises _Bad: a timestamp field holds a naive datetime.
         """
         if not isinstance(record, Mapping):
             return record

@@ -5,12 +5,12 @@ UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test setup jars tools lint typecheck unit bench-ingress bench-orders clean
+.PHONY: dev test setup jars registry tools lint typecheck unit bench-ingress bench-orders clean
 
 dev: setup jars
 	$(BIN)/sluice dev $(if $(DATA_DIR),--data-dir $(DATA_DIR),) $(ARGS)
 
-test: setup jars tools lint typecheck
+test: setup jars registry tools lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Python environment from the lock file (uv itself comes from the package index once).
@@ -25,6 +25,11 @@ $(VENV)/.synced: pyproject.toml uv.lock
 jars: setup
 	$(BIN)/python -m devstack.kafka --fetch
 	$(BIN)/python -m devstack.elasticsearch --fetch
+
+# Apicurio Registry, the real schema registry the registry-mode tests run against (only
+# the tests need it, so `make dev` does not fetch it).
+registry: setup
+	$(BIN)/python -m devstack.registry --fetch
 
 # Operator tools the tests also exercise; best effort, they need root and apt.
 tools:

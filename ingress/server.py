@@ -40,10 +40,18 @@ async def running_ingress(
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers, timeout_s=settings.publish_timeout_s
     )
+    codec = make_codec(settings.schema_registry_url)
+    try:
+        # Registry mode: register every schema now, in a thread, so that no request
+        # waits on the registry (and the event loop never does). Catalog mode: no network.
+        await asyncio.to_thread(codec.prepare)
+    except BaseException:
+        await publisher.close()
+        raise
     apps = create_apps(
         settings,
         publisher=publisher,
-        codec=make_codec(settings.schema_registry_url),
+        codec=codec,
         clock=clock or SystemClock(),
     )
     runners: list[web.AppRunner] = []

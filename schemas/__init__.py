@@ -8,7 +8,9 @@
   compaction) and the loader of the schema files and ids.
 - :mod:`schemas.codec`: the only code that turns records into Confluent-framed Avro bytes
   and back, backed by the id table or a Confluent-compatible registry.
-- :mod:`schemas.compat`: the BACKWARD compatibility check every new version must pass.
+- :mod:`schemas.compat`: the BACKWARD compatibility check every new version must pass
+  (Apache Avro's reader/writer checker, with readable problems).
+- :mod:`schemas.validation`: strict record validation before encoding (fastavro's).
 - :mod:`schemas.statuses` and :mod:`schemas.upserts`: the Postgres projections' status
   vocabularies with their rank tables, and the typed upserts the domain plans and
   ``connectors.postgres`` writes (the contract between the two).

@@ -16,8 +16,10 @@ a :class:`SchemaResolver`:
 - :class:`RegistryResolver`: a Confluent-compatible schema registry (``SCHEMA_REGISTRY_URL``).
   On first use of a topic it registers the schema under the TopicNameStrategy subject
   ``<topic>-value`` and caches the id; ids it does not know are fetched by id. These
-  calls block (one HTTP round trip, once per topic / per unknown id): call
-  :meth:`Codec.prepare` at start-up to keep them off the hot path.
+  calls block (one HTTP round trip, once per topic / per unknown id): the ingress and
+  the worker call :meth:`Codec.prepare` at start-up, so encoding never blocks, and only
+  a value written with a schema this deployment did not register (an older or newer
+  writer's) costs one fetch, once per id.
 
 Records are plain dicts of JSON-like values plus ``bytes``. ``timestamp-millis`` fields
 accept an ``int`` (ms since the epoch) or a timezone-aware ``datetime`` when encoding, and
@@ -28,24 +30,21 @@ logical types likewise decode to their underlying number.) ``bytes`` fields acce
 ``bytes``, ``bytearray`` or ``memoryview`` and decode to ``bytes``. A field with a default
 may be left out when encoding.
 
-Encoding validates the record first, strictly, because fastavro's writer alone silently
-truncates floats into ``long`` fields, accepts any truthy value as a ``boolean``, writes
-out-of-range ``int`` values and ignores unknown keys. Validators are compiled once per
-schema and do no string work unless the record is invalid, so the check costs a few
-microseconds; parsed schemas and the 5-byte header are cached per topic.
+Encoding validates the record first, strictly, with fastavro's own validation and its
+strict writer (``schemas/validation.py``: fastavro's writer alone silently truncates
+floats into ``long`` fields, accepts any truthy value as a ``boolean``, writes
+out-of-range ``int`` values and ignores unknown keys); only a refused record is walked
+to name the bad field. Parsed schemas and the 5-byte header are cached per topic.
 Every method is thread-safe; ``encode`` and ``decode`` are pure apart from the caches.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import threading
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Protocol
 
 import fastavro
@@ -62,6 +61,7 @@ from schemas.catalog import (
     default_catalog,
     topic_spec,
 )
+from schemas.validation import Problem, TopLevelRules, check, explain
 
 __all__ = [
     "MAGIC_BYTE",
@@ -77,8 +77,6 @@ __all__ = [
 
 MAGIC_BYTE = 0
 _HEADER_SIZE = 5
-_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
-_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +262,7 @@ def _registry_failure(action: str, exc: SchemaRegistryError) -> Exception:
 class _WritePlan:
     header: bytes
     schema: Any
-    check: _Check
+    rules: TopLevelRules
     resolved: ResolvedSchema
 
 
@@ -290,7 +288,6 @@ class Codec:
         self._topics = topics
         self._writers: dict[str, _WritePlan] = {}
         self._readers: dict[int, _ReadPlan] = {}
-        self._checks: dict[int, _Check] = {}
         self._lock = threading.Lock()
 
     @property
@@ -308,22 +305,29 @@ class Codec:
         :raises TransientError: / :raises PermanentError: registry mode, first use of the
             topic only, see :meth:`SchemaResolver.for_topic`.
         """
-        plan = self._checked(topic, record)
+        plan = self._writers.get(topic)
+        if plan is None:
+            plan = self._write_plan(topic)
+        checked = check(record, plan.schema, plan.rules)
+        if isinstance(checked, Problem):
+            raise _invalid(topic, checked)
         buffer = io.BytesIO()
         buffer.write(plan.header)
         try:
-            fastavro.schemaless_writer(buffer, plan.schema, record)
+            # strict_allow_default: unknown keys (at any depth) are refused, fields with
+            # a default may be left out.
+            fastavro.schemaless_writer(buffer, plan.schema, checked, strict_allow_default=True)
         except (ValueError, TypeError, OverflowError, UnicodeError) as exc:
-            # Validation should have caught it; keep the promise of InvalidEvent anyway.
-            raise InvalidEvent(f"invalid {topic} record: {exc}") from exc
+            raise _invalid(topic, explain(record, plan.schema)) from exc
         return buffer.getvalue()
 
     def validate(self, topic: str, record: Mapping[str, Any]) -> None:
-        """Check ``record`` as :meth:`encode` would, without encoding it.
+        """Check ``record`` as :meth:`encode` would (it encodes and drops the bytes: the
+        writer is what refuses unknown keys).
 
         :raises InvalidEvent: / :raises SchemaNotFound: as :meth:`encode`.
         """
-        self._checked(topic, record)
+        self.encode(topic, record)
 
     def decode(self, data: bytes, *, topic: str | None = None) -> Decoded:
         """Decode one Confluent-framed Avro value.
@@ -391,7 +395,10 @@ class Codec:
 
     def prepare(self, topics: Iterable[str] | None = None) -> None:
         """Resolve (in registry mode: register) the schemas of ``topics`` now, so that
-        ``encode`` never blocks later. Defaults to every catalog topic with a schema.
+        ``encode`` never blocks later, and neither does ``decode`` of a value written with
+        one of those schemas. Defaults to every catalog topic with a schema. Blocks (one
+        registry round trip per topic): the ingress and the worker call it at start-up,
+        before they take traffic, off the event loop.
 
         :raises SchemaNotFound: / :raises TransientError: / :raises PermanentError:
         """
@@ -399,21 +406,9 @@ class Codec:
             catalog = self._topics if self._topics is not None else TOPICS
             topics = [name for name, spec in catalog.items() if spec.subject is not None]
         for topic in topics:
-            self.writer_schema(topic)
-
-    def _checked(self, topic: str, record: Mapping[str, Any]) -> _WritePlan:
-        plan = self._writers.get(topic)
-        if plan is None:
-            plan = self._write_plan(topic)
-        try:
-            plan.check(record)
-        except _Invalid as exc:
-            path = exc.path()
-            raise InvalidEvent(
-                f"invalid {topic} record: {path or '<record>'}: {exc.message}",
-                field=path or None,
-            ) from None
-        return plan
+            resolved = self.writer_schema(topic)
+            if resolved.schema_id not in self._readers:
+                self._plan_reading(resolved)
 
     def _spec(self, topic: str) -> TopicSpec:
         try:
@@ -438,7 +433,7 @@ class Codec:
         plan = _WritePlan(
             header=bytes([MAGIC_BYTE]) + resolved.schema_id.to_bytes(4, "big"),
             schema=resolved.schema,
-            check=self._check_for(resolved),
+            rules=TopLevelRules.of(resolved.schema),
             resolved=resolved,
         )
         with self._lock:
@@ -452,6 +447,9 @@ class Codec:
                 if isinstance(self._resolver, CatalogResolver)
                 else f"unknown schema id {schema_id}: the schema registry does not know it"
             )
+        return self._plan_reading(resolved)
+
+    def _plan_reading(self, resolved: ResolvedSchema) -> _ReadPlan:
         catalog = self._resolver.catalog
         latest = catalog.latest_version(resolved.subject)
         reader = None
@@ -459,15 +457,7 @@ class Codec:
             reader = _parse_for_reading(catalog.schema(resolved.subject, latest))
         plan = _ReadPlan(resolved, _parse_for_reading(resolved.raw), reader)
         with self._lock:
-            return self._readers.setdefault(schema_id, plan)
-
-    def _check_for(self, resolved: ResolvedSchema) -> _Check:
-        check = self._checks.get(resolved.schema_id)
-        if check is None:
-            check = _compile_validator(resolved.schema)
-            with self._lock:
-                check = self._checks.setdefault(resolved.schema_id, check)
-        return check
+            return self._readers.setdefault(resolved.schema_id, plan)
 
 
 # Logical types fastavro would turn into datetime/date/time objects on read. The encoding
@@ -512,302 +502,8 @@ def make_codec(schema_registry_url: str | None) -> Codec:
     return Codec(CatalogResolver())
 
 
-# --------------------------------------------------------------------------------------
-# Validation. A schema compiles to a tree of closures; each raises _Invalid on a bad
-# value, and record/array/map checks add their step to the path on the way out, so the
-# happy path builds no strings at all.
-
-_Check = Callable[[Any], None]
-
-
-class _Invalid(Exception):
-    def __init__(self, message: str, *, step: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.steps: list[str] = [] if step is None else [step]  # innermost first
-
-    def path(self) -> str:
-        return "".join(reversed(self.steps)).lstrip(".")
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _check_null(value: Any) -> None:
-    if value is not None:
-        raise _Invalid(f"expected null, got {_type_name(value)}")
-
-
-def _check_boolean(value: Any) -> None:
-    if value is not True and value is not False:
-        raise _Invalid(f"expected a boolean, got {_type_name(value)}")
-
-
-def _check_int(value: Any) -> None:
-    if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
-        raise _Invalid(f"expected an int, got {_type_name(value)}")
-    if not _INT_MIN <= value <= _INT_MAX:
-        raise _Invalid(f"{value} is out of range for an int (32-bit)")
-
-
-def _check_long(value: Any) -> None:
-    if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
-        raise _Invalid(f"expected a long (integer), got {_type_name(value)}")
-    if not _LONG_MIN <= value <= _LONG_MAX:
-        raise _Invalid(f"{value} is out of range for a long (64-bit)")
-
-
-def _check_float(value: Any) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise _Invalid(f"expected a number, got {_type_name(value)}")
-
-
-def _check_string(value: Any) -> None:
-    if not isinstance(value, str):
-        raise _Invalid(f"expected a string, got {_type_name(value)}")
-
-
-def _check_bytes(value: Any) -> None:
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise _Invalid(f"expected bytes, got {_type_name(value)}")
-
-
-def _check_timestamp(value: Any) -> None:
-    if isinstance(value, _dt.datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise _Invalid("expected a timezone-aware datetime, got a naive one")
-        return
-    try:
-        _check_long(value)
-    except _Invalid:
-        raise _Invalid(
-            "expected a timestamp (int ms since the epoch or an aware datetime), "
-            f"got {_type_name(value)}"
-        ) from None
-
-
-def _check_date(value: Any) -> None:
-    if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
-        return
-    try:
-        _check_int(value)
-    except _Invalid:
-        raise _Invalid(
-            f"expected a date (or days since the epoch), got {_type_name(value)}"
-        ) from None
-
-
-def _check_uuid(value: Any) -> None:
-    if not isinstance(value, str | uuid.UUID):
-        raise _Invalid(f"expected a UUID (or its string), got {_type_name(value)}")
-
-
-def _check_decimal(value: Any) -> None:
-    if not isinstance(value, Decimal | bytes):
-        raise _Invalid(f"expected a Decimal, got {_type_name(value)}")
-
-
-_PRIMITIVE_CHECKS: dict[str, _Check] = {
-    "null": _check_null,
-    "boolean": _check_boolean,
-    "int": _check_int,
-    "long": _check_long,
-    "float": _check_float,
-    "double": _check_float,
-    "string": _check_string,
-    "bytes": _check_bytes,
-}
-_LOGICAL_CHECKS: dict[str, _Check] = {
-    "timestamp-millis": _check_timestamp,
-    "timestamp-micros": _check_timestamp,
-    "local-timestamp-millis": _check_timestamp,
-    "local-timestamp-micros": _check_timestamp,
-    "date": _check_date,
-    "uuid": _check_uuid,
-    "decimal": _check_decimal,
-}
-
-
-def _compile_validator(parsed: Any) -> _Check:
-    named: dict[str, Any] = {}
-    if isinstance(parsed, dict):
-        named.update(parsed.get("__named_schemas", {}))
-    return _Compiler(named).compile(parsed)
-
-
-class _Compiler:
-    def __init__(self, named: Mapping[str, Any]) -> None:
-        self._named = named
-        self._compiled: dict[str, _Check] = {}
-
-    def compile(self, schema: Any) -> _Check:
-        if isinstance(schema, str):
-            check = _PRIMITIVE_CHECKS.get(schema)
-            if check is not None:
-                return check
-            return self._named_type(schema, self._named[schema])
-        if isinstance(schema, list):
-            return self._union(schema)
-        kind = schema["type"]
-        logical = schema.get("logicalType")
-        if logical in _LOGICAL_CHECKS:
-            return _LOGICAL_CHECKS[logical]
-        if kind in ("record", "error", "enum", "fixed"):
-            return self._named_type(str(schema["name"]), schema)
-        if kind == "array":
-            return self._array(self.compile(schema["items"]))
-        if kind == "map":
-            return self._map(self.compile(schema["values"]))
-        return self.compile(kind)
-
-    def _named_type(self, name: str, definition: Mapping[str, Any]) -> _Check:
-        compiled = self._compiled.get(name)
-        if compiled is not None:
-            return compiled
-        # Recursive types refer to themselves: hand out a trampoline until compiled.
-        cell: list[_Check] = []
-        self._compiled[name] = lambda value: cell[0](value)
-        kind = definition["type"]
-        if kind == "enum":
-            check = self._enum(name, definition["symbols"])
-        elif kind == "fixed":
-            check = self._fixed(name, int(definition["size"]))
-        else:
-            check = self._record(name, definition["fields"])
-        cell.append(check)
-        self._compiled[name] = check
-        return check
-
-    def _record(self, name: str, fields: list[Mapping[str, Any]]) -> _Check:
-        short = name.rsplit(".", 1)[-1]
-        compiled = [(f["name"], self.compile(f["type"]), "default" in f) for f in fields]
-        names = frozenset(f["name"] for f in fields)
-
-        def check_record(value: Any) -> None:
-            if not isinstance(value, Mapping):
-                raise _Invalid(f"expected an object ({short}), got {_type_name(value)}")
-            for field, check, has_default in compiled:
-                if field in value:
-                    try:
-                        check(value[field])
-                    except _Invalid as exc:
-                        exc.steps.append("." + field)
-                        raise
-                elif not has_default:
-                    raise _Invalid("is required", step="." + field)
-            if not value.keys() <= names:
-                extra = sorted(str(k) for k in value.keys() - names)
-                raise _Invalid(f"unknown field (not in {short})", step="." + extra[0])
-
-        return check_record
-
-    @staticmethod
-    def _enum(name: str, symbols: list[str]) -> _Check:
-        allowed = frozenset(symbols)
-
-        def check_enum(value: Any) -> None:
-            if not isinstance(value, str) or value not in allowed:
-                raise _Invalid(f"expected one of {', '.join(symbols)}, got {value!r}")
-
-        return check_enum
-
-    @staticmethod
-    def _fixed(name: str, size: int) -> _Check:
-        def check_fixed(value: Any) -> None:
-            if not isinstance(value, bytes | bytearray) or len(value) != size:
-                raise _Invalid(f"expected {size} bytes ({name})")
-
-        return check_fixed
-
-    @staticmethod
-    def _array(items: _Check) -> _Check:
-        def check_array(value: Any) -> None:
-            if not isinstance(value, list | tuple):
-                raise _Invalid(f"expected an array, got {_type_name(value)}")
-            for index, item in enumerate(value):
-                try:
-                    items(item)
-                except _Invalid as exc:
-                    exc.steps.append(f"[{index}]")
-                    raise
-
-        return check_array
-
-    @staticmethod
-    def _map(values: _Check) -> _Check:
-        def check_map(value: Any) -> None:
-            if not isinstance(value, Mapping):
-                raise _Invalid(f"expected a map (object), got {_type_name(value)}")
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise _Invalid(
-                        f"map keys must be strings, got {_type_name(key)}", step=f"[{key!r}]"
-                    )
-                try:
-                    values(item)
-                except _Invalid as exc:
-                    exc.steps.append(f"[{key}]")
-                    raise
-
-        return check_map
-
-    def _union(self, branches: list[Any]) -> _Check:
-        nullable = "null" in branches
-        others = [b for b in branches if b != "null"]
-        compiled = [(self._resolve(b), self.compile(b)) for b in others]
-        expected = " or ".join(self._label(b) for b in branches)
-
-        if len(compiled) == 1:
-            # The common ["null", T]: T's own error (with its deeper path) is the best.
-            only = compiled[0][1]
-
-            def check_optional(value: Any) -> None:
-                if value is None:
-                    if not nullable:
-                        raise _Invalid(f"expected {expected}, got null")
-                    return
-                only(value)
-
-            return check_optional
-
-        def check_union(value: Any) -> None:
-            if value is None:
-                if nullable:
-                    return
-                raise _Invalid(f"expected {expected}, got null")
-            failures: list[tuple[Any, _Invalid]] = []
-            for schema, check in compiled:
-                try:
-                    check(value)
-                    return
-                except _Invalid as exc:
-                    failures.append((schema, exc))
-            # Blame the record branch the value most resembles (most shared field names),
-            # so the error names the bad field inside it rather than the whole union.
-            if isinstance(value, Mapping):
-                records = [
-                    (len({f["name"] for f in s["fields"]} & set(value)), exc)
-                    for s, exc in failures
-                    if isinstance(s, Mapping) and s.get("type") in ("record", "error")
-                ]
-                if records:
-                    raise max(records, key=lambda pair: pair[0])[1]
-            raise _Invalid(f"expected {expected}, got {_type_name(value)}")
-
-        return check_union
-
-    def _resolve(self, schema: Any) -> Any:
-        if isinstance(schema, str) and schema in self._named:
-            return self._named[schema]
-        return schema
-
-    def _label(self, schema: Any) -> str:
-        schema = self._resolve(schema)
-        if isinstance(schema, str):
-            return schema
-        if isinstance(schema, list):
-            return "union"
-        if "name" in schema:
-            return str(schema["name"]).rsplit(".", 1)[-1]
-        return str(schema.get("logicalType") or schema["type"])
+def _invalid(topic: str, problem: Problem) -> InvalidEvent:
+    return InvalidEvent(
+        f"invalid {topic} record: {problem.path or '<record>'}: {problem.message}",
+        field=problem.path or None,
+    )

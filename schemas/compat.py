@@ -1,4 +1,4 @@
-"""BACKWARD compatibility of Avro schemas, by the Avro specification's resolution rules.
+"""BACKWARD compatibility of Avro schemas: Apache Avro's reader/writer checker, explained.
 
 A change is BACKWARD compatible when a consumer using the *new* schema (the reader) can
 decode every record written with the *old* one (the writer). That is the guarantee Sluice
@@ -7,50 +7,46 @@ codec decodes older records with the latest schema. ``check_backward(reader, wri
 lists every way that would fail; an empty list means compatible. The test suite runs it
 for every ``schemas/avro/<subject>/<n>.avsc`` against ``<n-1>.avsc``.
 
-The rules, from the specification's "Schema Resolution" section, applied recursively:
+The verdict is the Apache ``avro`` package's
+:class:`avro.compatibility.ReaderWriterCompatibilityChecker` (the Avro specification's
+"Schema Resolution" rules, as the Java checker Confluent-style registries run). This
+module only makes its answer readable and adds three things around it:
 
-- Primitives must have the same type, or the writer's promotes to the reader's:
-  ``int`` → ``long``/``float``/``double``, ``long`` → ``float``/``double``,
-  ``float`` → ``double``, ``string`` ↔ ``bytes``. Logical types are ignored (they do not
-  change the encoding).
-- Records, enums and fixed match when their unqualified names are equal or the reader
-  lists the writer's name (full or unqualified) among its aliases.
-- Records: fields are matched by name (or a reader field's alias); writer fields the
-  reader lacks are skipped; a reader field the writer lacks must have a default.
-- Enums: a writer symbol the reader lacks is an error unless the reader has a default.
-- Fixed: sizes must be equal. Arrays and maps: items / values resolve recursively.
-- Unions: each writer branch must resolve against the reader; against a reader union
-  the first reader branch that *matches* (same type or promotable; same-named named
-  type; array with array; map with map) is the one resolved, as decoders do.
+- Schemas are parsed with fastavro first (so a malformed schema raises fastavro's
+  ``SchemaParseException``/``UnknownType`` as before, and fastavro-parsed schemas are
+  accepted), and reader aliases are qualified with the alias's namespace, as the
+  specification says; the Python checker compares a writer's full name to the aliases
+  as written, so ``"aliases": ["R"]`` would not match a writer ``t.R``.
+- The checker keeps one ``(locations, messages)`` set pair per result, merged across
+  problems, and forgets the location when it descends into a union branch. A subclass
+  follows the descent instead, and reports each problem at the pair of schemas where
+  the checker found it, with the path of the field it is in
+  (``OrderEvent.data.amount: ...``).
 
 The check is pure, never raises for a well-formed schema, and does not touch the network.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
+import avro.schema
 import fastavro
+from avro.compatibility import (
+    ReaderWriterCompatibilityChecker,
+    SchemaCompatibilityResult,
+    SchemaCompatibilityType,
+    SchemaIncompatibilityType,
+    lookup_writer_field,
+)
 
 __all__ = ["check_backward", "is_backward_compatible"]
 
-_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
-_NAMED = frozenset({"record", "enum", "fixed"})
-
-# (writer type, reader type) pairs the specification lets a reader promote.
-_PROMOTIONS = frozenset(
-    {
-        ("int", "long"),
-        ("int", "float"),
-        ("int", "double"),
-        ("long", "float"),
-        ("long", "double"),
-        ("float", "double"),
-        ("string", "bytes"),
-        ("bytes", "string"),
-    }
-)
+_NAMED = frozenset({"record", "error", "enum", "fixed"})
 
 
 def check_backward(reader: Any, writer: Any) -> list[str]:
@@ -63,13 +59,14 @@ def check_backward(reader: Any, writer: Any) -> list[str]:
         (``OrderEvent.data.amount: ...``).
     :raises fastavro.schema.SchemaParseException: if either schema is malformed.
     """
-    reader_names: dict[str, Any] = {}
-    writer_names: dict[str, Any] = {}
-    parsed_reader = _parse(reader, reader_names)
-    parsed_writer = _parse(writer, writer_names)
-    checker = _Checker(reader_names, writer_names)
-    checker.resolve(parsed_reader, parsed_writer, _root_path(parsed_reader))
-    return checker.problems
+    avro_reader, avro_writer = _to_avro(reader), _to_avro(writer)
+    checker = _ExplainingChecker()
+    result = checker.get_compatibility(avro_reader, avro_writer)
+    if result.compatibility is SchemaCompatibilityType.compatible:
+        return []
+    return checker.problems(result) or [
+        f"{_root_path(avro_reader)}: {'; '.join(sorted(result.messages))}"
+    ]
 
 
 def is_backward_compatible(reader: Any, writer: Any) -> bool:
@@ -77,177 +74,195 @@ def is_backward_compatible(reader: Any, writer: Any) -> bool:
     return not check_backward(reader, writer)
 
 
-def _parse(schema: Any, names: dict[str, Any]) -> Any:
-    if isinstance(schema, Mapping) and "__fastavro_parsed" in schema:
-        names.update(schema.get("__named_schemas", {}))
+def _to_avro(schema: Any) -> avro.schema.Schema:
+    parsed = fastavro.parse_schema(schema)
+    return avro.schema.parse(json.dumps(_for_avro(parsed)))
+
+
+def _for_avro(schema: Any) -> Any:
+    """fastavro's parsed form, less its bookkeeping keys, with aliases fully qualified."""
+    if isinstance(schema, list):
+        return [_for_avro(branch) for branch in schema]
+    if not isinstance(schema, Mapping):
         return schema
-    return fastavro.parse_schema(schema, named_schemas=names)
+    out = {k: _for_avro(v) for k, v in schema.items() if not k.startswith("__")}
+    if "fields" in out:
+        out["fields"] = [
+            {**f, "type": _for_avro(f["type"])} for f in cast(list[Any], schema["fields"])
+        ]
+    if isinstance(out.get("type"), str) and out["type"] in _NAMED and "aliases" in out:
+        name = str(out["name"])
+        namespace = name.rsplit(".", 1)[0] if "." in name else ""
+        out["aliases"] = [
+            a if "." in a or not namespace else f"{namespace}.{a}" for a in out["aliases"]
+        ]
+    return out
 
 
-def _root_path(schema: Any) -> str:
-    if isinstance(schema, Mapping) and "name" in schema:
-        return _unqualified(str(schema["name"]))
+def _root_path(schema: avro.schema.Schema) -> str:
+    if isinstance(schema, avro.schema.NamedSchema):
+        return str(schema.name)
     return "<root>"
 
 
-def _unqualified(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
+def _describe(schema: avro.schema.Schema) -> str:
+    if isinstance(schema, avro.schema.NamedSchema):
+        return f"{schema.type} {schema.fullname}"
+    return str(schema.type)
 
 
-def _namespace(fullname: str) -> str:
-    return fullname.rsplit(".", 1)[0] if "." in fullname else ""
+@dataclass
+class _Frame:
+    """One reader/writer pair the checker is resolving, and its children's results."""
+
+    reader: avro.schema.Schema
+    writer: avro.schema.Schema
+    location: list[str]
+    path: str
+    children: list[SchemaCompatibilityResult] = field(default_factory=list)
 
 
-class _Checker:
-    def __init__(self, reader_names: dict[str, Any], writer_names: dict[str, Any]) -> None:
-        self._reader_names = reader_names
-        self._writer_names = writer_names
-        self.problems: list[str] = []
-        # (reader full name, writer full name) pairs already resolved or in progress,
-        # so recursive types terminate and shared types are reported once.
-        self._seen: set[tuple[str, str]] = set()
+class _ExplainingChecker(ReaderWriterCompatibilityChecker):
+    """Avro's checker, with each incompatible result annotated with its problems in words.
 
-    def _deref(self, schema: Any, names: Mapping[str, Any]) -> Any:
-        """Replace a named-type reference with its definition; unwrap ``{"type": "int"}``."""
-        while True:
-            if isinstance(schema, str):
-                if schema in _PRIMITIVES:
-                    return schema
-                return names[schema]
-            if isinstance(schema, Mapping) and isinstance(schema.get("type"), str):
-                kind = schema["type"]
-                if kind in _PRIMITIVES:
-                    return kind  # logical types do not change resolution
-                if kind not in _NAMED and kind not in ("array", "map"):
-                    schema = kind  # a reference written as {"type": "ns.Name"}
-                    continue
-            return schema
+    A result's problems are its own (found at its pair of schemas) plus those of the
+    children it merged. Children of a pair whose reader is a union are probes (which
+    reader branch fits?): the checker does not merge them, and neither does this.
+    """
 
-    @staticmethod
-    def _kind(schema: Any) -> str:
-        if isinstance(schema, str):
-            return schema
-        if isinstance(schema, list):
-            return "union"
-        return str(schema["type"])
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._frames: list[_Frame] = []
+        self._next_path = ""
+        # id(result) -> (result, its problems); the result is kept so the id stays its own.
+        self._notes: dict[int, tuple[SchemaCompatibilityResult, list[str]]] = {}
 
-    def _describe(self, schema: Any) -> str:
-        kind = self._kind(schema)
-        if kind in _NAMED:
-            return f"{kind} {schema['name']}"
-        return kind
+    def problems(self, result: SchemaCompatibilityResult) -> list[str]:
+        return list(dict.fromkeys(self._notes.get(id(result), (result, []))[1]))
 
-    @staticmethod
-    def _names_match(reader: Mapping[str, Any], writer: Mapping[str, Any]) -> bool:
-        reader_full = str(reader["name"])
-        writer_full = str(writer["name"])
-        if _unqualified(reader_full) == _unqualified(writer_full):
-            return True
-        namespace = _namespace(reader_full)
-        for alias in reader.get("aliases", ()):
-            alias_full = alias if "." in alias or not namespace else f"{namespace}.{alias}"
-            if writer_full in (alias, alias_full) or _unqualified(writer_full) == alias:
-                return True
-        return False
-
-    def _matches(self, reader: Any, writer: Any) -> bool:
-        """The specification's shallow "match", used to pick a reader union branch."""
-        r_kind, w_kind = self._kind(reader), self._kind(writer)
-        if w_kind in _PRIMITIVES and r_kind in _PRIMITIVES:
-            return r_kind == w_kind or (w_kind, r_kind) in _PROMOTIONS
-        if r_kind != w_kind:
-            return False
-        if r_kind in _NAMED:
-            return self._names_match(reader, writer)
-        return r_kind in ("array", "map")
-
-    def resolve(self, reader: Any, writer: Any, path: str) -> None:
-        reader = self._deref(reader, self._reader_names)
-        writer = self._deref(writer, self._writer_names)
-        r_kind, w_kind = self._kind(reader), self._kind(writer)
-
-        if w_kind == "union":
-            for branch in writer:
-                self.resolve(reader, branch, path)
-            return
-        if r_kind == "union":
-            for branch in reader:
-                candidate = self._deref(branch, self._reader_names)
-                if self._matches(candidate, writer):
-                    self.resolve(candidate, writer, path)
-                    return
-            self.problems.append(
-                f"{path}: writer type {self._describe(writer)} matches no branch of the "
-                f"reader's {self._describe_reader_union(reader)}"
-            )
-            return
-
-        if w_kind in _PRIMITIVES or r_kind in _PRIMITIVES:
-            if r_kind != w_kind and (w_kind, r_kind) not in _PROMOTIONS:
-                self.problems.append(
-                    f"{path}: writer type {self._describe(writer)} cannot be read as "
-                    f"{self._describe(reader)}"
-                )
-            return
-        if r_kind != w_kind:
-            self.problems.append(
-                f"{path}: writer type {self._describe(writer)} cannot be read as "
-                f"{self._describe(reader)}"
-            )
-            return
-        if r_kind == "array":
-            self.resolve(reader["items"], writer["items"], f"{path}[]")
-            return
-        if r_kind == "map":
-            self.resolve(reader["values"], writer["values"], f"{path}{{}}")
-            return
-
-        # Named types from here on.
-        if not self._names_match(reader, writer):
-            self.problems.append(
-                f"{path}: writer {w_kind} {writer['name']} does not match reader "
-                f"{r_kind} {reader['name']} (names differ and no alias)"
-            )
-            return
-        pair = (str(reader["name"]), str(writer["name"]))
-        if pair in self._seen:
-            return
-        self._seen.add(pair)
-        if r_kind == "fixed":
-            if reader["size"] != writer["size"]:
-                self.problems.append(
-                    f"{path}: fixed size changed from {writer['size']} to {reader['size']}"
-                )
-        elif r_kind == "enum":
-            missing = [s for s in writer["symbols"] if s not in reader["symbols"]]
-            if missing and "default" not in reader:
-                self.problems.append(
-                    f"{path}: enum {reader['name']} lacks writer symbols {missing} "
-                    "and has no default"
-                )
+    def get_compatibility(
+        self,
+        reader: avro.schema.Schema,
+        writer: avro.schema.Schema,
+        reference_token: str = ReaderWriterCompatibilityChecker.ROOT_REFERENCE_TOKEN,
+        location: list[str] | None = None,
+    ) -> SchemaCompatibilityResult:
+        parent = self._frames[-1] if self._frames else None
+        if parent is None:
+            path = _root_path(reader)
+        elif location is None:
+            # A union branch: the checker passes no location; the branch is at the
+            # union's place in the schema.
+            location, reference_token = parent.location[:-1], parent.location[-1]
+            path = parent.path
         else:
-            self._resolve_record(reader, writer, path)
+            path = parent.path + self._step(parent, location, reference_token)
+        self._next_path = path
+        result = super().get_compatibility(reader, writer, reference_token, location)
+        if parent is not None:
+            parent.children.append(result)
+        return result
 
-    def _describe_reader_union(self, union: list[Any]) -> str:
-        names = [self._describe(self._deref(b, self._reader_names)) for b in union]
-        return "union [" + ", ".join(names) + "]"
+    @staticmethod
+    def _step(parent: _Frame, location: list[str], reference: str) -> str:
+        if reference == "items":
+            return "[]"
+        if reference == "values":
+            return "{}"
+        if reference == "type" and len(location) >= 2 and location[-2] == "fields":
+            fields = cast(avro.schema.RecordSchema, parent.reader).fields
+            return "." + str(fields[int(location[-1])].name)
+        return ""
 
-    def _resolve_record(
-        self, reader: Mapping[str, Any], writer: Mapping[str, Any], path: str
-    ) -> None:
-        writer_fields = {f["name"]: f for f in writer["fields"]}
-        for field in reader["fields"]:
-            name = field["name"]
-            match = writer_fields.get(name)
-            if match is None:
-                for alias in field.get("aliases", ()):
-                    match = writer_fields.get(alias)
-                    if match is not None:
-                        break
-            if match is not None:
-                self.resolve(field["type"], match["type"], f"{path}.{name}")
-            elif "default" not in field:
-                self.problems.append(
-                    f"{path}.{name}: field added without a default, so records written "
-                    "before it existed cannot be read"
-                )
+    def calculate_compatibility(
+        self, reader: avro.schema.Schema, writer: avro.schema.Schema, location: list[str]
+    ) -> SchemaCompatibilityResult:
+        frame = _Frame(reader, writer, location, self._next_path)
+        self._frames.append(frame)
+        try:
+            result = super().calculate_compatibility(reader, writer, location)
+        finally:
+            self._frames.pop()
+        if result.compatibility is not SchemaCompatibilityType.incompatible:
+            return result
+        problems: list[str] = []
+        if isinstance(reader, avro.schema.UnionSchema):
+            problems = self._union_problems(frame)
+        else:
+            own = Counter(result.incompatibilities)
+            for child in frame.children:
+                own.subtract(child.incompatibilities)
+                problems.extend(self.problems(child))
+            for kind, count in own.items():
+                if count > 0:
+                    problems.extend(_explain(frame, kind))
+        self._notes[id(result)] = (result, problems)
+        return result
+
+    def _union_problems(self, frame: _Frame) -> list[str]:
+        """A reader union's children are probes. Against a writer union, each child is
+        one writer branch against the whole reader union: report the failing ones. Against
+        one writer type, the children are the reader branches tried in order: if one is
+        the same named type as the writer's (a record that gained a required field, say),
+        what failed there is the useful answer."""
+        reader = cast(avro.schema.UnionSchema, frame.reader)
+        if isinstance(frame.writer, avro.schema.UnionSchema):
+            problems = [p for child in frame.children for p in self.problems(child)]
+        else:
+            problems = [
+                p
+                for branch, probe in zip(reader.schemas, frame.children, strict=False)
+                if _same_named_type(branch, frame.writer)
+                for p in self.problems(probe)
+            ]
+        return problems or _explain(frame, SchemaIncompatibilityType.missing_union_branch)
+
+
+def _explain(frame: _Frame, kind: SchemaIncompatibilityType) -> list[str]:
+    """What went wrong at ``frame`` itself (not in its children), in words."""
+    reader: Any = frame.reader  # the kind says which schema classes these are
+    writer: Any = frame.writer
+    path = frame.path
+    if kind is SchemaIncompatibilityType.type_mismatch:
+        return [f"{path}: writer type {_describe(writer)} cannot be read as {_describe(reader)}"]
+    if kind is SchemaIncompatibilityType.name_mismatch:
+        return [
+            f"{path}: writer {writer.type} {writer.fullname} does not match reader "
+            f"{reader.type} {reader.fullname} (names differ and no alias)"
+        ]
+    if kind is SchemaIncompatibilityType.fixed_size_mismatch:
+        return [f"{path}: fixed size changed from {writer.size} to {reader.size}"]
+    if kind is SchemaIncompatibilityType.missing_enum_symbols:
+        missing = [s for s in writer.symbols if s not in reader.symbols]
+        return [f"{path}: enum {reader.fullname} lacks writer symbols {missing} and has no default"]
+    if kind is SchemaIncompatibilityType.missing_union_branch:
+        branches = writer.schemas if isinstance(writer, avro.schema.UnionSchema) else [writer]
+        reader_union = "union [" + ", ".join(_describe(b) for b in reader.schemas) + "]"
+        return [
+            f"{path}: writer type {_describe(b)} matches no branch of the reader's {reader_union}"
+            for b in branches
+            if not _fits_some_branch(reader, b)
+        ]
+    if kind is SchemaIncompatibilityType.reader_field_missing_default_value:
+        return [
+            f"{path}.{f.name}: field added without a default, so records written before it "
+            "existed cannot be read"
+            for f in reader.fields
+            if lookup_writer_field(writer, f) is None and not f.has_default
+        ]
+    return [f"{path}: {kind.value}"]
+
+
+def _same_named_type(reader: avro.schema.Schema, writer: avro.schema.Schema) -> bool:
+    return (
+        isinstance(reader, avro.schema.NamedSchema)
+        and isinstance(writer, avro.schema.NamedSchema)
+        and reader.type == writer.type
+        and reader.fullname == writer.fullname
+    )
+
+
+def _fits_some_branch(reader_union: Any, writer_branch: avro.schema.Schema) -> bool:
+    checker = ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
+    result = checker.get_compatibility(reader_union, writer_branch)
+    return bool(result.compatibility is SchemaCompatibilityType.compatible)

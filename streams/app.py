@@ -36,7 +36,7 @@ from streams.effects import EffectRunner
 from streams.topology import build_topology
 from streams.transport import SluiceApp
 
-__all__ = ["AGENT_MODULES", "create_worker", "retry_policy", "run_worker"]
+__all__ = ["AGENT_MODULES", "create_worker", "resolve_schemas", "retry_policy", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +159,24 @@ def _serve_metrics(ctx: WorkerContext, settings: Settings) -> MetricsServer | No
     return server
 
 
+def resolve_schemas(ctx: WorkerContext) -> None:
+    """Resolve every schema id now (registry mode: register them), before faust starts its
+    event loop, so that no agent's first record waits on the registry. Catalog mode: no
+    network.
+
+    :raises TransientError: / :raises PermanentError: the registry is unreachable or
+        refuses a schema: the worker does not start.
+    """
+    ctx.codec.prepare()
+
+
 def run_worker(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT (faust's worker owns the event loop and the signals)."""
     # uvloop before anything asks for a loop: faust and mode create theirs lazily.
     mode.loop.use("uvloop")
     ctx = create_worker(settings)
     ensure_worker_topics(ctx)
+    resolve_schemas(ctx)
     worker = faust.Worker(ctx.topology.app, loglevel=settings.log_level.lower(), quiet=True)
     metrics_server = _serve_metrics(ctx, settings)
     try:

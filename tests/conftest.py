@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.ingress",
     "tests.fixtures.worker",
     "tests.fixtures.stripe",
+    "tests.fixtures.registry",
 ]

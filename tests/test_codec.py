@@ -6,7 +6,6 @@ import datetime as dt
 import io
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from schemas.codec import (
     RegistryResolver,
     make_codec,
 )
-from tests.fixtures.registry import RegistryStandIn
+from tests.fixtures.registry import RegistryProxy
 
 UTC = dt.UTC
 T0 = 1_714_566_615_123  # ms since the epoch: 2024-05-01T12:30:15.123Z
@@ -525,6 +524,7 @@ ENCODE_FAILURES: list[tuple[str, str, dict[str, Any], str | None, str]] = [
         "is required",
     ),
     ("array type", "orders", _order(items={"productId": "a"}), "data.items", "expected an array"),
+    ("unknown nested field", "orders", _order(amout=4999), "data.amout", "unknown field"),
     ("not a record", "orders", ["order"], None, "<record>: expected an object"),  # type: ignore[list-item]
 ]
 
@@ -627,13 +627,7 @@ def test_the_codec_only_uses_the_shipped_files(tmp_path: Path) -> None:
     assert codec.decode(GOOD).record == ORDER_CREATED
 
 
-# -- registry mode, against the stand-in ---------------------------------------------------
-
-
-@pytest.fixture
-def registry() -> Iterator[RegistryStandIn]:
-    with RegistryStandIn() as stand_in:
-        yield stand_in
+# -- registry mode, against a real registry (tests/fixtures/registry.py) ---------------
 
 
 def _client(url: str) -> SchemaRegistryClient:
@@ -645,7 +639,7 @@ def _registry_codec(url: str) -> Codec:
     return Codec(RegistryResolver(_client(url)))
 
 
-def _posts(registry: RegistryStandIn) -> list[str]:
+def _posts(registry: RegistryProxy) -> list[str]:
     return [path for method, path in registry.requests if method == "POST"]
 
 
@@ -655,7 +649,7 @@ def test_make_codec_picks_the_resolver() -> None:
     assert isinstance(make_codec("http://127.0.0.1:1").resolver, RegistryResolver)
 
 
-def test_registry_codec_registers_topic_name_subjects_once(registry: RegistryStandIn) -> None:
+def test_registry_codec_registers_topic_name_subjects_once(registry: RegistryProxy) -> None:
     codec = _registry_codec(registry.url)
     first = codec.encode("orders", ORDER_CREATED)
     second = codec.encode("orders", ORDER_CANCELLED)
@@ -667,7 +661,7 @@ def test_registry_codec_registers_topic_name_subjects_once(registry: RegistrySta
     assert codec.decode(first).record == ORDER_CREATED
 
 
-def test_topics_sharing_a_record_type_share_the_registry_id(registry: RegistryStandIn) -> None:
+def test_topics_sharing_a_record_type_share_the_registry_id(registry: RegistryProxy) -> None:
     codec = _registry_codec(registry.url)
     a = codec.encode("billing.payment.succeeded", SAMPLES["billing.payment.succeeded"])
     b = codec.encode("billing.payment.failed", SAMPLES["billing.payment.failed"])
@@ -678,7 +672,7 @@ def test_topics_sharing_a_record_type_share_the_registry_id(registry: RegistrySt
     }
 
 
-def test_registry_codec_resolves_unknown_ids_by_fetching_them(registry: RegistryStandIn) -> None:
+def test_registry_codec_resolves_unknown_ids_by_fetching_them(registry: RegistryProxy) -> None:
     value = _registry_codec(registry.url).encode("dlq", SAMPLES["dlq"])
     reader = _registry_codec(registry.url)
     decoded = reader.decode(value, topic="dlq")
@@ -691,7 +685,7 @@ def test_registry_codec_resolves_unknown_ids_by_fetching_them(registry: Registry
     assert len(fetches) == 1
 
 
-def test_registry_codec_rejects_ids_the_registry_does_not_know(registry: RegistryStandIn) -> None:
+def test_registry_codec_rejects_ids_the_registry_does_not_know(registry: RegistryProxy) -> None:
     codec = _registry_codec(registry.url)
     catalog_value = CODEC.encode("orders", ORDER_CREATED)  # id 1001+: catalog mode
     with pytest.raises(InvalidEvent, match="unknown schema id 1003: the schema registry"):
@@ -699,7 +693,7 @@ def test_registry_codec_rejects_ids_the_registry_does_not_know(registry: Registr
 
 
 def test_registry_codec_reads_newer_writers_with_the_local_schema(
-    registry: RegistryStandIn,
+    registry: RegistryProxy,
 ) -> None:
     newer = default_catalog().schema("sluice.config.RuntimeConfigEntry", 1)
     newer["fields"].append(
@@ -718,7 +712,7 @@ def test_registry_codec_reads_newer_writers_with_the_local_schema(
     assert decoded.record == SAMPLES["config.runtime"]
 
 
-def test_registry_schema_outside_the_catalog_is_invalid(registry: RegistryStandIn) -> None:
+def test_registry_schema_outside_the_catalog_is_invalid(registry: RegistryProxy) -> None:
     foreign = {"type": "record", "name": "Foreign", "fields": [{"name": "a", "type": "int"}]}
     schema_id = _client(registry.url).register_schema(
         "x-value", Schema(json.dumps(foreign), "AVRO")
@@ -727,7 +721,7 @@ def test_registry_schema_outside_the_catalog_is_invalid(registry: RegistryStandI
         _registry_codec(registry.url).decode(b"\x00" + schema_id.to_bytes(4, "big") + b"\x02")
 
 
-def test_registry_refusing_an_incompatible_schema_is_permanent(registry: RegistryStandIn) -> None:
+def test_registry_refusing_an_incompatible_schema_is_permanent(registry: RegistryProxy) -> None:
     older = {
         "type": "record",
         "name": "OrderEvent",
@@ -740,7 +734,7 @@ def test_registry_refusing_an_incompatible_schema_is_permanent(registry: Registr
     assert "(HTTP 409)" in str(caught.value)
 
 
-def test_registry_errors_are_transient(registry: RegistryStandIn) -> None:
+def test_registry_errors_are_transient(registry: RegistryProxy) -> None:
     codec = _registry_codec(registry.url)
     registry.fail_with = 503
     with pytest.raises(TransientError, match=r"schema registry failed registering .*HTTP 503"):
@@ -752,8 +746,8 @@ def test_registry_errors_are_transient(registry: RegistryStandIn) -> None:
 
 
 def test_unreachable_registry_is_transient() -> None:
-    with RegistryStandIn() as stand_in:
-        url = stand_in.url
+    with RegistryProxy("http://127.0.0.1:1") as closed:
+        url = closed.url
     codec = _registry_codec(url)
     with pytest.raises(
         TransientError, match="schema registry unreachable registering orders-value"
@@ -761,7 +755,7 @@ def test_unreachable_registry_is_transient() -> None:
         codec.encode("orders", ORDER_CREATED)
 
 
-def test_prepare_registers_every_topic_up_front(registry: RegistryStandIn) -> None:
+def test_prepare_registers_every_topic_up_front(registry: RegistryProxy) -> None:
     codec = _registry_codec(registry.url)
     codec.prepare()
     with_schema = {name for name, spec in TOPICS.items() if spec.subject is not None}

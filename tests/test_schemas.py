@@ -456,6 +456,12 @@ INCOMPATIBLE: list[tuple[str, Any, Any, str]] = [
         _record(_f("d", [_record(_f("a", "int"), name="A"), _record(_f("b", "int"), name="B")])),
         "R.d: writer type record t.B matches no branch",
     ),
+    (
+        "record inside a union gains required field",
+        _record(_f("d", ["null", _record(_f("a", "int"), _f("z", "int"), name="A")])),
+        _record(_f("d", ["null", _record(_f("a", "int"), name="A")])),
+        "R.d.z: field added without a default",
+    ),
 ]
 
 COMPATIBLE: list[tuple[str, Any, Any]] = [

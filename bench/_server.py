@@ -11,14 +11,12 @@ the record, publish and wait for Kafka's acknowledgement.
 When listening and Kafka answers, it prints one JSON line to stdout,
 ``{"url": "http://127.0.0.1:PORT", "pid": PID}``. It stops when its stdin closes (the
 parent exited or is done) or on SIGTERM/SIGINT, then flushes the producer.
-``--profile FILE`` runs it under cProfile and writes the stats to FILE at exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import json
 import os
 import signal
@@ -32,8 +30,6 @@ from base.settings import Settings, load_settings
 from ingress.app import create_apps
 from ingress.publisher import KafkaPublisher
 from schemas.codec import make_codec
-
-__all__ = ["BASELINE_PATH", "INGRESS_PATH", "bench_settings", "main"]
 
 INGRESS_PATH = "/v1/webhooks/stripe"
 BASELINE_PATH = "/bench/noop"
@@ -114,20 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench._server")
     parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
     parser.add_argument("--secret", required=True, help="the Stripe webhook secret")
-    parser.add_argument("--profile", default=None, help="write cProfile stats here at exit")
     args = parser.parse_args(argv)
     settings = bench_settings(args.bootstrap, args.secret)
     configure_logging(settings.log_level)
-    if args.profile is None:
-        asyncio.run(serve(settings))
-        return 0
-    profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        asyncio.run(serve(settings))
-    finally:
-        profiler.disable()
-        profiler.dump_stats(args.profile)
+    asyncio.run(serve(settings))
     return 0
 
 

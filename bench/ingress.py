@@ -25,11 +25,8 @@ import argparse
 import asyncio
 import dataclasses
 import itertools
-import json
 import math
 import os
-import select
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +42,8 @@ from bench._report import (
     Goal,
     Phase,
     distribution,
+    div,
+    goal,
     machine_info,
     machine_lines,
     noise_warning,
@@ -54,7 +53,7 @@ from bench._report import (
     run_bench,
 )
 from bench._server import BASELINE_PATH, INGRESS_PATH
-from bench._services import ROOT, kafka
+from bench._services import kafka, running
 from tests.payloads import random_id
 from tests.payloads.stripe import signed_stripe_request, stripe_event
 
@@ -69,8 +68,7 @@ EVENT_TYPES = (
     "customer.subscription.updated",
     "checkout.session.completed",
 )
-_INITIAL_RATE_HINT = 2000.0
-_POOL_HEADROOM = 2.5
+_POOL_HEADROOM = 2.5  # requests built per second of run, times the best rate seen so far
 _MAX_POOL = 200_000
 _SETTLE_CONCURRENCY = 16
 _CLIENT_BOUND_PERCENT = 90.0
@@ -88,10 +86,10 @@ def prepare_stripe_requests(
     """``count`` signed Stripe webhooks, each with a unique event id, signed at
     ``timestamp`` (default now; the ingress accepts it for five minutes)."""
     signed_at = int(time.time()) if timestamp is None else timestamp
-    templates = [stripe_event(event_type) for event_type in EVENT_TYPES]
+    templates = itertools.cycle([stripe_event(event_type) for event_type in EVENT_TYPES])
     return [
         PreparedRequest(*signed_stripe_request({**t, "id": random_id("evt")}, secret, signed_at))
-        for t in itertools.islice(itertools.cycle(templates), count)
+        for t in itertools.islice(templates, count)
     ]
 
 
@@ -125,9 +123,11 @@ class Report:
     @property
     def ratio(self) -> float:
         ingress, baseline = self.best("ingress"), self.best("baseline")
-        if ingress is None or baseline is None or not baseline.accepted_per_s > 0:
-            return math.nan
-        return ingress.accepted_per_s / baseline.accepted_per_s
+        return (
+            div(ingress.accepted_per_s, baseline.accepted_per_s)
+            if ingress and baseline
+            else math.nan
+        )
 
     @property
     def paced_ingress(self) -> Phase | None:
@@ -142,101 +142,82 @@ class Report:
         return self.errors > 0
 
     def goals(self) -> list[Goal]:
-        ratio, paced = self.ratio, self.paced_ingress
+        paced = self.paced_ingress
         p99 = paced.http["request"].p99_ms if paced else math.nan
-        rate = f"{paced.target_rps:,.0f}/s" if paced and paced.target_rps else "-"
+        rate = f"{paced.target_rps or 0:,.0f}/s" if paced else "-"
+        ratio_goal, p99_goal = f">= {RATIO_GOAL:g}", f"<= {P99_GOAL_MS:g} ms"
         return [
-            Goal(
+            goal(
                 "ingress / no-op route, peak req/s",
-                ratio_text(ratio),
-                f">= {RATIO_GOAL:g}",
-                None if math.isnan(ratio) else ratio >= RATIO_GOAL,
+                self.ratio,
+                ratio_text(self.ratio),
+                ratio_goal,
+                lambda r: r >= RATIO_GOAL,
             ),
-            Goal(
+            goal(
                 f"ingress p99 paced at half its peak ({rate})",
+                p99,
                 f"{p99:.1f} ms",
-                f"<= {P99_GOAL_MS:g} ms",
-                None if math.isnan(p99) else p99 <= P99_GOAL_MS,
+                p99_goal,
+                lambda p: p <= P99_GOAL_MS,
             ),
         ]
 
     def as_json(self) -> dict[str, Any]:
-        ingress, baseline, paced = self.best("ingress"), self.best("baseline"), self.paced_ingress
-        return {
-            "machine": self.machine,
-            "kafka": self.kafka,
-            "duration_s": self.duration_s,
-            "warmup_s": self.warmup_s,
-            "closed": [dataclasses.asdict(r) for r in self.closed],
-            "paced": [dataclasses.asdict(r) for r in self.paced],
-            "summary": {
-                "ratio": self.ratio,
-                "ratio_goal": RATIO_GOAL,
-                "ingress_peak_rps": ingress.accepted_per_s if ingress else None,
-                "baseline_peak_rps": baseline.accepted_per_s if baseline else None,
-                "ingress_server_us_per_request": server_cost_us(ingress) if ingress else None,
-                "baseline_server_us_per_request": server_cost_us(baseline) if baseline else None,
-                "paced_rps": paced.target_rps if paced else None,
-                "paced_p99_ms": paced.http["request"].p99_ms if paced else None,
-                "p99_goal_ms": P99_GOAL_MS,
-                "errors": self.errors,
-            },
-            "goals": [goal.as_json() for goal in self.goals()],
+        ingress, baseline = self.best("ingress"), self.best("baseline")
+        summary = {
+            "ratio": self.ratio,
+            "ingress_server_us_per_request": server_cost_us(ingress) if ingress else None,
+            "baseline_server_us_per_request": server_cost_us(baseline) if baseline else None,
+            "errors": self.errors,
         }
+        goals = [g.as_json() for g in self.goals()]
+        return dataclasses.asdict(self) | {"summary": summary, "goals": goals}
 
 
 def server_cost_us(result: Phase) -> float | None:
     """The server process's CPU time per answered request, in microseconds."""
     server = result.cpu_percent.get("server")
-    if server is None or not result.accepted_per_s > 0:
-        return None
-    return server / 100 / result.accepted_per_s * 1e6
+    return None if server is None else div(server / 100, result.accepted_per_s) * 1e6
 
 
-# -- the run --------------------------------------------------------------------------------
-
-
-async def _start_at(meter: CpuMeter, at: float) -> None:
-    await asyncio.sleep(max(0.0, at - time.monotonic()))
-    meter.start()
-
-
-async def _run_one(
+async def _measure_one(
     target: str,
     url: str,
     requests: Sequence[PreparedRequest],
     meter: CpuMeter,
+    seconds: tuple[float, float],
     *,
-    warmup_s: float,
-    duration_s: float,
     concurrency: int | None = None,
-    rate: float | None = None,
+    rate: float = 0,
 ) -> Phase:
-    """A closed loop (``concurrency``) or a paced run (``rate``, exactly ``rate x
-    (warmup + duration)`` requests, latency from each one's scheduled send time);
-    the last ``duration_s`` measured. Errors count over the whole run."""
-    log: list[tuple[float, float, bool]] = []  # sent or scheduled, answered, 2xx
+    """A closed loop (``concurrency``) or a paced run (exactly ``rate x (warm-up +
+    duration)`` requests; latency from each one's scheduled send time), measured over
+    its last ``seconds[1]`` after ``seconds[0]`` of warm-up. Errors count throughout."""
+    warmup_s, duration_s = seconds
+    log: list[tuple[float, float, bool]] = []  # sent (or scheduled), answered, 2xx
 
     async def one(session: aiohttp.ClientSession, request: PreparedRequest, at: float) -> None:
         ok = await post(session, url, request.body, request.headers, 200)
         log.append((at, time.monotonic(), ok))
 
-    began = time.monotonic()
-    measure_from = began + warmup_s
-    starter = asyncio.create_task(_start_at(meter, measure_from))
-    pool = _Pool(requests)
+    async def start_meter() -> None:
+        await asyncio.sleep(warmup_s)
+        meter.start()
+
+    began, pool = time.monotonic(), _Pool(requests)
+    starter = asyncio.create_task(start_meter())
     with gc_frozen():
-        if concurrency is not None:
-            await send_closed(pool, concurrency, one, until=measure_from + duration_s)
+        if concurrency:
+            await send_closed(pool, concurrency, one, until=began + warmup_s + duration_s)
         else:
-            await send_paced(requests, rate or 1.0, one)
+            await send_paced(requests, rate, one)
     await starter
     cpu = meter.stop()
-    if concurrency is not None:  # answers within the window
-        measured = [
-            b - a for a, b, ok in log if ok and measure_from <= b < began + warmup_s + duration_s
-        ]
-    else:  # requests scheduled after the warm-up (latency from the schedule)
+    if concurrency:  # the answers within the measured window
+        window = (began + warmup_s, began + warmup_s + duration_s)
+        measured = [b - a for a, b, ok in log if ok and window[0] <= b < window[1]]
+    else:  # the requests scheduled after the warm-up
         first = min((a for a, _, _ in log), default=began)
         measured = [b - a for a, b, ok in log if ok and a >= first + warmup_s - 1e-9]
     return Phase(
@@ -245,70 +226,55 @@ async def _run_one(
         errors=sum(not ok for _, _, ok in log),
         accepted_per_s=len(measured) / duration_s,
         http={"request": distribution(measured)},
-        target_rps=rate,
+        target_rps=rate or None,
         concurrency=concurrency,
         reused=pool.reused,
         cpu_percent=cpu,
     )
 
 
-def _pool_size(rate_hint: float, seconds: float, concurrency: int = 0) -> int:
-    return min(_MAX_POOL, math.ceil(rate_hint * _POOL_HEADROOM * seconds) + concurrency)
-
-
 async def _run(
     report: Report, url: str, pids: dict[str, int | None], args: argparse.Namespace
 ) -> None:
     urls = {"ingress": url + INGRESS_PATH, "baseline": url + BASELINE_PATH}
-    hints = dict.fromkeys(urls, _INITIAL_RATE_HINT)
+    best = dict.fromkeys(urls, 2000.0)  # req/s: sizes the pool of pre-built requests
+
+    def pool(target: str, seconds: float, extra: int = 0) -> list[PreparedRequest]:
+        count = min(_MAX_POOL, math.ceil(best[target] * _POOL_HEADROOM * seconds) + extra)
+        return prepare_stripe_requests(count, SECRET)
+
     if args.settle > 0:
         # A fresh JVM compiles its hot paths during the first seconds under load (Kafka's
         # CPU per record halves); let that happen before anything is measured.
-        progress(
-            f"settling: {args.settle:g} s of ingress load at c={_SETTLE_CONCURRENCY}, not recorded"
-        )
-        requests = prepare_stripe_requests(_pool_size(_INITIAL_RATE_HINT, args.settle), SECRET)
-        await _run_one(
+        progress(f"settling: {args.settle:g} s of ingress load, not recorded")
+        requests, settle = pool("ingress", args.settle), (0.0, args.settle)
+        await _measure_one(
             "settle",
             urls["ingress"],
             requests,
             CpuMeter({}),
-            warmup_s=0,
-            duration_s=args.settle,
+            settle,
             concurrency=_SETTLE_CONCURRENCY,
         )
+    seconds = (report.warmup_s, report.duration_s)
     for concurrency, (target, target_url) in itertools.product(args.concurrency, urls.items()):
-        seconds = report.warmup_s + report.duration_s
-        requests = prepare_stripe_requests(_pool_size(hints[target], seconds, concurrency), SECRET)
+        requests = pool(target, sum(seconds), concurrency)
         progress(f"closed loop  c={concurrency:<4} {target:<8} ({len(requests)} requests)")
-        result = await _run_one(
-            target,
-            target_url,
-            requests,
-            CpuMeter(pids),
-            warmup_s=report.warmup_s,
-            duration_s=report.duration_s,
-            concurrency=concurrency,
+        result = await _measure_one(
+            target, target_url, requests, CpuMeter(pids), seconds, concurrency=concurrency
         )
         report.closed.append(result)
-        hints[target] = max(hints[target], result.accepted_per_s)
+        best[target] = max(best[target], result.accepted_per_s)
         progress(f"  {_brief(result)}")
-    peak = report.best("ingress")
-    if peak is None or not peak.accepted_per_s > 0:
+    if (peak := report.best("ingress")) is None or not peak.accepted_per_s > 0:
         return
     rate = peak.accepted_per_s / 2
-    warmup = max(report.warmup_s, 2.0)  # opens the connections a paced run needs
+    seconds = (max(report.warmup_s, 2.0), args.paced_duration)  # opens the connections
     for target, target_url in urls.items():
-        requests = prepare_stripe_requests(math.ceil(rate * (warmup + args.paced_duration)), SECRET)
+        requests = prepare_stripe_requests(math.ceil(rate * sum(seconds)), SECRET)
         progress(f"paced        {rate:.0f} req/s {target:<8} ({len(requests)} requests)")
-        result = await _run_one(
-            target,
-            target_url,
-            requests,
-            CpuMeter(pids),
-            warmup_s=warmup,
-            duration_s=args.paced_duration,
-            rate=rate,
+        result = await _measure_one(
+            target, target_url, requests, CpuMeter(pids), seconds, rate=rate
         )
         report.paced.append(result)
         progress(f"  {_brief(result)}")
@@ -318,58 +284,60 @@ def _brief(r: Phase) -> str:
     d = r.http["request"]
     return (
         f"{r.accepted_per_s:,.0f} req/s  p50 {d.p50_ms:.1f} ms  p99 {d.p99_ms:.1f} ms  "
-        f"errors {r.errors}  cpu {_cpu_cell(r)}"
+        f"errors {r.errors}  cpu {_cpu(r)}"
     )
 
 
-# -- output ---------------------------------------------------------------------------------
+def _cpu(r: Phase | None) -> str:
+    names = ("server", "kafka", "loadgen", "other")
+    return (
+        "-"
+        if r is None
+        else "/".join(f"{r.cpu_percent[n]:.0f}" for n in names if n in r.cpu_percent)
+    )
 
 
 def render(report: Report) -> str:
-    """The closed-loop table, the paced results, the machine, the summary and goals."""
+    """The closed-loop table, the paced runs, the machine, the summary and the goals."""
+    levels: dict[int, dict[str, Phase]] = {}
+    for r in report.closed:
+        levels.setdefault(r.concurrency or 0, {})[r.name] = r
+    header = (
+        f"{'conc':>5} | {'ingress rps':>11} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | "
+        f"{'baseline rps':>12} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | {'ratio':>5} | "
+        f"{'cpu% ingress':>12} | {'cpu% baseline':>13}"
+    )
+    rows = [header, "-" * len(header)]
+    for level, runs in levels.items():
+        ingress, base = runs.get("ingress"), runs.get("baseline")
+        ratio = div(ingress.accepted_per_s, base.accepted_per_s) if ingress and base else math.nan
+        rows.append(
+            f"{level:>5} | {_cells(ingress, 11)} | {_cells(base, 12)} | {ratio:>5.2f} | "
+            f"{_cpu(ingress):>12} | {_cpu(base):>13}"
+        )
     lines = [
         f"Sluice ingress benchmark: POST {INGRESS_PATH} (verify, encode, publish acks=all) "
         f"vs POST {BASELINE_PATH} (same server and middleware, answers 200)",
         f"closed loop: {report.duration_s:g} s per run after {report.warmup_s:g} s warm-up; "
         "latency per request; cpu = % of one core: server/kafka/load generator/rest of machine",
         "",
-        f"{'conc':>5} | {'ingress rps':>11} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} "
-        f"| {'baseline rps':>12} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | {'ratio':>5} "
-        f"| {'cpu% ingress':>12} | {'cpu% baseline':>13}",
+        *rows,
     ]
-    lines.append("-" * len(lines[-1]))
-    by_level: dict[int, dict[str, Phase]] = {}
-    for r in report.closed:
-        by_level.setdefault(r.concurrency or 0, {})[r.name] = r
-    for level, runs in by_level.items():
-        ing, base = runs.get("ingress"), runs.get("baseline")
-        ratio = (
-            ing.accepted_per_s / base.accepted_per_s
-            if ing and base and base.accepted_per_s
-            else math.nan
-        )
-        lines.append(
-            f"{level:>5} | {_cells(ing, 11)} | {_cells(base, 12)} | {ratio:>5.2f} "
-            f"| {_cpu_cell(ing):>12} | {_cpu_cell(base):>13}"
-        )
     if report.paced:
-        first = report.paced[0]
         lines += [
             "",
-            f"paced (open loop) at {first.target_rps or 0:,.0f} req/s = half the ingress "
-            f"peak, {report.paced_duration_s:g} s; latency "
-            "from each request's scheduled send time",
+            f"paced (open loop) at {report.paced[0].target_rps or 0:,.0f} req/s = half the "
+            f"ingress peak, {report.paced_duration_s:g} s; latency from each request's "
+            "scheduled send time",
         ]
         for r in report.paced:
             d = r.http["request"]
             lines.append(
                 f"  {r.name:<8} {r.accepted_per_s:>7,.0f} req/s  p50 {d.p50_ms:6.1f} ms  "
-                f"p99 {d.p99_ms:6.1f} ms  max {d.max_ms:6.1f} ms  errors {r.errors}  "
-                f"cpu% {_cpu_cell(r)}"
+                f"p99 {d.p99_ms:6.1f} ms  max {d.max_ms:6.1f} ms  errors {r.errors}  cpu% {_cpu(r)}"
             )
-    lines += ["", *machine_lines(report.machine, {"kafka": report.kafka}), _summary(report)]
-    lines += render_goals(report.goals())
-    return "\n".join(lines)
+    lines += ["", *machine_lines(report.machine, {"kafka": report.kafka}), *_summary(report)]
+    return "\n".join(lines + render_goals(report.goals()))
 
 
 def _cells(r: Phase | None, width: int) -> str:
@@ -379,60 +347,46 @@ def _cells(r: Phase | None, width: int) -> str:
     return f"{r.accepted_per_s:>{width},.0f} {d.p50_ms:>7.1f} {d.p99_ms:>7.1f} {r.errors:>4}"
 
 
-def _cpu_cell(r: Phase | None) -> str:
-    order = ("server", "kafka", "loadgen", "other")
-    return (
-        "-"
-        if r is None
-        else "/".join(f"{r.cpu_percent[n]:.0f}" for n in order if n in r.cpu_percent)
-    )
-
-
-def _summary(report: Report) -> str:
-    ingress, baseline = report.best("ingress"), report.best("baseline")
+def _summary(report: Report) -> list[str]:
+    ingress, baseline, paced = report.best("ingress"), report.best("baseline"), report.paced_ingress
     if ingress is None or baseline is None:
-        return "summary: no results"
-    ratio = report.ratio
+        return ["summary: no results"]
+    ratio, verdict = report.ratio, {True: "met", False: "NOT met"}
     parts = [
         f"summary: peak ingress {ingress.accepted_per_s:,.0f} req/s (c={ingress.concurrency}) "
         f"vs baseline {baseline.accepted_per_s:,.0f} req/s (c={baseline.concurrency}): ratio "
-        f"{ratio:.2f} (goal >= {RATIO_GOAL}: {'met' if ratio >= RATIO_GOAL else 'NOT met'})"
+        f"{ratio:.2f} (goal >= {RATIO_GOAL}: {verdict[ratio >= RATIO_GOAL]})"
     ]
-    if (paced := report.paced_ingress) is not None:
+    if paced is not None:
         p99 = paced.http["request"].p99_ms
         parts.append(
             f"p99 at {paced.target_rps or 0:,.0f} req/s {p99:.1f} ms (goal <= "
-            f"{P99_GOAL_MS:g} ms: {'met' if p99 <= P99_GOAL_MS else 'NOT met'})"
+            f"{P99_GOAL_MS:g} ms: {verdict[p99 <= P99_GOAL_MS]})"
         )
     lines = ["; ".join([*parts, f"errors {report.errors}"])]
-    ingress_cost, baseline_cost = server_cost_us(ingress), server_cost_us(baseline)
-    if ingress_cost is not None and baseline_cost is not None:
+    costs = server_cost_us(ingress), server_cost_us(baseline)
+    if costs[0] is not None and costs[1] is not None:
         lines.append(
-            f"server CPU per request at those peaks: ingress {ingress_cost:.0f} us, baseline "
-            f"{baseline_cost:.0f} us (cost ratio {baseline_cost / ingress_cost:.2f})"
+            f"server CPU per request at those peaks: ingress {costs[0]:.0f} us, baseline "
+            f"{costs[1]:.0f} us (cost ratio {costs[1] / costs[0]:.2f})"
         )
-    if baseline.cpu_percent.get("loadgen", 0.0) >= _CLIENT_BOUND_PERCENT:
+    if (loadgen := baseline.cpu_percent.get("loadgen", 0.0)) >= _CLIENT_BOUND_PERCENT:
         lines.append(
-            f"note: the load generator used {baseline.cpu_percent['loadgen']:.0f}% of a core at "
-            "the baseline peak, so the baseline is capped by the client and the ratio above "
-            "flatters the ingress; the cost ratio is the server-side view"
+            f"note: the load generator used {loadgen:.0f}% of a core at the baseline peak, so "
+            "the baseline is capped by the client and the ratio above flatters the ingress; "
+            "the cost ratio is the server-side view"
         )
-    runs = [(f"{r.name} c={r.concurrency}", r.cpu_percent) for r in (*report.closed, *report.paced)]
-    return "\n".join([*lines, *noise_warning(runs)])
-
-
-# -- the command ----------------------------------------------------------------------------
+    runs = [(f"{r.name} c={r.concurrency}", r.cpu_percent) for r in report.closed]
+    runs += [(f"{r.name} paced", r.cpu_percent) for r in report.paced]
+    return lines + noise_warning(runs)
 
 
 def parse_levels(text: str) -> list[int]:
     """``"1,4,16,64"`` -> ``[1, 4, 16, 64]``; each level a positive integer."""
-    try:
-        levels = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
-    if not levels or any(level < 1 for level in levels):
-        raise argparse.ArgumentTypeError(f"concurrency levels must be >= 1: {text!r}")
-    return levels
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise argparse.ArgumentTypeError(f"concurrency levels must be integers >= 1: {text!r}")
+    return [int(part) for part in parts]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -443,40 +397,12 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--duration", type=float, default=5.0, help="seconds measured per closed loop (5)")
     add("--warmup", type=float, default=1.0, help="seconds before each measurement (1)")
-    add(
-        "--concurrency",
-        type=parse_levels,
-        default=[1, 4, 16, 64],
-        help="closed-loop concurrency levels (1,4,16,64)",
-    )
+    add("--concurrency", type=parse_levels, default=[1, 4, 16, 64], help="levels (1,4,16,64)")
     add("--paced-duration", type=float, default=10.0, help="seconds paced at half the peak (10)")
-    add(
-        "--bootstrap", default=None, help="Kafka (default: $KAFKA_BOOTSTRAP_SERVERS, else embedded)"
-    )
-    add(
-        "--settle",
-        type=float,
-        default=8.0,
-        help="seconds of unrecorded load first, to warm up Kafka's JIT (8)",
-    )
+    add("--bootstrap", default=None, help="Kafka (default: $KAFKA_BOOTSTRAP_SERVERS or embedded)")
+    add("--settle", type=float, default=8.0, help="unrecorded seconds first, for Kafka's JIT (8)")
     add("--json", action="store_true", help="print the report as JSON")
     return parser
-
-
-def _server(bootstrap: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
-    """``bench._server`` in a child process; it stops when its stdin closes."""
-    log = (workdir / "server.log").open("ab")
-    argv = [sys.executable, "-m", "bench._server", "--bootstrap", bootstrap, "--secret", SECRET]
-    child = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT
-    )
-    assert child.stdout is not None
-    ready, _, _ = select.select([child.stdout], [], [], 60.0)
-    if not (line := child.stdout.readline() if ready else b""):
-        child.kill()
-        raise RuntimeError(f"bench server did not start; see {workdir / 'server.log'}")
-    announced = json.loads(line)
-    return child, str(announced["url"]), int(announced["pid"])
 
 
 def _measure(args: argparse.Namespace) -> Report:
@@ -485,22 +411,19 @@ def _measure(args: argparse.Namespace) -> Report:
         tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp,
         kafka(bootstrap, Path(tmp)) as broker,
     ):
-        report = Report(machine_info(), args.duration, args.warmup, args.paced_duration)
-        report.kafka = broker.description
+        report = Report(
+            machine_info(), args.duration, args.warmup, args.paced_duration, broker.description
+        )
+        announce = Path(tmp) / "server.url"
+        argv = [sys.executable, "-m", "bench._server", "--bootstrap", broker.url]
+        argv += ["--secret", SECRET, "--announce", str(announce)]
         progress(f"starting the bench server (Kafka at {broker.url}) ...")
-        child, url, pid = _server(broker.url, Path(tmp))
-        try:
-            progress(f"server pid {pid} at {url}")
-            pids = {"server": pid, "kafka": broker.pid, "loadgen": os.getpid()}
+        with running("server", argv, dict(os.environ), Path(tmp)) as server:
+            server.wait_ready(announce.exists, timeout=60.0, interval=0.1)
+            url = announce.read_text()
+            progress(f"server pid {server.pid} at {url}")
+            pids = {"server": server.pid, "kafka": broker.pid, "loadgen": os.getpid()}
             asyncio.run(_run(report, url, pids, args))
-        finally:
-            assert child.stdin is not None
-            child.stdin.close()  # the server's signal to stop
-            try:
-                child.wait(30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
     return report
 
 

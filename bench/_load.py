@@ -102,12 +102,7 @@ class Log:
     refused: Counter[str] = field(default_factory=Counter)
 
     def phase(
-        self,
-        name: str,
-        keys: Iterable[str],
-        seen: Mapping[str, Mapping[str, float]] | None = None,
-        *,
-        http: str = "webhook",
+        self, name: str, keys: Iterable[str], seen: Mapping[str, Mapping[str, float]] | None = None
     ) -> Phase:
         """The phase's numbers from this log and when each key was first seen, per kind
         of row (the first kind counts as done)."""
@@ -118,7 +113,7 @@ class Log:
         finished = [done[k] for k in self.acked if k in done]
         last_done = max(finished, default=math.nan)
         latency = {kind: match_latencies(self.acked, at) for kind, at in seen.items()}
-        times = {http: distribution([self.acked[k] - self.sent[k] for k in self.acked])}
+        times = {"webhook": distribution([self.acked[k] - self.sent[k] for k in self.acked])}
         if self.created:
             times = {
                 "order.created": distribution(

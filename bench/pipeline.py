@@ -181,9 +181,9 @@ class _Part1:
         """Probe (waits for the worker), then with ``rate`` a paced warm-up and the paced
         run, then the burst."""
         suffix, began = f", {processes} workers" if processes > 1 else "", time.monotonic()
-        await self.sent(signed_now(1, SECRET), watcher, worker, timeout_s=_PROBE_TIMEOUT_S)
-        if watcher.outstanding():
-            raise RuntimeError(f"the worker wrote no row in {_PROBE_TIMEOUT_S:g} s")
+        probe = await self.sent(signed_now(1, SECRET), watcher, worker, timeout_s=_PROBE_TIMEOUT_S)
+        if probe.refused or watcher.outstanding():
+            raise RuntimeError(f"the probe webhook made no row in {_PROBE_TIMEOUT_S:g} s")
         if math.isnan(self.result.worker_ready_s):
             self.result.worker_ready_s = time.monotonic() - began
         progress(f"worker ready: first row {time.monotonic() - began:.1f} s after the webhook")
@@ -232,8 +232,6 @@ class _Part1:
         pipeline seen) needs."""
         watcher.expect(w.payment_id for w in webhooks)
         log = await _send(self.url, webhooks, rate, self.args.burst_concurrency)
-        if log.refused and len(webhooks) == 1:
-            raise RuntimeError("the ingress refused the probe webhook")
         await watcher.wait(worker, timeout_s or 60.0 + len(webhooks) / 250.0)
         return log
 

@@ -86,6 +86,7 @@ from bench._services import (
     worker_process,
     written_at,
 )
+from devstack.process import ChildProcess
 
 # Issue 9's goals, each a ratio measured in one run.
 QUIX_RATIO_GOAL = 1.0
@@ -176,7 +177,7 @@ class _Part1:
         progress(f"ingress alone: {phase.accepted_per_s:,.0f} webhooks accepted/s")
 
     async def with_worker(
-        self, watcher: RowWatcher, worker: Any, processes: int, rate: float
+        self, watcher: RowWatcher, worker: ChildProcess, processes: int, rate: float
     ) -> None:
         """Probe (waits for the worker), then with ``rate`` a paced warm-up and the paced
         run, then the burst."""
@@ -223,7 +224,7 @@ class _Part1:
         self,
         webhooks: list[PaymentWebhook],
         watcher: RowWatcher,
-        worker: Any,
+        worker: ChildProcess,
         rate: float = 0,
         *,
         timeout_s: float = 0,

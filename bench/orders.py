@@ -11,22 +11,18 @@ provider, so no Stripe call), then, once accepted, a signed Stripe
 Orders start at ``--rate`` per second for ``--duration`` seconds after a ``--warmup``.
 
 **Order latency** = when the ``orders`` row is first seen PAID minus when the webhook's
-HTTP 200 was read. **Baseline**, in the same run, from the same 200 and the same polls:
-when the order's ``payments`` row (the billing projection) is first seen. The join is
-parallel to that projection and adds one hop (``billing.payment.succeeded`` → join →
-``orders.lifecycle`` → ``project_orders``); the report gives the ratio of the order
-latency to the baseline at p50 and p99, and for the paced phase where the time goes.
-Then a burst of ``--burst`` orders with ``--burst-concurrency`` in flight: the most
-PAID orders per second the pipeline sustains.
+HTTP 200 was read. **Baseline**, in the same run, from the same 200 and the same polls
+(one query every 20 ms): when the order's ``payments`` row (the billing projection) is
+first seen. The join runs beside that projection and adds one hop
+(``billing.payment.succeeded`` -> join -> ``orders.lifecycle`` -> ``project_orders``);
+the report gives order / baseline at p50 and p99 and, for the paced phase, where the time
+goes (from the timestamps of the records the worker wrote). Then a burst of ``--burst``
+orders with ``--burst-concurrency`` in flight: the most PAID orders/s sustained.
 
-Kafka and PostgreSQL are ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when set (the
-bench then writes to ``orders``, ``webhooks.stripe`` and the topics downstream there: use
-a throwaway cluster), else embedded servers in a temporary directory, stopped at the
-end. ``--with-search`` adds an embedded Elasticsearch, so ``project_orders`` writes the
-``orders`` index too (as in production). Loopback only; every wait is bounded.
-
-Exit status 1 if a request was refused or an order was not PAID within the bounded
-wait, else 0; the latencies are reported, not judged.
+Kafka and PostgreSQL are ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when set (use a
+throwaway cluster), else embedded. ``--with-search`` adds an embedded Elasticsearch, so
+``project_orders`` writes the ``orders`` index too. Loopback only; every wait is bounded.
+Exit status 1 if a request was refused or an order was not PAID within the bounded wait.
 """
 
 from __future__ import annotations
@@ -34,45 +30,72 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from bench._goals import Goal, ratio_text, render_goals
-from bench._orders_e2e import OrdersOptions, run_orders, worker_app_id
-from bench._orders_input import OrdersPhase
-from bench._pipeline_e2e import POLL_EVERY_S, new_run_id
-from bench._pipeline_infra import (
-    delete_groups,
-    delete_topics,
-    kafka,
-    machine_info,
-    postgres,
-    progress,
-    topics_containing,
+import aiohttp
+
+from bench._inputs import (
+    CREATED,
+    INTERNAL_TOKEN,
+    WEBHOOK,
+    BenchOrder,
+    created_headers,
+    prepare_orders,
 )
+from bench._load import CpuMeter, Log, post, send_closed, send_paced
 from bench._report import (
-    NOISE_PERCENT,
-    cpu_line,
-    dist_line,
+    Goal,
+    Phase,
+    hop,
+    machine_info,
+    machine_lines,
     ms,
-    no_nan,
     noise_warning,
     num,
-    temp_workdir,
-    unwind_on_sigterm,
+    progress,
+    ratio_text,
+    render_goals,
+    run_bench,
+    table,
 )
-
-__all__ = ["P50_GOAL_MS", "P99_GOAL_MS", "Report", "main", "render"]
+from bench._services import (
+    POLL_EVERY_S,
+    RowWatcher,
+    Stack,
+    add_arguments,
+    end_offsets,
+    ingress_process,
+    search,
+    stack,
+    worker_process,
+    written_at,
+)
+from devstack.process import ChildProcess
 
 # Issue 9's orders goal, webhook 200 -> order PAID at the paced rate. Absolute, unlike
 # the other goals: it is what a merchant waits, on a quiet and on a slow day alike.
 P50_GOAL_MS = 60.0
 P99_GOAL_MS = 250.0
+SECRET = "whsec_bench_orders"
+BILLING_TOPIC = "billing.payment.succeeded"
+LIFECYCLE_TOPIC = "orders.lifecycle"
+WEBHOOK_PATH = "/v1/webhooks/stripe"
+_PROBE_TIMEOUT_S = 180.0  # the worker's start: imports, group join, topic declaration
+_SEEN_QUERY = (
+    "SELECT 'order', order_id FROM orders WHERE status = 'PAID' AND order_id = ANY(%(order)s) "
+    "UNION ALL SELECT 'payment', order_id FROM payments "
+    "WHERE provider = 'stripe' AND order_id = ANY(%(payment)s)"
+)
+
+
+def latency_ratio(phase: Phase, key: str) -> float:
+    """Order latency over the payments-row baseline at ``key`` (``p50_ms``, ``p99_ms``)."""
+    return phase.ratio("order", "payment", key)
 
 
 @dataclass
@@ -80,44 +103,39 @@ class Report:
     machine: dict[str, str]
     kafka: str = ""
     postgres: str = ""
-    search: str = "off"
+    search: str = "off (--with-search adds it)"
     worker_ready_s: float = math.nan
-    phases: list[OrdersPhase] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)
 
     @property
-    def paced(self) -> OrdersPhase | None:
+    def paced(self) -> Phase | None:
         return next((p for p in self.phases if p.target_rps is not None), None)
 
     @property
-    def burst(self) -> OrdersPhase | None:
+    def burst(self) -> Phase | None:
         return next((p for p in self.phases if p.concurrency is not None), None)
 
     @property
     def failed(self) -> bool:
         """A request was refused, or an acknowledged order never showed PAID."""
-        return any(p.errors or p.not_paid for p in self.phases)
+        return any(p.errors or p.missing.get("order") for p in self.phases)
 
     def goals(self) -> list[Goal]:
         paced = self.paced
         goal = f"p50 <= {P50_GOAL_MS:g} ms, p99 <= {P99_GOAL_MS:g} ms"
         if paced is None or paced.target_rps is None:
             return [Goal("orders paced, webhook 200 -> order PAID", "-", goal, None)]
-        p50, p99 = paced.order.p50_ms, paced.order.p99_ms
-        measured = (
-            f"p50 {ms(p50)}, p99 {ms(p99)} (x payments row: {ratio_text(paced.p50_ratio)}, "
-            f"{ratio_text(paced.p99_ratio)})"
-        )
+        p50, p99 = paced.latency["order"].p50_ms, paced.latency["order"].p99_ms
+        x50, x99 = (ratio_text(latency_ratio(paced, key)) for key in ("p50_ms", "p99_ms"))
+        measured = f"p50 {ms(p50)}, p99 {ms(p99)} (x payments row: {x50}, {x99})"
         met = None if math.isnan(p99) else p50 <= P50_GOAL_MS and p99 <= P99_GOAL_MS
         measure = f"orders at {paced.target_rps:g}/s, webhook 200 -> order PAID in Postgres"
         return [Goal(measure, measured, goal, met)]
 
-    def noisy_runs(self) -> list[str]:
-        """Phases during which the machine was busy with other work."""
-        return [p.name for p in self.phases if p.cpu_percent.get("other", 0.0) >= NOISE_PERCENT]
-
     def as_json(self) -> dict[str, Any]:
         paced, burst = self.paced, self.burst
-        document = {
+        lat = paced.latency if paced else {}
+        return {
             "machine": self.machine,
             "kafka": self.kafka,
             "postgres": self.postgres,
@@ -126,113 +144,220 @@ class Report:
             "phases": [
                 {
                     **dataclasses.asdict(p),
-                    "p50_ratio": p.p50_ratio,
-                    "p99_ratio": p.p99_ratio,
+                    "p50_ratio": latency_ratio(p, "p50_ms"),
+                    "p99_ratio": latency_ratio(p, "p99_ms"),
                 }
                 for p in self.phases
             ],
             "summary": {
                 "paced_rps": paced.target_rps if paced else None,
-                "order_p50_ms": paced.order.p50_ms if paced else None,
-                "order_p99_ms": paced.order.p99_ms if paced else None,
-                "payment_p50_ms": paced.payment.p50_ms if paced else None,
-                "payment_p99_ms": paced.payment.p99_ms if paced else None,
-                "p50_ratio": paced.p50_ratio if paced else None,
-                "p99_ratio": paced.p99_ratio if paced else None,
-                "burst_paid_per_s": burst.paid_per_s if burst else None,
+                "order_p50_ms": lat["order"].p50_ms if paced else None,
+                "order_p99_ms": lat["order"].p99_ms if paced else None,
+                "payment_p50_ms": lat["payment"].p50_ms if paced else None,
+                "payment_p99_ms": lat["payment"].p99_ms if paced else None,
+                "p50_ratio": latency_ratio(paced, "p50_ms") if paced else None,
+                "p99_ratio": latency_ratio(paced, "p99_ms") if paced else None,
+                "burst_paid_per_s": burst.done_per_s if burst else None,
                 "failed": self.failed,
             },
             "goals": [goal.as_json() for goal in self.goals()],
         }
-        cleaned: dict[str, Any] = no_nan(document)
-        return cleaned
-
-
-# -- rendering ------------------------------------------------------------------------------
-
-
-def _render_machine(report: Report) -> list[str]:
-    m = report.machine
-    return [
-        f"machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory']}, {m['os']}, "
-        f"Python {m['python']}",
-        f"clients: librdkafka {m['librdkafka']} (confluent-kafka {m['confluent-kafka']}), "
-        f"faust-streaming {m['faust-streaming']} (aiokafka {m['aiokafka']}), "
-        f"rocksdict {m['rocksdict']}",
-        f"kafka: {report.kafka}",
-        f"postgres: {report.postgres}",
-        f"elasticsearch: {report.search}",
-    ]
-
-
-def _render_phases(report: Report) -> list[str]:
-    lines = [
-        "",
-        "orders end to end: order.created (internal API), then its signed "
-        "payment_intent.succeeded webhook -> sluice ingress -> Kafka -> sluice worker",
-        "(from the webhook's HTTP 200: order = orders row PAID, payment = its payments row, "
-        f"the baseline; rows polled every {POLL_EVERY_S * 1000:.0f} ms; x = order / payment; "
-        f"worker's first PAID order {num(report.worker_ready_s, 1)} s after start-up)",
-        f"{'phase':<14} {'orders':>7} {'errors':>6} {'200s/s':>7} {'PAID/s':>7} "
-        f"{'order p50':>9} {'order p99':>9} {'pay p50':>8} {'pay p99':>8} {'p50 x':>5} "
-        f"{'p99 x':>5} {'drain':>7} {'not PAID':>8}",
-    ]
-    for p in report.phases:
-        lines.append(
-            f"{p.name:<14} {p.orders:>7,} {p.errors:>6} {num(p.accepted_per_s):>7} "
-            f"{num(p.paid_per_s):>7} {ms(p.order.p50_ms):>9} {ms(p.order.p99_ms):>9} "
-            f"{ms(p.payment.p50_ms):>8} {ms(p.payment.p99_ms):>8} {ratio_text(p.p50_ratio):>5} "
-            f"{ratio_text(p.p99_ratio):>5} {num(p.drain_s, 1) + ' s':>7} {p.not_paid:>8}"
-        )
-    for p in report.phases:
-        lines.append(
-            f"  {p.name}, HTTP: order.created {dist_line(p.created_http)}; "
-            f"webhook {dist_line(p.webhook_http)}"
-        )
-        if p.refused:
-            refused = ", ".join(f"{kind} {count}" for kind, count in sorted(p.refused.items()))
-            lines.append(f"  {p.name}, refused: {refused}")
-        if p.no_payment_row:
-            lines.append(f"  {p.name}, payments rows never seen: {p.no_payment_row}")
-        for stage, distribution in p.stages.items():
-            lines.append(f"  {p.name}, {stage}: {dist_line(distribution)}")
-        if p.cpu_percent:
-            lines.append(f"  {p.name}, CPU (% of one core): {cpu_line(p.cpu_percent)}")
-        if p.cpu_wait_percent:
-            lines.append(
-                f"  {p.name}, runnable but waiting for a CPU: {cpu_line(p.cpu_wait_percent)}"
-            )
-    return lines
 
 
 def render(report: Report) -> str:
-    lines = ["Sluice orders bench", *_render_machine(report)]
+    services = {"kafka": report.kafka, "postgres": report.postgres, "elasticsearch": report.search}
+    lines = ["Sluice orders bench", *machine_lines(report.machine, services)]
+    columns: list[tuple[str, int, Any]] = [
+        ("phase", -14, lambda p: p.name),
+        ("orders", 7, lambda p: f"{p.sent:,}"),
+        ("errors", 6, lambda p: str(p.errors)),
+        ("200s/s", 7, lambda p: num(p.accepted_per_s)),
+        ("PAID/s", 7, lambda p: num(p.done_per_s)),
+        ("order p50", 9, lambda p: ms(p.latency["order"].p50_ms)),
+        ("order p99", 9, lambda p: ms(p.latency["order"].p99_ms)),
+        ("pay p50", 8, lambda p: ms(p.latency["payment"].p50_ms)),
+        ("pay p99", 8, lambda p: ms(p.latency["payment"].p99_ms)),
+        ("p50 x", 5, lambda p: ratio_text(latency_ratio(p, "p50_ms"))),
+        ("p99 x", 5, lambda p: ratio_text(latency_ratio(p, "p99_ms"))),
+        ("drain", 7, lambda p: num(p.drain_s, 1) + " s"),
+        ("not PAID", 8, lambda p: str(p.missing["order"])),
+    ]
     if report.phases:
-        lines += _render_phases(report)
+        lines += [
+            "",
+            "orders end to end: order.created (internal API), then its signed "
+            "payment_intent.succeeded webhook -> sluice ingress -> Kafka -> sluice worker",
+            "(from the webhook's HTTP 200: order = orders row PAID, payment = its payments row, "
+            f"the baseline; rows polled every {POLL_EVERY_S * 1000:.0f} ms; x = order / payment; "
+            f"worker's first PAID order {num(report.worker_ready_s, 1)} s after start-up)",
+            *table(columns, report.phases),
+        ]
+    for p in report.phases:
+        lines += p.details()
+        if p.missing["payment"]:
+            lines.append(f"  {p.name}, payments rows never seen: {p.missing['payment']}")
     paced, burst = report.paced, report.burst
     lines += ["", "summary:"]
     if paced is None:
         lines.append("  paced: not measured")
     else:
+        order, pay = paced.latency["order"], paced.latency["payment"]
         lines.append(
-            f"  at {paced.target_rps:g} orders/s: order p50 {ms(paced.order.p50_ms)} / "
-            f"payment p50 {ms(paced.payment.p50_ms)} = {ratio_text(paced.p50_ratio)}; "
-            f"p99 {ms(paced.order.p99_ms)} / {ms(paced.payment.p99_ms)} = "
-            f"{ratio_text(paced.p99_ratio)}"
+            f"  at {paced.target_rps:g} orders/s: order p50 {ms(order.p50_ms)} / payment p50 "
+            f"{ms(pay.p50_ms)} = {ratio_text(latency_ratio(paced, 'p50_ms'))}; p99 "
+            f"{ms(order.p99_ms)} / {ms(pay.p99_ms)} = {ratio_text(latency_ratio(paced, 'p99_ms'))}"
         )
     if burst is not None:
         lines.append(
-            f"  burst, {burst.concurrency} orders in flight: {num(burst.paid_per_s)} "
+            f"  burst, {burst.concurrency} orders in flight: {num(burst.done_per_s)} "
             f"orders PAID/s sustained ({num(burst.accepted_per_s)} accepted/s)"
         )
     if report.failed:
         lines.append("  FAILED: requests were refused or orders were not PAID in time")
     lines += render_goals(report.goals())
-    lines += noise_warning(report.noisy_runs())
-    return "\n".join(lines)
+    return "\n".join(lines + noise_warning([(p.name, p.cpu_percent) for p in report.phases]))
 
 
 # -- the run --------------------------------------------------------------------------------
+
+
+async def _send(urls: tuple[str, str], orders: Sequence[BenchOrder], rate: float, c: int) -> Log:
+    """Each order: ``order.created`` (202), then its webhook (200) once that is accepted.
+    Paced at ``rate`` (from each one's schedule), else ``c`` in a closed loop."""
+    log, headers = Log(), created_headers()
+
+    async def one(session: aiohttp.ClientSession, order: BenchOrder, at: float) -> None:
+        key = order.order_id
+        log.scheduled[key] = at
+        if not await post(session, urls[0], order.created_body, headers, 202):
+            log.refused[CREATED] += 1
+            return
+        sent = log.created[key] = time.monotonic()
+        if not await post(session, urls[1], order.webhook.body, order.webhook.headers, 200):
+            log.refused[WEBHOOK] += 1
+            return
+        log.sent[key], log.acked[key] = sent, time.monotonic()
+
+    await (send_paced(orders, rate, one) if rate else send_closed(orders, c, one))
+    return log
+
+
+async def _drive(
+    args: argparse.Namespace,
+    report: Report,
+    at: Stack,
+    urls: tuple[str, str],
+    worker: ChildProcess,
+    watcher: RowWatcher,
+    pids: dict[str, int | None],
+) -> None:
+    """The probe (waits for the worker), a paced warm-up, the paced phase, the burst."""
+    began, c = time.monotonic(), args.burst_concurrency
+    runs = [
+        ("probe", 1, 0.0),
+        ("warm-up", round(args.rate * args.warmup), args.rate),
+        (f"paced {args.rate:g}/s", round(args.rate * args.duration), args.rate),
+        (f"burst c={c}", args.burst, 0.0),
+    ]
+    for name, count, rate in (run for run in runs if run[1]):
+        orders = prepare_orders(count, SECRET, timestamp=int(time.time()))  # signed now
+        progress(f"{name}: {count:,} orders ...")
+        before = end_offsets(at.bootstrap, [BILLING_TOPIC, LIFECYCLE_TOPIC])
+        meter = CpuMeter({**pids, "bench": os.getpid()}, trees=("postgres", "elasticsearch"))
+        watcher.expect(o.order_id for o in orders)
+        meter.start()
+        log = await _send(urls, orders, rate, 1 if name == "probe" else c)
+        watcher.expect((o.order_id for o in orders if o.order_id not in log.acked), forget=True)
+        timeout_s = _PROBE_TIMEOUT_S if name == "probe" else 60.0 + count / 20.0  # by count
+        await watcher.wait(worker, timeout_s)
+        cpu = meter.stop()
+        if name == "probe":
+            if log.refused or watcher.outstanding():
+                raise RuntimeError(f"the probe order was not PAID in {timeout_s:g} s")
+            report.worker_ready_s = time.monotonic() - began
+            progress(f"worker ready: first order PAID {report.worker_ready_s:.1f} s after it")
+        if name in ("probe", "warm-up"):
+            continue
+        seen = watcher.seen()
+        phase = log.phase(name, [o.order_id for o in orders], seen)
+        phase.cpu_percent, phase.cpu_wait_percent = cpu, meter.waited
+        phase.target_rps, phase.concurrency = rate or None, None if rate else c
+        if rate:
+            phase.stages = _stages(log, at.bootstrap, before, seen)
+        report.phases.append(phase)
+        order, pay = phase.latency["order"], phase.latency["payment"]
+        progress(
+            f"{name}: {phase.done_per_s:.0f} orders PAID/s; 200 -> PAID p50 {order.p50_ms:.0f} ms, "
+            f"p99 {order.p99_ms:.0f} ms; 200 -> payment row p50 {pay.p50_ms:.0f} ms, p99 "
+            f"{pay.p99_ms:.0f} ms; {phase.missing['order']} not PAID, {phase.errors} errors"
+        )
+
+
+def _stages(
+    log: Log,
+    bootstrap: str,
+    before: dict[tuple[str, int], int],
+    seen: Mapping[str, Mapping[str, float]],
+) -> dict[str, Any]:
+    """Both latencies split at the records the worker wrote, per order id."""
+    after = end_offsets(bootstrap, [BILLING_TOPIC, LIFECYCLE_TOPIC])
+
+    def order_id(record: Mapping[str, Any], event: str | None = None) -> str | None:
+        wanted = event is None or record.get("eventType") == event
+        return record["orderId"] if wanted and isinstance(record.get("orderId"), str) else None
+
+    billed = written_at(bootstrap, BILLING_TOPIC, before, after, order_id)
+    paid = written_at(
+        bootstrap, LIFECYCLE_TOPIC, before, after, lambda r: order_id(r, "order.paid")
+    )
+    return {
+        "200 -> billing record (normalise)": hop(log.acked, billed),
+        "billing record -> payments row (project_billing)": hop(billed, seen["payment"]),
+        "billing record -> order.paid record (join)": hop(billed, paid),
+        "order.paid record -> orders row PAID (project_orders)": hop(paid, seen["order"]),
+    }
+
+
+def worker_app_id(run_id: str) -> str:
+    """The worker's ``SLUICE_APP_ID``: its consumer group and its changelog topics' prefix."""
+    return f"bench-orders-worker-{run_id}"
+
+
+def _measure(args: argparse.Namespace) -> Report:
+    report = Report(machine=machine_info())
+    with stack(args.workdir, "orders", fast_postgres=args.fast_postgres) as at:
+        report.kafka, report.postgres = at.kafka.description, at.postgres.description
+        app_id = worker_app_id(at.run_id)
+        try:
+            with contextlib.ExitStack() as running:
+                es = running.enter_context(search(args.with_search, at.workdir))
+                report.search = es.description if es else report.search
+                # Explicit, so neither comes from the caller's environment: orders without a
+                # payment provider make no Stripe call, and search is on only when asked.
+                worker_env = {
+                    "STRIPE_API_KEY": "",
+                    "ELASTICSEARCH_URL": es.url if es else "",
+                    "SLUICE_SEARCH_INDEX_PREFIX": f"{app_id}-" if es else "",
+                }
+                token = {"INTERNAL_API_TOKEN": INTERNAL_TOKEN}
+                ingress = running.enter_context(ingress_process(at, SECRET, token))
+                worker = running.enter_context(worker_process(at, app_id, env=worker_env))
+                urls = (
+                    ingress.url("/internal/v1/events", internal=True),
+                    ingress.url(WEBHOOK_PATH),
+                )
+                pids = at.pids() | {"ingress": ingress.child.pid, "worker": worker.pid}
+                pids["elasticsearch"] = es.pid if es else None
+                watcher = RowWatcher(at.postgres.url, _SEEN_QUERY, ("order", "payment"))
+
+                async def drive() -> None:
+                    await ingress.wait_ready()
+                    await _drive(args, report, at, urls, worker, watcher, pids)
+
+                watcher.drive(drive)
+        finally:
+            at.clean_up([app_id])
+    return report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -242,89 +367,9 @@ def _parser() -> argparse.ArgumentParser:
         "PAID in Postgres, against the payments row in the same run.",
     )
     parser.add_argument("--rate", type=float, default=50.0, help="paced orders/s (50)")
-    parser.add_argument("--duration", type=float, default=60.0, help="paced seconds (60)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="paced warm-up seconds (3)")
-    parser.add_argument(
-        "--burst", type=int, default=5000, help="orders in the closed-loop burst (5000; 0: none)"
-    )
-    parser.add_argument(
-        "--burst-concurrency", type=int, default=32, help="orders in flight in the burst (32)"
-    )
-    parser.add_argument(
-        "--with-search",
-        action="store_true",
-        help="also run an embedded Elasticsearch for the orders index",
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--fast-postgres",
-        action="store_true",
-        help="embedded PostgreSQL without fsync (separates disk latency from the pipeline)",
-    )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="keep data and logs (ingress, worker, servers) in this new directory",
-    )
+    parser.add_argument("--with-search", action="store_true", help="also run Elasticsearch")
+    add_arguments(parser, duration=60.0, burst=5000)
     return parser
-
-
-def _measure(args: argparse.Namespace) -> Report:
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None
-    database_url = os.environ.get("DATABASE_URL", "").strip() or None
-    run_id = new_run_id()
-    report = Report(machine=machine_info())
-    with (
-        temp_workdir(args.workdir, "sluice-bench-orders-") as tmp,
-        kafka(bootstrap, tmp) as broker,
-        postgres(database_url, tmp, fast=args.fast_postgres) as database,
-        _search(args.with_search, tmp) as (search_url, search_pid, search),
-    ):
-        report.kafka, report.postgres, report.search = (
-            broker.description,
-            database.description,
-            search,
-        )
-        pids = {"kafka": broker.pid, "postgres": database.pid, "elasticsearch": search_pid}
-        try:
-            options = OrdersOptions(
-                rate=args.rate,
-                duration_s=args.duration,
-                warmup_s=args.warmup,
-                burst=args.burst,
-                burst_concurrency=args.burst_concurrency,
-            )
-            run = run_orders(
-                options,
-                bootstrap=broker.bootstrap,
-                database_url=database.url,
-                run_id=run_id,
-                workdir=tmp,
-                pids=pids,
-                search_url=search_url,
-            )
-            report.worker_ready_s, report.phases = run.worker_ready_s, run.phases
-        finally:
-            if not broker.embedded:  # an embedded broker goes away with its directory
-                delete_topics(broker.bootstrap, topics_containing(broker.bootstrap, run_id))
-                delete_groups(broker.bootstrap, [worker_app_id(run_id)])
-    return report
-
-
-@contextlib.contextmanager
-def _search(wanted: bool, workdir: Path) -> Iterator[tuple[str | None, int | None, str]]:
-    """(URL, pid, description) of an embedded Elasticsearch for the block, if ``wanted``."""
-    if not wanted:
-        yield None, None, "off (--with-search adds it)"
-        return
-    from devstack.elasticsearch import ELASTICSEARCH_VERSION, ElasticsearchServer
-
-    progress("starting an embedded Elasticsearch ...")
-    with ElasticsearchServer(workdir / "elasticsearch") as server:
-        description = f"Elasticsearch {ELASTICSEARCH_VERSION} (embedded, heap {server.heap})"
-        yield server.url, server.pid, description
-        progress("stopping Elasticsearch ...")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -336,15 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--burst-concurrency must be at least 1")
     if round(args.rate * args.duration) < 1:
         parser.error("--rate x --duration must make at least one order")
-    # SIGTERM unwinds like Ctrl-C, so every child process and embedded server is stopped.
-    unwind_on_sigterm()
-    try:
-        report = _measure(args)
-    except KeyboardInterrupt:
-        progress("interrupted; child processes and embedded servers were stopped")
-        return 130
-    print(json.dumps(report.as_json(), indent=2) if args.json else render(report))
-    return 1 if report.failed else 0
+    return run_bench(lambda: _measure(args), render, args.json)
 
 
 if __name__ == "__main__":

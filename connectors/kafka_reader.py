@@ -1,53 +1,91 @@
-"""Read a topic from the beginning up to its current end, then stop (operator tools)."""
+"""Kafka offsets and reads for operators, tests and the benches: the high watermarks of a
+topic (riding out a leader election), and a topic read from the beginning to its end."""
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from base.errors import TransientError
 
-__all__ = ["end_offsets", "read_to_end"]
+__all__ = ["end_offsets", "high_watermarks", "read_to_end"]
+
+_T = TypeVar("_T")
+_RETRY_EVERY_S = 0.2
+
+# Right after a topic is created (or a broker restarts) its partitions may still be
+# electing a leader, or the broker may not know the topic yet; it then answers one of
+# these, which pass within a second or two. librdkafka does not flag them retriable
+# (``KafkaError.retriable()`` is False for all four), so they are named.
+_LEADER_PENDING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)
 
 
 def end_offsets(bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0) -> dict[int, int]:
-    """High watermark of each partition of ``topic``."""
+    """High watermark of each partition of ``topic`` (see :func:`high_watermarks`)."""
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "sluice-offsets"})
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s)
-        found = metadata.topics.get(topic)
-        if found is None or found.error is not None:
-            raise TransientError(f"topic {topic} not found")
-        return {p: _high_watermark(consumer, topic, p, timeout_s) for p in found.partitions}
+        return high_watermarks(consumer, topic, timeout_s=timeout_s)
     finally:
         consumer.close()
 
 
-# Right after a topic is created (or a broker restarts) its partitions may still be
-# electing a leader; the broker then answers these, which pass within a second or two.
-_LEADER_PENDING = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-}
+def high_watermarks(consumer: Consumer, topic: str, *, timeout_s: float = 10.0) -> dict[int, int]:
+    """High watermark of each partition of ``topic``, asked of the broker through
+    ``consumer`` (never a cached value). The one place Sluice reads watermarks.
 
+    Waits, up to ``timeout_s`` in all, while the topic is unknown or a partition has no
+    settled leader (a topic created moments ago, a broker restarting).
 
-def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout_s: float) -> int:
+    :raises TransientError: still unanswered after ``timeout_s``, or any other error.
+    """
     deadline = time.monotonic() + timeout_s
+
+    def partitions() -> list[int]:
+        found = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if found is None:
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+        if found.error is not None:
+            raise KafkaException(found.error)
+        if not found.partitions:
+            raise KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE))
+        return sorted(found.partitions)
+
+    def high(partition: int) -> int:
+        wanted = TopicPartition(topic, partition)
+        return int(consumer.get_watermark_offsets(wanted, timeout=timeout_s, cached=False)[1])
+
+    return {
+        p: _settled(functools.partial(high, p), deadline, f"{topic}[{p}]")
+        for p in _settled(partitions, deadline, topic)
+    }
+
+
+def _settled(call: Callable[[], _T], deadline: float, what: str) -> _T:
+    """``call()``, asked again while the broker answers a leader-pending or retriable
+    error and ``deadline`` (monotonic) has not passed."""
     while True:
         try:
-            return int(
-                consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)[
-                    1
-                ]
-            )
+            return call()
         except KafkaException as exc:
-            code = exc.args[0].code() if exc.args else None
-            if code not in _LEADER_PENDING or time.monotonic() > deadline:
-                raise TransientError(f"offsets of {topic}[{partition}]: {exc}") from exc
-            time.sleep(0.2)
+            error = exc.args[0] if exc.args else None
+            pending = isinstance(error, KafkaError) and (
+                error.retriable() or error.code() in _LEADER_PENDING
+            )
+            if not pending or time.monotonic() > deadline:
+                raise TransientError(f"offsets of {what}: {exc}") from exc
+            time.sleep(_RETRY_EVERY_S)
 
 
 def read_to_end(

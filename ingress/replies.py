@@ -59,6 +59,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from base.errors import InvalidEvent, TransientError
+from connectors.kafka_reader import high_watermarks
 from schemas.codec import Codec
 
 __all__ = ["REPLY_TOPIC", "PendingReply", "Reply", "ReplyWaiter"]
@@ -262,18 +263,8 @@ class ReplyWaiter:
         return False
 
     def _high_watermarks(self, consumer: Any) -> list[Any]:
-        metadata = consumer.list_topics(self._topic, timeout=_METADATA_TIMEOUT_S)
-        found = metadata.topics.get(self._topic)
-        if found is None or found.error is not None or not found.partitions:
-            detail = found.error.str() if found is not None and found.error else "no partitions"
-            raise TransientError(f"topic {self._topic}: {detail}")
-        positions = []
-        for partition in sorted(found.partitions):
-            _low, high = consumer.get_watermark_offsets(
-                TopicPartition(self._topic, partition), timeout=_METADATA_TIMEOUT_S
-            )
-            positions.append(TopicPartition(self._topic, partition, high))
-        return positions
+        ends = high_watermarks(consumer, self._topic, timeout_s=_METADATA_TIMEOUT_S)
+        return [TopicPartition(self._topic, partition, high) for partition, high in ends.items()]
 
     def _poll_loop(self, consumer: Any) -> None:
         last_error = 0.0

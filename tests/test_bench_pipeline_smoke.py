@@ -11,29 +11,22 @@ from typing import Any
 
 import pytest
 
-import bench._pipeline_race as race_module
+import bench._race as race_module
 import bench.dedupe_memory as dedupe_module
-from bench._pipeline_agents import quix_dedupe_normalise
-from bench._pipeline_e2e import EndToEnd, PhaseResult
-from bench._pipeline_infra import tree_cpu_seconds
-from bench._pipeline_input import (
+from bench._inputs import (
     EVENT_TYPE,
     INPUT_TOPIC,
-    Distribution,
-    SteadyRate,
-    distribution,
     duplicate_plan,
-    match_latencies,
     prepare_payment_webhooks,
     raw_webhook_records,
-    stage_latencies,
-    steady_rate,
 )
-from bench._pipeline_race import CONTENDERS, ContenderResult
+from bench._race import CONTENDERS, ContenderResult, SteadyRate, quix_dedupe_normalise, steady_rate
+from bench._report import Distribution, Phase, distribution, hop, match_latencies, no_nan
+from bench._services import Service, Stack
 from bench.dedupe_memory import DedupeMemory, RssSample, checkpoints, first_sample_for
 from bench.dedupe_memory import main as dedupe_main
 from bench.dedupe_memory import render as dedupe_render
-from bench.pipeline import Report, _parser, main, render
+from bench.pipeline import EndToEnd, Report, _parser, main, render
 from ingress.verify.stripe import verify
 from schemas.codec import make_codec
 from streams.domain.normalise import normalise
@@ -109,8 +102,8 @@ def test_distribution_and_stages() -> None:
     empty = distribution([])
     assert empty.count == 0
     assert math.isnan(empty.p99_ms)
-    stages = stage_latencies({"a": 1.0, "b": 1.0}, {"a": 1.2, "b": 0.999}, {"a": 1.5, "b": 1.1})
-    first, second = stages.values()
+    acked, billed, seen = {"a": 1.0, "b": 1.0}, {"a": 1.2, "b": 0.999}, {"a": 1.5, "b": 1.1}
+    first, second = hop(acked, billed), hop(billed, seen)
     assert first.max_ms == pytest.approx(200.0)
     assert first.p50_ms == 0.0  # billed before the 200 by clock skew: counts as 0
     assert second.max_ms == pytest.approx(300.0)
@@ -159,11 +152,6 @@ def test_quix_step_dedupes_and_writes_what_the_agent_writes() -> None:
     assert dict(out.headers)["traceparent"] == dict(first.headers)["traceparent"]
 
 
-def test_tree_cpu_of_this_process() -> None:
-    used = tree_cpu_seconds(os.getpid())
-    assert used is None or used >= 0
-
-
 def test_parser_defaults_follow_the_issue() -> None:
     args = _parser().parse_args([])
     assert (args.rate, args.duration, args.events, args.duplicate_every) == (None, 60.0, 20000, 10)
@@ -180,35 +168,34 @@ def test_an_unmeasured_paced_rate_needs_the_burst(capsys: pytest.CaptureFixture[
     assert "--burst 0 needs --rate" in capsys.readouterr().err
 
 
-def _phase(p99_ms: float, *, name: str = "paced 500/s", missing: int = 0) -> PhaseResult:
-    dist = Distribution(100, p99_ms / 2, p99_ms, p99_ms)
-    return PhaseResult(
+def _phase(p99_ms: float, *, name: str = "paced 500/s", missing: int = 0) -> Phase:
+    return Phase(
         name=name,
         sent=500 * 60,
         errors=0,
-        ingress_rps=500.0,
-        rows_per_s=495.0,
+        accepted_per_s=500.0,
+        http={"webhook": Distribution(100, 2.0, 5.0, 6.0)},
+        done_per_s=495.0,
         drain_s=0.2,
-        http=Distribution(100, 2.0, 5.0, 6.0),
-        e2e=dist,
-        missing=missing,
-        early=0,
+        latency={"row": Distribution(100, p99_ms / 2, p99_ms, p99_ms)},
+        missing={"row": missing},
         target_rps=500.0,
         cpu_percent={"worker": 50.0, "other": 30.0},
         workers=1,
     )
 
 
-def _burst(rows_per_s: float, workers: int) -> PhaseResult:
+def _burst(rows_per_s: float, workers: int) -> Phase:
     phase = _phase(3000.0, name=f"burst c=32 w{workers}")
     phase.target_rps, phase.concurrency, phase.workers = None, 32, workers
-    phase.rows_per_s, phase.cpu_percent = rows_per_s, {}
+    phase.done_per_s, phase.cpu_percent = rows_per_s, {}
     return phase
 
 
-def _alone(accepted_per_s: float) -> PhaseResult:
+def _alone(accepted_per_s: float) -> Phase:
     phase = _burst(math.nan, 0)
-    phase.name, phase.ingress_rps = "ingress alone c=32", accepted_per_s
+    phase.name, phase.accepted_per_s = "ingress alone c=32", accepted_per_s
+    phase.latency, phase.missing = {}, {}
     return phase
 
 
@@ -273,7 +260,7 @@ def test_report_ratios_verdicts_and_json() -> None:
     assert "CPU per event / domain work alone: bare 0.05x, sluice 1.50x, quix 1.65x" in text
     assert "ingress alone c=32" in text
     assert "warning: paced 500/s shared the machine" in text
-    document = report.as_json()
+    document = no_nan(report.as_json())
     json.dumps(document, allow_nan=False)
     assert [goal["met"] for goal in document["goals"]] == [True] * 5
     assert document["summary"]["capacity_ratio"] == pytest.approx(0.85)
@@ -282,8 +269,8 @@ def test_report_ratios_verdicts_and_json() -> None:
 def test_report_with_a_skipped_contender_and_a_slow_pipeline() -> None:
     report = Report(machine=_machine(), rate_given=True)
     report.e2e = _end_to_end(4000.0, missing=3)
-    report.e2e.phases[-1].rows_per_s = 280.0
-    report.e2e.unavailable[2] = "no --processes yet"
+    report.e2e.phases[-1].done_per_s = 280.0
+    report.e2e.phases.append(_burst(600.0, 2))
     skipped = ContenderResult("quix", CONTENDERS["quix"], 10, 9, skipped="install it")
     report.race = [_contender("sluice", 100.0, 1000.0), skipped]
     report.domain_us_per_event = 100.0
@@ -305,13 +292,13 @@ def test_report_with_a_skipped_contender_and_a_slow_pipeline() -> None:
         "NOT met",
     ]
     two = _goal_line(text, f"{capacity}, 2 worker processes")
-    assert two[1:] == ["unavailable: no --processes yet", ">= 0.8", "not measured"]
+    assert two[1:] == ["0.60 (600 / 1,000)", ">= 0.8", "NOT met"]
     paced = _goal_line(text, "end to end paced at 500/s (--rate) for 60 s")
     assert paced[1:] == ["p50 2,000 ms, p99 4,000 ms, 3 lost", "p99 <= 1 s, 0 lost", "NOT met"]
     assert _goal_line(text, "worker RSS after")[-1] == "NOT met"
-    assert "2 worker processes: unavailable (no --processes yet)" in text
+    assert "burst c=32 w2" in text
     assert report.failed is False
-    json.dumps(report.as_json(), allow_nan=False)
+    json.dumps(no_nan(report.as_json()), allow_nan=False)
 
 
 def test_an_empty_report_says_what_was_not_measured() -> None:
@@ -350,17 +337,21 @@ def test_dedupe_ratio_bytes_per_id_and_report() -> None:
     failed = DedupeMemory(1_000_000, 100_000, error="the worker exited")
     assert failed.goal().met is None
     assert failed.goal().measured == "the worker exited"
-    text = dedupe_render(flat, _machine())
+    flat.machine = _machine()
+    text = dedupe_render(flat)
     assert "   100,000    100,012   195 MiB   90.0 s" in text
     assert "flat: RSS(1M) / RSS(100k) <= 1.2 | met" in text
-    json.dumps(flat.as_json(), allow_nan=False)
-    json.dumps(failed.as_json(), allow_nan=False)
+    json.dumps(no_nan(flat.as_json()), allow_nan=False)
+    json.dumps(no_nan(failed.as_json()), allow_nan=False)
 
 
 def test_dedupe_reads_rss_from_proc() -> None:
-    rss = dedupe_module._status_kib(os.getpid(), "VmRSS")
-    assert rss is None or rss > 0
-    assert dedupe_module._status_kib(2**22 + 1, "VmRSS") is None  # no such process
+    rss = dedupe_module.status_kib(os.getpid(), "VmRSS")
+    peak = dedupe_module.status_kib(os.getpid(), "VmHWM")
+    assert rss is not None
+    assert peak is not None
+    assert 10 * 1024 < rss <= peak  # a Python process with these imports: over 10 MiB
+    assert dedupe_module.status_kib(2**22 + 1, "VmRSS") is None  # no such process
 
 
 def test_dedupe_parser_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -396,15 +387,10 @@ def test_quix_comparison_is_skipped_with_an_install_hint_when_missing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(race_module, "quix_available", lambda: False)
-    race = race_module.RaceInput(10, 9, {}, 0.0, [])
-    result = race_module.run_contender(
-        "quix",
-        race,
-        bootstrap="127.0.0.1:1",  # never contacted
-        database_url="postgresql://unused",
-        run_id="x",
-        workdir=tmp_path,
-        kafka_pid=None,
+    race = race_module.RaceInput(10, 9, {}, [])
+    never_contacted = Stack(
+        Service("127.0.0.1:1", "-"), Service("postgresql://unused", "-"), "x", tmp_path
     )
+    result = race_module.run_contender("quix", race, never_contacted)
     assert result.skipped == race_module.QUIX_INSTALL_HINT
     assert "uv pip install quixstreams" in result.skipped

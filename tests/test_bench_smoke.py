@@ -6,19 +6,24 @@ import argparse
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-from bench._load import (
-    EVENT_TYPES,
-    PhaseResult,
-    cpu_seconds,
-    percentile,
-    prepare_stripe_requests,
-)
+from bench._load import CpuMeter, cpu_seconds, tree_cpu_seconds
+from bench._report import Distribution, Phase, no_nan, percentile
 from bench._server import bench_settings
-from bench.ingress import SECRET, Report, parse_levels, render, server_cost_us
+from bench.ingress import (
+    EVENT_TYPES,
+    SECRET,
+    Report,
+    parse_levels,
+    prepare_stripe_requests,
+    render,
+    server_cost_us,
+)
 from ingress.verify.stripe import verify
 
 
@@ -70,30 +75,58 @@ def test_bench_settings_stay_on_loopback() -> None:
     assert settings.stripe_webhook_secrets == (SECRET,)
 
 
-def test_cpu_seconds_of_this_process() -> None:
-    used = cpu_seconds(os.getpid())
-    assert used is None or used >= 0
+def _burn(cpu_s: float) -> None:
+    """Spend ``cpu_s`` of this process's CPU time (no sleeping: the meters count CPU)."""
+    began = time.process_time()
+    while time.process_time() - began < cpu_s:
+        pass
 
 
-def _result(target: str, concurrency: int, rps: float, server_cpu: float) -> PhaseResult:
-    return PhaseResult(
-        target=target,
-        mode="closed",
-        concurrency=concurrency,
-        target_rps=None,
-        duration_s=5.0,
-        requests=int(rps * 5),
+def test_cpu_seconds_count_what_this_process_spends() -> None:
+    before = cpu_seconds(os.getpid())
+    assert before is not None
+    _burn(0.1)
+    after = cpu_seconds(os.getpid())
+    assert after is not None
+    assert after - before >= 0.05  # clock ticks are 10 ms
+    assert cpu_seconds(2**22 + 1) is None  # no such process
+
+
+def test_tree_cpu_counts_the_children_a_process_reaped() -> None:
+    before = tree_cpu_seconds(os.getpid())
+    assert before is not None
+    burn = "import time\nb = time.process_time()\nwhile time.process_time() - b < 0.2: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True, timeout=60)
+    after = tree_cpu_seconds(os.getpid())
+    assert after is not None
+    assert after - before >= 0.15
+
+
+def test_cpu_meter_reports_this_process_and_the_rest_of_the_machine() -> None:
+    meter = CpuMeter({"me": os.getpid(), "gone": None})
+    meter.start()
+    _burn(0.2)
+    usage = meter.stop()
+    assert set(usage) == {"me", "irq", "steal", "other"}
+    assert 10 < usage["me"] <= 105  # most of one core while burning
+    assert all(value >= 0 for value in usage.values())
+    assert set(meter.waited) == {"me"}
+
+
+def _result(target: str, concurrency: int, rps: float, server_cpu: float) -> Phase:
+    return Phase(
+        name=target,
+        sent=int(rps * 6),
         errors=0,
-        rps=rps,
-        p50_ms=1.0,
-        p99_ms=2.0,
-        max_ms=3.0,
+        accepted_per_s=rps,
+        http={"request": Distribution(int(rps * 5), 1.0, 2.0, 3.0)},
+        concurrency=concurrency,
         cpu_percent={"server": server_cpu, "loadgen": 50.0},
     )
 
 
 def test_report_ratio_render_and_json() -> None:
-    report = Report(machine=_machine(), duration_s=5.0, warmup_s=1.0)
+    report = Report(machine=_machine(), duration_s=5.0, warmup_s=1.0, kafka="none")
     report.closed += [
         _result("ingress", 1, 100.0, 10.0),
         _result("baseline", 1, 400.0, 20.0),
@@ -101,7 +134,7 @@ def test_report_ratio_render_and_json() -> None:
         _result("baseline", 16, 2000.0, 40.0),
     ]
     paced = _result("ingress", 0, 500.0, 25.0)
-    paced.mode, paced.concurrency, paced.target_rps = "paced", None, 500.0
+    paced.concurrency, paced.target_rps = None, 500.0
     report.paced.append(paced)
 
     assert report.ratio == pytest.approx(0.5)
@@ -111,29 +144,31 @@ def test_report_ratio_render_and_json() -> None:
     assert "p99 at 500 req/s 2.0 ms (goal <= 50 ms: met)" in text
     assert "cost ratio 0.40" in text
 
-    document = report.as_json()
+    # Every goals row is in the table, measured and judged.
+    goals = report.goals()
+    assert [(g.measured, g.met) for g in goals] == [("0.50", True), ("2.0 ms", True)]
+    cells = [[c.strip() for c in line.split(" | ")] for line in text.splitlines() if " | " in line]
+    for g in goals:
+        assert [g.measure, g.measured, g.goal, "met"] in cells
+
+    document = no_nan(report.as_json())
     assert document["summary"]["ratio"] == pytest.approx(0.5)
+    assert [g["met"] for g in document["goals"]] == [True, True]
     json.dumps(document, allow_nan=False)
 
 
 def test_report_without_answers_is_still_valid_json() -> None:
-    report = Report(machine=_machine(), duration_s=5.0, warmup_s=1.0)
+    report = Report(machine=_machine(), duration_s=5.0, warmup_s=1.0, kafka="none")
     empty = _result("ingress", 1, 0.0, 1.0)
-    empty.p50_ms = empty.p99_ms = empty.max_ms = math.nan
+    empty.http["request"] = Distribution(0, math.nan, math.nan, math.nan)
     report.closed.append(empty)
     assert math.isnan(report.ratio)
-    json.dumps(report.as_json(), allow_nan=False)
-    assert "summary: no results" in render(report)
+    json.dumps(no_nan(report.as_json()), allow_nan=False)
+    text = render(report)
+    assert "summary: no results" in text
+    assert [g.met for g in report.goals()] == [None, None]
+    assert text.count("| not measured") == 2
 
 
 def _machine() -> dict[str, str]:
-    return {
-        "cpus": "2",
-        "cpu_model": "test CPU",
-        "memory": "1 GiB",
-        "os": "Linux",
-        "python": "3.11",
-        "aiohttp": "3",
-        "librdkafka": "2",
-        "kafka": "none",
-    }
+    return dict.fromkeys(["cpus", "cpu_model", "memory", "os", "python", "librdkafka"], "test")

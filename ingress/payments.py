@@ -22,8 +22,10 @@ answered with its own status and body (200 intent, 201 session/refund, 404 unkno
 order, 409 not payable, 502 Stripe refused, ...); no reply in time is 202
 ``{"accepted": true, "taskId"}`` — the command is durable and will still be carried out.
 
-The status route reads the Postgres projection (``connectors.payment_status``): 404 for
-an unknown order, 503 when this ingress has no ``DATABASE_URL`` or Postgres is down.
+Order ids are checked the same way on every route (printable, at most 256 characters,
+``ingress.domain_events.check_identifier``): 400 otherwise. The status route reads the
+Postgres projection (``connectors.payment_status``): 404 for an unknown order, 503 when
+this ingress has no ``DATABASE_URL`` or Postgres is down.
 
 The request checks are plain functions at the top (no aiohttp, no IO); the handlers
 below them are the glue.
@@ -353,7 +355,9 @@ def payment_status_handler(
     store: PaymentStatusSource | None,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
-        order_id = request.match_info["orderId"]
+        # Checked before anything else: an id the commands would refuse (a NUL, say,
+        # which PostgreSQL refuses too) is a 400, never a 500 or a 503.
+        order_id = check_identifier(request.match_info["orderId"], "orderId")
         if store is None:
             raise Unavailable("payment status is unavailable: this ingress has no DATABASE_URL")
         try:

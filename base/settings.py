@@ -59,6 +59,12 @@ class Settings:
     internal_tls_key: Path | None = None
     internal_tls_client_ca: Path | None = None
     max_body_bytes: int = ONE_MIB
+    # Ingress connection limits (ingress/listener.py): a request head must arrive within
+    # header_timeout_s, its body within body_timeout_s; each listener holds at most
+    # max_connections connections and answers 503 over that.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 500
     publish_timeout_s: float = 5.0
     state_dir: Path = Path(".data/state")
     log_level: str = "INFO"
@@ -169,6 +175,9 @@ def load_settings(
         internal_tls_key=path("INGRESS_INTERNAL_TLS_KEY"),
         internal_tls_client_ca=path("INGRESS_INTERNAL_TLS_CLIENT_CA"),
         max_body_bytes=parsed("SLUICE_MAX_BODY_BYTES", int, ONE_MIB),
+        header_timeout_s=parsed("SLUICE_HEADER_TIMEOUT", parse_duration, Settings.header_timeout_s),
+        body_timeout_s=parsed("SLUICE_BODY_TIMEOUT", parse_duration, Settings.body_timeout_s),
+        max_connections=parsed("SLUICE_MAX_CONNECTIONS", int, Settings.max_connections),
         publish_timeout_s=parsed("SLUICE_PUBLISH_TIMEOUT_S", float, 5.0),
         state_dir=path("SLUICE_STATE_DIR") or Settings.state_dir,
         log_level=(text("SLUICE_LOG_LEVEL") or "INFO").upper(),
@@ -200,6 +209,13 @@ def load_settings(
     )
     if settings.max_body_bytes <= 0:
         raise ConfigError("malformed setting SLUICE_MAX_BODY_BYTES: must be positive")
+    for name, value in (
+        ("SLUICE_HEADER_TIMEOUT", settings.header_timeout_s),
+        ("SLUICE_BODY_TIMEOUT", settings.body_timeout_s),
+        ("SLUICE_MAX_CONNECTIONS", settings.max_connections),
+    ):
+        if value <= 0:
+            raise ConfigError(f"malformed setting {name}: must be positive")
     if settings.dedupe_purge_slice <= 0:
         raise ConfigError("malformed setting SLUICE_DEDUPE_PURGE_SLICE: must be positive")
     if settings.publish_timeout_s <= 0:

@@ -62,6 +62,7 @@ from ingress.publisher import Publisher
 from ingress.records import kafka_headers
 from ingress.replies import Reply, ReplyWaiter
 from ingress.requests import read_json_body, traceparent_of
+from ingress.responses import json_response
 from schemas.catalog import PAYMENT_COMMAND_SUBJECT
 from schemas.codec import Codec
 
@@ -325,7 +326,7 @@ def payment_command_handler(
                 "no reply in time; answered 202",
                 extra={"task_id": task_id, "event_type": payment.event_type},
             )
-            return web.json_response({"accepted": True, "taskId": task_id}, status=202)
+            return json_response({"accepted": True, "taskId": task_id}, status=202)
         return reply_response(reply)
 
     return handle
@@ -335,18 +336,17 @@ def reply_response(reply: Reply) -> web.Response:
     """Answer with the reply's status and JSON body; 502 if the worker wrote nonsense."""
     if 200 <= reply.status <= 599 and reply.status not in (204, 205, 304):
         try:
-            json.loads(reply.body)
+            body = json.loads(reply.body)
         except ValueError:
             pass
         else:
-            return web.Response(
-                text=reply.body, status=reply.status, content_type="application/json"
-            )
+            # Written again in the ingress's one format, whatever the worker's was.
+            return json_response(body, status=reply.status)
     log.error(
         "malformed reply",
         extra={"task_id": reply.task_id, "reply_status": reply.status, "event_id": reply.event_id},
     )
-    return web.json_response(
+    return json_response(
         {"error": "bad_gateway", "detail": "the worker's reply could not be used"}, status=502
     )
 
@@ -369,6 +369,6 @@ def payment_status_handler(
             ) from exc
         if status is None:
             raise NotFound(f"no order {order_id[:128]!r}")
-        return web.json_response(status_body(status))
+        return json_response(status_body(status))
 
     return handle

@@ -17,6 +17,7 @@ from ingress.middleware import correlation_id
 from ingress.publisher import NotDurable, Publisher
 from ingress.records import ReceivedWebhook, kafka_headers, raw_webhook_record
 from ingress.requests import read_json_body, traceparent_of
+from ingress.responses import json_response
 from ingress.verify import VerifiedEvent
 from schemas.codec import Codec
 
@@ -73,6 +74,6 @@ def webhook_handler(
             metrics.inc(MetricName.PUBLISH_FAILURES, topic=source.topic)
             raise
         metrics.inc(MetricName.RECORDS_PUBLISHED, topic=source.topic)
-        return web.json_response(dict(source.success), status=source.success_status)
+        return json_response(dict(source.success), status=source.success_status)
 
     return handle

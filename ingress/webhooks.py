@@ -68,8 +68,12 @@ def webhook_handler(
         record = raw_webhook_record(received)
         value = codec.encode(source.topic, record)
         headers = kafka_headers(record, traceparent, AVRO_CONTENT_TYPE)
+        # Keyed by what the signed content is when the event id is unsigned (Razorpay),
+        # so a replay under a fresh id meets the original in the same partition, where
+        # the worker's dedupe table holds it.
+        key = event.content_id or event.event_id
         try:
-            await publisher.publish(source.topic, event.event_id, value, headers)
+            await publisher.publish(source.topic, key, value, headers)
         except NotDurable:
             metrics.inc(MetricName.PUBLISH_FAILURES, topic=source.topic)
             raise

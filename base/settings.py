@@ -64,7 +64,7 @@ class Settings:
     # max_connections connections and answers 503 over that.
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
-    max_connections: int = 500
+    max_connections: int = 1000
     publish_timeout_s: float = 5.0
     state_dir: Path = Path(".data/state")
     log_level: str = "INFO"

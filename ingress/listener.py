@@ -29,7 +29,7 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiohttp import web
 
@@ -106,9 +106,10 @@ class _Refusal(asyncio.Protocol):
     """A connection over the cap: answered 503 and closed, nothing read."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(_REFUSAL)
-        transport.close()
+        # A stream transport, though uvloop's is no subclass of asyncio's.
+        writer = cast(asyncio.WriteTransport, transport)
+        writer.write(_REFUSAL)
+        writer.close()
 
 
 class _RequestHandler(web.RequestHandler):

@@ -14,8 +14,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import uvloop
+from aiohttp import web
 
 from base.metrics import MetricName
+from ingress.listener import ListenerLimits, listen
 from ingress.payments import reply_response
 from ingress.replies import Reply
 from tests.fixtures.ingress import (
@@ -290,3 +293,37 @@ async def test_connections_over_the_cap_are_refused_and_later_ones_served(
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(served(), 5)
+
+
+def test_the_listener_holds_its_limits_on_uvloop() -> None:
+    """``sluice ingress`` runs on uvloop, whose transports are not asyncio's classes:
+    the same limits on a bare application, a kept-alive connection's second head too."""
+
+    async def ok(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_get("/", ok)
+        listener = await listen(app, "127.0.0.1", 0, ListenerLimits(0.3, max_connections=2))
+        url = f"http://127.0.0.1:{listener.port}"
+        try:
+            kept, kept_writer = await _connect(url)
+            kept_writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await asyncio.wait_for(kept.readuntil(b"}"), 5)).endswith(b'{"ok": true}')
+            silent, _ = await _connect(url)
+            await asyncio.sleep(0.05)
+            over, over_writer = await _connect(url)
+            over_writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = await _answer(over)
+            assert (status, json.loads(body)["error"]) == (503, "unavailable")
+
+            started = time.monotonic()
+            kept_writer.write(b"GET / HT")  # a second head, never finished
+            assert await _closed(kept, 5) == b""
+            assert await _closed(silent, 5) == b""
+            assert time.monotonic() - started < 3
+        finally:
+            await listener.close()
+
+    uvloop.run(scenario())

@@ -148,13 +148,17 @@ class _RequestHandler(web.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if data and self._heads == self._answered:
-            self._arm_head_timer()
+        awaiting_head = self._heads == self._answered
         before = self._request_count
         super().data_received(data)
-        if self._request_count > before:  # a head was parsed (or refused as malformed)
-            self._heads += self._request_count - before
+        parsed = self._request_count - before  # heads parsed (or refused as malformed)
+        if parsed:
+            self._heads += parsed
             self._disarm_head_timer()
+        elif data and awaiting_head:
+            # Part of a head: armed only now, so a head that arrives whole (the usual
+            # case) costs no timer.
+            self._arm_head_timer()
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None

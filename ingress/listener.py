@@ -21,6 +21,11 @@ the application's server on an asyncio listener of its own, whose protocol adds:
 The body timeout (``SLUICE_BODY_TIMEOUT``) is enforced where bodies are read
 (``ingress.requests``), which can answer ``408`` in JSON. Idle kept-alive connections
 are closed after :data:`KEEPALIVE_S`.
+
+The protocol subclasses aiohttp's public ``web.RequestHandler`` and overrides public
+methods, but reads one private counter (``_request_count``, heads parsed); an aiohttp
+upgrade that changes it fails ``tests/test_ingress_http.py``, which drives every limit
+over raw sockets, on asyncio's loop and on uvloop.
 """
 
 from __future__ import annotations
@@ -230,6 +235,8 @@ async def listen(
     connections = _Connections(limits.max_connections)
 
     def protocol() -> asyncio.Protocol:
+        # Connections count from their connection_made, one loop turn after this call:
+        # a burst accepted in one turn can pass the cap by at most that burst.
         if connections.open >= connections.limit:
             connections.refused(loop)
             return _Refusal()

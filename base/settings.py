@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     internal_tls_key: Path | None = Field(None, alias="INGRESS_INTERNAL_TLS_KEY")
     internal_tls_client_ca: Path | None = Field(None, alias="INGRESS_INTERNAL_TLS_CLIENT_CA")
     max_body_bytes: PositiveInt = Field(ONE_MIB, alias="SLUICE_MAX_BODY_BYTES")
+    # Ingress connection limits (ingress/listener.py): a request head must arrive within
+    # header_timeout_s, its body within body_timeout_s; each listener holds at most
+    # max_connections connections and answers 503 over that.
+    header_timeout_s: PositiveDuration = Field(10.0, alias="SLUICE_HEADER_TIMEOUT")
+    body_timeout_s: PositiveDuration = Field(30.0, alias="SLUICE_BODY_TIMEOUT")
+    max_connections: PositiveInt = Field(1000, alias="SLUICE_MAX_CONNECTIONS")
     publish_timeout_s: PositiveDuration = Field(5.0, alias="SLUICE_PUBLISH_TIMEOUT_S")
     # Request/reply: the ingress waits this long for the worker's answer, then 202 + taskId.
     reply_timeout_s: Duration = Field(5.0, alias="SLUICE_REPLY_TIMEOUT")

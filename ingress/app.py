@@ -30,6 +30,8 @@ from ingress.payments import (
 )
 from ingress.publisher import Publisher
 from ingress.replies import ReplyWaiter
+from ingress.requests import BODY_TIMEOUT_KEY
+from ingress.responses import json_response
 from ingress.verify import razorpay, stripe
 from ingress.webhooks import WebhookSource, webhook_handler
 from schemas.codec import Codec
@@ -192,16 +194,17 @@ def _application(settings: Settings, metrics: Metrics, *middlewares: Middleware)
         client_max_size=settings.max_body_bytes + 1,
     )
     app[METRICS_KEY] = metrics
+    app[BODY_TIMEOUT_KEY] = settings.body_timeout_s
     return app
 
 
 async def _healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def _readyz(request: web.Request) -> web.Response:
     kafka = await request.app[PUBLISHER_KEY].ready()
-    return web.json_response({"ready": kafka, "kafka": kafka}, status=200 if kafka else 503)
+    return json_response({"ready": kafka, "kafka": kafka}, status=200 if kafka else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -19,10 +19,14 @@ Checks, in order:
    union matters: an ``order.cancelled`` whose data happens to fit ``OrderCreated``
    would otherwise be published under the wrong type;
 5. the rules Avro cannot state (:data:`FIELD_RULES`), by field name wherever the field
-   appears: ids non-empty, ``amount`` a positive integer of minor units, ``currency``
+   appears: ids non-empty, printable and at most 256 characters, ``amount`` a positive
+   integer of minor units up to :data:`MAX_AMOUNT_MINOR`, ``currency``
    three letters (lower-cased), ``items`` non-empty, ``quantity`` at least 1,
    ``paymentProvider`` null, ``stripe`` or ``razorpay``. A new event type with an
    ``amount`` gets the amount rule without a line of code.
+
+No string anywhere in a body may hold U+0000 (:func:`parse_json`): PostgreSQL text
+cannot store it, so such an event would be accepted here and dead-lettered later.
 
 Nothing here does IO: the catalog is read once when the parser is built, and the clock,
 correlation id and id generator come in as arguments.
@@ -48,6 +52,8 @@ __all__ = [
     "ENVELOPE_FIELDS",
     "EVENT_ROUTES",
     "FIELD_RULES",
+    "MAX_AMOUNT_MINOR",
+    "MAX_ID_LENGTH",
     "DomainEvent",
     "DomainEventParser",
     "EventRoute",
@@ -84,7 +90,11 @@ ENVELOPE_FIELDS: Final = frozenset(
 # Ids travel as Kafka header values and keys; the same plain alphabet as correlation ids.
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
-_MAX_ID_LENGTH = 256
+MAX_ID_LENGTH: Final = 256
+MAX_AMOUNT_MINOR: Final = 99_999_999
+"""The largest amount accepted, in minor units: Stripe's own limit for a charge in most
+currencies (999,999.99 USD); anything above is a unit mistake or a probe, and would
+only fail later at the provider (docs/decisions.md)."""
 _MAX_SOURCE_LENGTH = 128
 # Year 9999: anything later is a unit mistake (seconds or micros), not a date.
 _MAX_EPOCH_MS = 253_402_300_799_999
@@ -109,13 +119,43 @@ class DomainEvent:
 
 
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON (no ``NaN``/``Infinity``); ``InvalidEvent`` when it does not parse."""
+    """Strict JSON (no ``NaN``/``Infinity``, no U+0000 in any string); ``InvalidEvent``
+    when it does not parse or holds a NUL (naming where)."""
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        value = json.loads(raw, parse_constant=_refuse_constant)
     except RecursionError:
         raise InvalidEvent("malformed JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
         raise InvalidEvent(f"malformed JSON: {exc}") from None
+    # Strict JSON has no raw control characters in strings, so a NUL can only arrive as
+    # the escape; the walk (which finds the field to name) runs only when one is there.
+    if b"\\u0000" in raw:
+        path = _nul_path(value, "")
+        if path is not None:
+            raise InvalidEvent(
+                f"{path or 'the body'} must not contain NUL (U+0000)", field=path or None
+            )
+    return value
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) holding U+0000, else None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return where
+            found = _nul_path(item, where)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -133,11 +173,19 @@ def reject_unknown_fields(
 
 
 def check_identifier(value: Any, path: str) -> str:
-    """A non-blank string id of at most 256 characters."""
+    """A non-blank string id of at most 256 printable characters.
+
+    Printable as ``str.isprintable`` says: no control characters (NUL, ESC, newlines,
+    DEL), no format or separator characters other than the space. Ids end up in keys,
+    headers, log lines and PostgreSQL text (which refuses NUL outright)."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidEvent(f"{path} must be a non-empty string", field=path)
-    if len(value) > _MAX_ID_LENGTH:
-        raise InvalidEvent(f"{path} is longer than {_MAX_ID_LENGTH} characters", field=path)
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidEvent(f"{path} is longer than {MAX_ID_LENGTH} characters", field=path)
+    if not value.isprintable():
+        raise InvalidEvent(
+            f"{path} must be printable (no control characters such as NUL)", field=path
+        )
     return value
 
 
@@ -152,6 +200,10 @@ def positive_minor_units(value: Any, path: str) -> int:
         )
     if value <= 0:
         raise InvalidEvent(f"{path} must be positive, got {value}", field=path)
+    if value > MAX_AMOUNT_MINOR:
+        raise InvalidEvent(
+            f"{path} must be at most {MAX_AMOUNT_MINOR} minor units, got {value}", field=path
+        )
     return value
 
 
@@ -291,6 +343,8 @@ class DomainEventParser:
             raise InvalidEvent(
                 f"source is longer than {_MAX_SOURCE_LENGTH} characters", field="source"
             )
+        if not source.isprintable():
+            raise InvalidEvent("source must be printable (no control characters)", field="source")
         event_id = _plain_id(body.get("eventId"), "eventId") or new_event_id()
         _check_version(body.get("version"), plan.version)
         occurred_at = _occurred_at(body.get("occurredAt"), now_ms)

@@ -24,6 +24,7 @@ from ingress.middleware import correlation_id
 from ingress.publisher import NotDurable, Publisher
 from ingress.records import kafka_headers
 from ingress.requests import read_json_body, traceparent_of
+from ingress.responses import json_response
 from schemas.catalog import topic_spec
 from schemas.codec import Codec
 
@@ -62,7 +63,7 @@ def events_handler(
             event.record, traceparent_of(request), avro_content_type(event.topic)
         )
         await publish_counted(publisher, metrics, event.topic, event.key, value, headers)
-        return web.json_response({"accepted": True, "eventId": event.event_id}, status=202)
+        return json_response({"accepted": True, "eventId": event.event_id}, status=202)
 
     return handle
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from base.metrics import MetricName, Metrics
-from ingress.outcomes import error_response
+from ingress.outcomes import ClientAborted, error_response
 
 __all__ = ["CORRELATION_HEADER", "METRICS_KEY", "correlation_id", "outcome_middleware"]
 
@@ -38,6 +38,11 @@ async def outcome_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
     except web.HTTPSuccessful as ok:
         response = ok
+    except ClientAborted as exc:
+        # Counted (499, not a 5xx: anyone can hang up), logged at DEBUG; the response
+        # is never read, aiohttp drops it with the connection.
+        log.debug("client went away mid-request", extra={"path": request.path})
+        response = error_response(exc)
     except Exception as exc:
         response = error_response(exc)
         if response.status >= 400:

@@ -12,11 +12,15 @@ from aiohttp import web
 
 from base.errors import InvalidEvent, TransientError
 from ingress.publisher import NotDurable
+from ingress.responses import json_response
 from ingress.verify.errors import SignatureError
 
 __all__ = [
+    "CLIENT_CLOSED_REQUEST",
     "BodyTooLarge",
+    "ClientAborted",
     "NotFound",
+    "ReadTimedOut",
     "RequestRejected",
     "Unauthorized",
     "Unavailable",
@@ -55,6 +59,24 @@ class NotFound(RequestRejected):
     status = 404
 
 
+CLIENT_CLOSED_REQUEST = 499
+"""The status counted (never sent: nobody is left to read it) for a request whose client
+went away before it was read in full, as nginx does. A client abort is no server error:
+it must not feed the 5xx alert."""
+
+
+class ClientAborted(RequestRejected):
+    """The client closed the connection before its request was read in full."""
+
+    status = CLIENT_CLOSED_REQUEST
+
+
+class ReadTimedOut(RequestRejected):
+    """The client did not send its whole body within ``SLUICE_BODY_TIMEOUT``."""
+
+    status = 408
+
+
 class Unavailable(RequestRejected):
     """A dependency the route needs is missing or down; the caller may retry."""
 
@@ -72,6 +94,9 @@ def error_response(exc: BaseException) -> web.Response:
         response = _json(exc.status, _CODES[exc.status], str(exc))
         if exc.retry_after is not None:
             response.headers["Retry-After"] = exc.retry_after
+        if exc.status == 408:
+            # Whatever of the body is still on its way is not waited for.
+            response.force_close()
         return response
     if isinstance(exc, NotDurable):
         response = _json(503, "unavailable", "the event could not be stored; retry later")
@@ -103,9 +128,11 @@ _CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     413: "too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
+    CLIENT_CLOSED_REQUEST: "client_closed_request",
     503: "unavailable",
 }
 
@@ -114,4 +141,4 @@ def _json(status: int, code: str, detail: str, *, field: str | None = None) -> w
     body: dict[str, str] = {"error": code, "detail": detail}
     if field:
         body["field"] = field
-    return web.json_response(body, status=status)
+    return json_response(body, status=status)

@@ -22,8 +22,10 @@ answered with its own status and body (200 intent, 201 session/refund, 404 unkno
 order, 409 not payable, 502 Stripe refused, ...); no reply in time is 202
 ``{"accepted": true, "taskId"}`` — the command is durable and will still be carried out.
 
-The status route reads the Postgres projection (``connectors.payment_status``): 404 for
-an unknown order, 503 when this ingress has no ``DATABASE_URL`` or Postgres is down.
+Order ids are checked the same way on every route (printable, at most 256 characters,
+``ingress.domain_events.check_identifier``): 400 otherwise. The status route reads the
+Postgres projection (``connectors.payment_status``): 404 for an unknown order, 503 when
+this ingress has no ``DATABASE_URL`` or Postgres is down.
 
 The request checks are plain functions at the top (no aiohttp, no IO); the handlers
 below them are the glue.
@@ -60,6 +62,7 @@ from ingress.publisher import Publisher
 from ingress.records import kafka_headers
 from ingress.replies import Reply, ReplyWaiter
 from ingress.requests import read_json_body, traceparent_of
+from ingress.responses import json_response
 from schemas.catalog import PAYMENT_COMMAND_SUBJECT
 from schemas.codec import Codec
 
@@ -323,7 +326,7 @@ def payment_command_handler(
                 "no reply in time; answered 202",
                 extra={"task_id": task_id, "event_type": payment.event_type},
             )
-            return web.json_response({"accepted": True, "taskId": task_id}, status=202)
+            return json_response({"accepted": True, "taskId": task_id}, status=202)
         return reply_response(reply)
 
     return handle
@@ -333,18 +336,17 @@ def reply_response(reply: Reply) -> web.Response:
     """Answer with the reply's status and JSON body; 502 if the worker wrote nonsense."""
     if 200 <= reply.status <= 599 and reply.status not in (204, 205, 304):
         try:
-            json.loads(reply.body)
+            body = json.loads(reply.body)
         except ValueError:
             pass
         else:
-            return web.Response(
-                text=reply.body, status=reply.status, content_type="application/json"
-            )
+            # Written again in the ingress's one format, whatever the worker's was.
+            return json_response(body, status=reply.status)
     log.error(
         "malformed reply",
         extra={"task_id": reply.task_id, "reply_status": reply.status, "event_id": reply.event_id},
     )
-    return web.json_response(
+    return json_response(
         {"error": "bad_gateway", "detail": "the worker's reply could not be used"}, status=502
     )
 
@@ -353,7 +355,9 @@ def payment_status_handler(
     store: PaymentStatusSource | None,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
-        order_id = request.match_info["orderId"]
+        # Checked before anything else: an id the commands would refuse (a NUL, say,
+        # which PostgreSQL refuses too) is a 400, never a 500 or a 503.
+        order_id = check_identifier(request.match_info["orderId"], "orderId")
         if store is None:
             raise Unavailable("payment status is unavailable: this ingress has no DATABASE_URL")
         try:
@@ -365,6 +369,6 @@ def payment_status_handler(
             ) from exc
         if status is None:
             raise NotFound(f"no order {order_id[:128]!r}")
-        return web.json_response(status_body(status))
+        return json_response(status_body(status))
 
     return handle

@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from base.clock import Clock, SystemClock
 from base.settings import Settings
 from ingress.app import IngressApps, create_apps
+from ingress.listener import Listener, ListenerLimits, listen
 from ingress.publisher import KafkaPublisher
 from schemas.codec import make_codec
 
@@ -54,18 +53,23 @@ async def running_ingress(
         codec=codec,
         clock=clock or SystemClock(),
     )
-    runners: list[web.AppRunner] = []
+    limits = ListenerLimits(
+        header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections
+    )
+    listeners: list[Listener] = []
     try:
-        public_port = await _serve(apps.public, settings.public_host, settings.public_port, runners)
+        public = await listen(apps.public, settings.public_host, settings.public_port, limits)
+        listeners.append(public)
         tls = _internal_tls(settings)
-        internal_port = await _serve(
-            apps.internal, settings.internal_host, settings.internal_port, runners, tls
+        internal = await listen(
+            apps.internal, settings.internal_host, settings.internal_port, limits, tls
         )
+        listeners.append(internal)
         scheme = "https" if tls else "http"
         running = RunningIngress(
             apps=apps,
-            public_url=f"http://{_reachable(settings.public_host)}:{public_port}",
-            internal_url=f"{scheme}://{_reachable(settings.internal_host)}:{internal_port}",
+            public_url=f"http://{_reachable(settings.public_host)}:{public.port}",
+            internal_url=f"{scheme}://{_reachable(settings.internal_host)}:{internal.port}",
         )
         log.info(
             "ingress listening",
@@ -73,8 +77,8 @@ async def running_ingress(
         )
         yield running
     finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
+        for listener in reversed(listeners):
+            await listener.close()
         await publisher.close()
 
 
@@ -82,25 +86,6 @@ async def run_ingress(settings: Settings, stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set."""
     async with running_ingress(settings):
         await stop.wait()
-
-
-async def _serve(
-    app: web.Application,
-    host: str,
-    port: int,
-    runners: list[web.AppRunner],
-    tls: ssl.SSLContext | None = None,
-) -> int:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    runners.append(runner)
-    site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True)
-    await site.start()
-    # asyncio's Server or uvloop's (which is no asyncio subclass); both have ``sockets``.
-    sockets = getattr(site._server, "sockets", None)
-    assert sockets, "the listener has no socket"
-    bound: int = sockets[0].getsockname()[1]
-    return bound
 
 
 def _internal_tls(settings: Settings) -> ssl.SSLContext | None:

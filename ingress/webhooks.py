@@ -17,6 +17,7 @@ from ingress.middleware import correlation_id
 from ingress.publisher import NotDurable, Publisher
 from ingress.records import ReceivedWebhook, kafka_headers, raw_webhook_record
 from ingress.requests import read_json_body, traceparent_of
+from ingress.responses import json_response
 from ingress.verify import VerifiedEvent
 from schemas.codec import Codec
 
@@ -67,12 +68,16 @@ def webhook_handler(
         record = raw_webhook_record(received)
         value = codec.encode(source.topic, record)
         headers = kafka_headers(record, traceparent, AVRO_CONTENT_TYPE)
+        # Keyed by what the signed content is when the event id is unsigned (Razorpay),
+        # so a replay under a fresh id meets the original in the same partition, where
+        # the worker's dedupe table holds it.
+        key = event.content_id or event.event_id
         try:
-            await publisher.publish(source.topic, event.event_id, value, headers)
+            await publisher.publish(source.topic, key, value, headers)
         except NotDurable:
             metrics.inc(MetricName.PUBLISH_FAILURES, topic=source.topic)
             raise
         metrics.inc(MetricName.RECORDS_PUBLISHED, topic=source.topic)
-        return web.json_response(dict(source.success), status=source.success_status)
+        return json_response(dict(source.success), status=source.success_status)
 
     return handle

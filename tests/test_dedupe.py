@@ -10,8 +10,11 @@ import pytest
 from streams.domain.dedupe import (
     DEFAULT_WINDOW_MS,
     DedupeDecision,
+    Remembered,
     decide,
+    decide_all,
     dedupe_key,
+    dedupe_keys,
     expired_keys,
 )
 
@@ -155,3 +158,69 @@ def test_expiry_reads_entries_with_positions() -> None:
 
     seen = {"a": remembered_entry(1_000, "t[0]@1"), "b": 9_000}
     assert expired_keys(seen, 11_000, 10_000) == ["a"]
+
+
+# -- several keys per webhook: the event id, and what the signed content is ---------------
+
+
+def test_a_record_keyed_by_its_event_id_has_one_dedupe_key() -> None:
+    assert dedupe_keys("stripe", "evt_1", "evt_1") == ("stripe:evt_1",)
+    assert dedupe_keys("razorpay", "evt_1", None) == ("razorpay:evt_1",)
+
+
+def test_a_record_keyed_by_its_signed_content_has_a_second_key() -> None:
+    keys = dedupe_keys("razorpay", "evt_1", "payment.captured@1:payment=pay_1")
+    assert keys == ("razorpay:evt_1", "razorpay/content:payment.captured@1:payment=pay_1")
+
+
+def test_no_event_id_can_pose_as_a_content_key() -> None:
+    """The event id header is unsigned: whatever it says must never produce a key that
+    blocks another event's content."""
+    content = dedupe_keys("razorpay", "evt_1", "x")[1]
+    assert content not in dedupe_keys("razorpay", "content:x", None)
+    assert content not in dedupe_keys("razorpay", "/content:x", None)
+
+
+def _all(
+    seen: dict[str, int], keys: tuple[str, ...], now: int = NOW, replay: bool = False
+) -> tuple[DedupeDecision, tuple[str, ...]]:
+    return decide_all(seen, keys, now, WINDOW, replay)
+
+
+KEYS = ("razorpay:evt_1", "razorpay/content:c1")
+
+
+def test_all_keys_new_is_first_and_every_key_is_remembered() -> None:
+    decision, remember = _all({}, KEYS)
+    assert decision == DedupeDecision(True, "first", NOW)
+    assert remember == KEYS
+
+
+def test_any_key_live_is_a_duplicate() -> None:
+    """A signed body replayed under a fresh event id: only the content key is known."""
+    decision, remember = _all({"razorpay/content:c1": NOW - 1}, ("razorpay:evt_2", KEYS[1]))
+    assert decision == DedupeDecision(False, "duplicate", None)
+    assert remember == ()
+    decision, _ = _all({"razorpay:evt_1": NOW - 1}, ("razorpay:evt_1", "razorpay/content:c2"))
+    assert decision.reason == "duplicate"
+
+
+def test_expired_keys_count_as_new() -> None:
+    seen = {KEYS[0]: NOW - WINDOW}
+    decision, remember = _all(seen, KEYS)
+    assert (decision.process, decision.reason, remember) == (True, "expired", KEYS)
+
+
+def test_a_replay_remembers_only_what_is_not_live() -> None:
+    seen = {KEYS[0]: NOW - 1}
+    decision, remember = _all(seen, KEYS, replay=True)
+    assert (decision.process, decision.reason, decision.remember_ms) == (True, "replay", NOW)
+    assert remember == (KEYS[1],)
+
+
+def test_the_record_that_set_the_keys_is_processed_again_after_a_crash() -> None:
+    seen: dict[str, Remembered] = {key: [NOW - 5, "webhooks.razorpay[0]@7"] for key in KEYS}
+    decision, remember = decide_all(
+        seen, KEYS, NOW, WINDOW, False, position="webhooks.razorpay[0]@7"
+    )
+    assert (decision.process, decision.reason, remember) == (True, "redelivery", ())

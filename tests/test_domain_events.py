@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ from fastavro.validation import validate
 from base.errors import InvalidEvent
 from ingress.domain_events import (
     EVENT_ROUTES,
+    MAX_AMOUNT_MINOR,
     DomainEventParser,
     EventRoute,
     parse_json,
@@ -161,6 +163,16 @@ INVALID: dict[str, tuple[Mutation, str]] = {
     "amount string": (_set("data.amount", "1999"), "data.amount"),
     "amount boolean": (_set("data.amount", True), "data.amount"),
     "amount beyond a long": (_set("data.amount", 2**63), "data.amount"),
+    "amount above the maximum": (_set("data.amount", MAX_AMOUNT_MINOR + 1), "data.amount"),
+    "amount the largest long": (_set("data.amount", 2**63 - 1), "data.amount"),
+    "orderId with NUL": (_set("data.orderId", "ord\x00x"), "data.orderId"),
+    "orderId with escape": (_set("data.orderId", "ord\x1b[2J"), "data.orderId"),
+    "orderId with newline": (_set("data.orderId", "ord\nx"), "data.orderId"),
+    "orderId with DEL": (_set("data.orderId", "ord\x7f"), "data.orderId"),
+    "orderId too long": (_set("data.orderId", "o" * 257), "data.orderId"),
+    "userId with NUL": (_set("data.userId", "\x00"), "data.userId"),
+    "productId with NUL": (_set("data.items.0.productId", "p\x00"), "data.items[0].productId"),
+    "source with NUL": (_set("source", "shop\x00"), "source"),
     "currency too long": (_set("data.currency", "usdx"), "data.currency"),
     "currency not letters": (_set("data.currency", "us1"), "data.currency"),
     "currency not a string": (_set("data.currency", 840), "data.currency"),
@@ -229,6 +241,30 @@ def test_body_must_be_an_object(body: Any) -> None:
 def test_malformed_json(raw: bytes) -> None:
     with pytest.raises(InvalidEvent, match="malformed JSON"):
         parse_json(raw)
+
+
+def test_the_largest_amount_is_accepted() -> None:
+    event = _parse(_created(amount=MAX_AMOUNT_MINOR))
+    assert event.record["data"]["amount"] == MAX_AMOUNT_MINOR == 99_999_999
+
+
+def test_a_nul_anywhere_in_the_body_is_refused_by_path() -> None:
+    """PostgreSQL text cannot hold U+0000: a NUL in free text (a cancel reason) would be
+    accepted, then dead-lettered by the projection. JSON can only carry it escaped."""
+    body = _cancelled()
+    body["data"]["reason"] = "changed \x00 mind"
+    raw = json.dumps(body).encode()
+    assert b"\\u0000" in raw
+
+    with pytest.raises(InvalidEvent) as caught:
+        parse_json(raw)
+
+    assert caught.value.field == "data.reason"
+    assert "data.reason" in str(caught.value)
+
+
+def test_an_escaped_backslash_before_u0000_is_no_nul() -> None:
+    assert parse_json(b'{"reason": "C:\\\\u0000"}') == {"reason": "C:\\u0000"}
 
 
 def test_union_branches_are_distinguishable() -> None:

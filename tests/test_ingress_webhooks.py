@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from multidict import CIMultiDict
 
+from ingress.verify import razorpay
 from schemas.codec import make_codec
 from tests.fixtures.ingress import (
     RAZORPAY_SECRET,
@@ -113,11 +114,21 @@ async def test_razorpay_payment_captured_lands_once(ingress: IngressUnderTest) -
     status, payload, _ = await _post(ingress, "razorpay", body, headers)
 
     assert (status, payload) == (200, {"received": True})
-    [message] = read_topic(ingress.bootstrap, "webhooks.razorpay", key=event_id)
+    # Keyed by what the signed body is, not by the unsigned event id header, so that a
+    # replay under a fresh id lands on the original's partition (and dedupe table).
+    content_id = razorpay.verify(body, headers, [RAZORPAY_SECRET], time.time()).content_id
+    assert content_id is not None
+    assert content_id.startswith("payment.captured@")
+    [message] = [
+        m
+        for m in read_topic(ingress.bootstrap, "webhooks.razorpay", key=content_id)
+        if CODEC.decode(value_of(m)).record["providerEventId"] == event_id
+    ]
     record = CODEC.decode(value_of(message)).record
     assert record["rawBody"] == body
     assert record["eventType"] == "payment.captured"
     assert record["provider"] == "razorpay"
+    assert record["providerEventId"] == event_id
 
 
 # --- bad input: a clear 4xx and nothing published -------------------------------------

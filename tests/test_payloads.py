@@ -271,7 +271,10 @@ def test_every_razorpay_event_type_builds_and_verifies(event_type: str) -> None:
     body, headers = signed_razorpay_request(event, SECRET, "EvtId0000000001")
     assert headers["Content-Type"] == "application/json"
     verified = razorpay_verifier.verify(body, headers, [SECRET], NOW)
-    assert verified == VerifiedEvent("EvtId0000000001", event_type, NOW)
+    content_id = f"{event_type}@{NOW}:" + ",".join(
+        f"{name}={event['payload'][name]['entity']['id']}" for name in sorted(event["payload"])
+    )
+    assert verified == VerifiedEvent("EvtId0000000001", event_type, NOW, content_id)
 
     assert event["entity"] == "event"
     assert event["account_id"].startswith("acc_")

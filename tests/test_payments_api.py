@@ -198,7 +198,7 @@ def test_checkout_needs_absolute_urls(body: dict[str, Any], field: str) -> None:
     assert caught.value.field == field
 
 
-@pytest.mark.parametrize("amount", [0, -1, 1.5, 100.0, "100", True, None])
+@pytest.mark.parametrize("amount", [0, -1, 1.5, 100.0, "100", True, None, 100_000_000, 2**63 - 1])
 def test_refund_amount_must_be_a_positive_integer(amount: Any) -> None:
     if amount is None:
         assert parse_refund({"orderId": "o", "amount": None}).amount_minor is None
@@ -206,6 +206,16 @@ def test_refund_amount_must_be_a_positive_integer(amount: Any) -> None:
     with pytest.raises(InvalidEvent) as caught:
         parse_refund({"orderId": "o", "amount": amount})
     assert caught.value.field == "amount"
+
+
+@pytest.mark.parametrize("parse", [parse_intent, parse_refund])
+@pytest.mark.parametrize(
+    "order_id", ["ord\x00x", "ord\x1bx", "ord\nx", "o" * 257, "\u2028"], ids=repr
+)
+def test_order_ids_are_printable_and_bounded(parse: Any, order_id: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse({"orderId": order_id})
+    assert caught.value.field == "orderId"
 
 
 def test_refund_fields() -> None:
@@ -422,6 +432,9 @@ async def test_no_reply_in_time_is_202_with_the_task_id(ingress: IngressUnderTes
         ("refunds", {"amonut": 5}, {}, 400, "amonut"),
         ("refunds", {}, {"Idempotency-Key": "k" * 300}, 400, "Idempotency-Key"),
         ("intents", {"orderId": ""}, {}, 400, "orderId"),
+        ("intents", {"orderId": "ord\x00x"}, {}, 400, "orderId"),
+        ("refunds", {"orderId": "ord\x00x"}, {}, 400, "orderId"),
+        ("refunds", {"amount": 2**63 - 1}, {}, 400, "amount"),
     ],
 )
 async def test_bad_payment_request_is_refused_and_nothing_published(
@@ -464,6 +477,16 @@ async def _get_status(ingress: IngressUnderTest, order_id: str) -> tuple[int, An
         f"{ingress.internal}/internal/v1/payments/{order_id}", headers=internal_headers()
     ) as response:
         return response.status, await response.json()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("order_id", ["ord%00x", "ord%1Bx", "o" * 300], ids=["NUL", "ESC", "long"])
+async def test_status_of_an_unusable_order_id_is_400(
+    ingress_with_database: IngressUnderTest, order_id: str
+) -> None:
+    status, body = await _get_status(ingress_with_database, order_id)
+    assert status == 400
+    assert (body["error"], body["field"]) == ("invalid", "orderId")
 
 
 @pytest.mark.integration

@@ -256,3 +256,46 @@ async def test_dedupe_survives_a_restart_with_local_state_wiped(pipeline: Pipeli
         lambda: len(read_topic(pipeline.bootstrap, "webhooks.stripe", key=str(event["id"]))) == 2,
     )
     assert len(_domain_events(pipeline, "billing.payment.succeeded", str(event["id"]))) == 1
+
+
+async def test_a_signed_razorpay_body_replayed_under_a_fresh_event_id_is_a_duplicate(
+    pipeline: Pipeline,
+) -> None:
+    """The event id header is not signed: a captured body re-sent with a new id must not
+    produce a second billing event (issue 10, outside probe)."""
+    from ingress.records import event_id_for
+
+    captured = razorpay_event("payment.captured", order_id=_uid("ord"))
+    original, replay = _uid("rzpevt"), _uid("rzpevt")
+    assert await post_razorpay(pipeline.ingress, captured, original) == 200
+    assert await post_razorpay(pipeline.ingress, captured, replay) == 200
+    [partition] = [
+        m.partition()
+        for m in read_topic(pipeline.bootstrap, "webhooks.razorpay")
+        if header_map(m)["event-id"] == event_id_for("razorpay", replay)
+    ]
+    # A marker on the replay's partition, posted after it: once the marker is normalised,
+    # so is the replay (one partition is read in order).
+    while True:
+        marker = razorpay_event("payment.captured", order_id=_uid("ord"))
+        marker_id = _uid("rzpevt")
+        assert await post_razorpay(pipeline.ingress, marker, marker_id) == 200
+        [message] = [
+            m
+            for m in read_topic(pipeline.bootstrap, "webhooks.razorpay")
+            if header_map(m)["event-id"] == event_id_for("razorpay", marker_id)
+        ]
+        if message.partition() == partition:
+            break
+
+    def succeeded(raw_id: str) -> list[object]:
+        wanted = derived_event_id(event_id_for("razorpay", raw_id), "billing.payment.succeeded")
+        return [
+            m
+            for m in read_topic(pipeline.bootstrap, "billing.payment.succeeded")
+            if header_map(m)["event-id"] == wanted
+        ]
+
+    await pipeline.wait_for("the marker's billing event", lambda: len(succeeded(marker_id)) == 1)
+    await pipeline.wait_for("the original's billing event", lambda: len(succeeded(original)) == 1)
+    assert succeeded(replay) == []

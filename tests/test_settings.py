@@ -45,11 +45,30 @@ def test_missing_required_setting_names_it(name: str) -> None:
         ("SLUICE_BROKER_HEARTBEAT_INTERVAL", "0"),
         # faust refuses a session timeout above the request timeout; say so at start-up.
         ("SLUICE_BROKER_SESSION_TIMEOUT", "91s"),
+        ("SLUICE_HEADER_TIMEOUT", "0"),
+        ("SLUICE_BODY_TIMEOUT", "later"),
+        ("SLUICE_MAX_CONNECTIONS", "0"),
+        ("SLUICE_MAX_CONNECTIONS", "many"),
     ],
 )
 def test_malformed_setting_names_it(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({**COMPLETE, name: value})
+
+
+def test_ingress_connection_limits_have_defaults_and_read_durations() -> None:
+    defaults = load_settings({})
+    assert (defaults.header_timeout_s, defaults.body_timeout_s) == (10.0, 30.0)
+    assert defaults.max_connections == 1000
+    settings = load_settings(
+        {
+            "SLUICE_HEADER_TIMEOUT": "500ms",
+            "SLUICE_BODY_TIMEOUT": "1m",
+            "SLUICE_MAX_CONNECTIONS": "64",
+        }
+    )
+    assert (settings.header_timeout_s, settings.body_timeout_s) == (0.5, 60.0)
+    assert settings.max_connections == 64
 
 
 def test_scale_out_defaults_move_a_dead_workers_partitions_within_seconds() -> None:

@@ -25,7 +25,13 @@ NOW = 1_700_000_000.0
 BODY = (
     b'{"entity":"event","event":"payment.captured","contains":["payment"],"created_at":1699999990}'
 )
-EXPECTED = VerifiedEvent(event_id=EVENT_ID, event_type="payment.captured", created=1699999990)
+# BODY carries no entity, so its content id is the digest of the signed bytes.
+EXPECTED = VerifiedEvent(
+    event_id=EVENT_ID,
+    event_type="payment.captured",
+    created=1699999990,
+    content_id="sha256:" + hashlib.sha256(BODY).hexdigest(),
+)
 
 
 def _headers(signature: str | None, *, event_id: str | None = EVENT_ID) -> dict[str, str]:
@@ -176,6 +182,7 @@ def test_signature_mismatch_on_non_utf8_body() -> None:
         (b'{"entity":"event"}', "event"),
         (b'{"event":""}', "event"),
         (b'{"event":7}', "event"),
+        (b'{"event":"payment.\\u0000captured"}', "event"),
         (b'{"event":"payment.captured","created_at":"1699999990"}', "created_at"),
     ],
 )
@@ -186,7 +193,11 @@ def test_invalid_payload_under_valid_signature(body: bytes, field: str | None) -
     assert SECRET not in str(caught.value)
 
 
-@pytest.mark.parametrize("event_id", [None, ""], ids=["absent", "empty"])
+@pytest.mark.parametrize(
+    "event_id",
+    [None, "", "e" * 257, "evt\x01", "evt\x7f"],
+    ids=["absent", "empty", "long", "SOH", "DEL"],
+)
 def test_missing_event_id_header_is_invalid_payload(event_id: str | None) -> None:
     with pytest.raises(InvalidPayload) as caught:
         _verify(verifier.sign(BODY, SECRET), event_id=event_id)
@@ -209,3 +220,51 @@ def test_secrets_list_misconfiguration_is_a_programming_error() -> None:
         _verify(signature, secrets=("",))
     with pytest.raises(TypeError):
         verifier.verify(BODY, _headers(signature), SECRET, NOW)
+
+
+# -- what the signed body identifies (the event id header is not signed) -------------------
+
+ENTITY_BODY = (
+    b'{"entity":"event","event":"refund.processed","contains":["refund","payment"],'
+    b'"payload":{"refund":{"entity":{"id":"rfnd_1","amount":100}},'
+    b'"payment":{"entity":{"id":"pay_1","amount":500}}},"created_at":1699999990}'
+)
+
+
+def test_content_id_names_the_event_its_entities_and_its_time() -> None:
+    verified = _verify(verifier.sign(ENTITY_BODY, SECRET), body=ENTITY_BODY)
+    assert verified.content_id == "refund.processed@1699999990:payment=pay_1,refund=rfnd_1"
+
+
+def test_content_id_does_not_depend_on_the_event_id_header() -> None:
+    signature = verifier.sign(ENTITY_BODY, SECRET)
+    first = _verify(signature, body=ENTITY_BODY, event_id="evt_first")
+    replayed = _verify(signature, body=ENTITY_BODY, event_id="evt_fresh")
+    assert first.event_id != replayed.event_id
+    assert first.content_id == replayed.content_id
+
+
+def test_content_id_ignores_the_bodys_formatting_and_entity_details() -> None:
+    """A retry Razorpay serialises differently, or with an entity's state moved on, is
+    still the same event (same type, entities and creation time)."""
+    respaced = ENTITY_BODY.replace(b'"amount":100', b'"amount": 100, "status": "processed"')
+    assert (
+        _verify(verifier.sign(respaced, SECRET), body=respaced).content_id
+        == _verify(verifier.sign(ENTITY_BODY, SECRET), body=ENTITY_BODY).content_id
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"1699999990", b"1699999991"),
+        (b"rfnd_1", b"rfnd_2"),
+        (b"refund.processed", b"refund.failed"),
+    ],
+)
+def test_another_event_has_another_content_id(old: bytes, new: bytes) -> None:
+    other = ENTITY_BODY.replace(old, new)
+    assert (
+        _verify(verifier.sign(other, SECRET), body=other).content_id
+        != _verify(verifier.sign(ENTITY_BODY, SECRET), body=ENTITY_BODY).content_id
+    )

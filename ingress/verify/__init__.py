@@ -49,11 +49,17 @@ class VerifiedEvent:
 
     ``created`` is the provider's creation time of the event (Unix seconds), when the
     body carries one.
+
+    ``content_id`` identifies the event by its signed body alone, for a provider whose
+    event id is not covered by the signature (Razorpay): the same for every delivery of
+    one event, whatever id header it comes with. ``None`` when the event id is signed
+    (Stripe), which then identifies the content itself.
     """
 
     event_id: str
     event_type: str
     created: int | None
+    content_id: str | None = None
 
 
 def normalise_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -98,12 +104,24 @@ def parse_json_object(body: bytes | str) -> dict[str, Any]:
     return parsed
 
 
+MAX_ID_LENGTH = 256
+
+
 def required_str(value: object, field: str) -> str:
-    """``value`` if it is a non-empty string.
+    """``value`` if it is a non-empty, printable string of at most 256 characters.
+
+    Event ids and types become Kafka keys and headers, log fields and PostgreSQL text
+    (which refuses NUL): a control character or an 8 KB header id is refused here, not
+    dead-lettered later.
 
     :raises InvalidPayload: naming ``field`` otherwise.
     """
-    if not isinstance(value, str) or not value:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_ID_LENGTH
+        or not value.isprintable()
+    ):
         raise InvalidPayload(f"missing or invalid {field}", field=field)
     return value
 

@@ -6,8 +6,12 @@ by the signature, so it is trusted only as far as dedupe needs it (a sender who 
 it already holds the secret).
 
 There is no timestamp tolerance: Razorpay signs no timestamp, so a captured request can
-be replayed and will verify. Replays are caught downstream by dedupe on the event id
-(window longer than Razorpay's 24-hour retry window), not here. ``now`` is accepted only
+be replayed and will verify. Replays are caught downstream by dedupe (window longer than
+Razorpay's 24-hour retry window), not here. Because the event id header is unsigned, a
+replay can come with a fresh one; so the verifier also names what the signed body is,
+``content_id`` (:func:`content_id`): the event type, its creation time and the ids of
+the entities it carries. The ingress keys the record by it and dedupe remembers it
+besides the event id (docs/decisions.md, "Razorpay replays"). ``now`` is accepted only
 so every verifier has the same shape.
 
 Checks, one exception each, in order: no signature (``MissingSignature``), signature
@@ -23,6 +27,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ingress.verify import (
     VerifiedEvent,
@@ -34,7 +39,7 @@ from ingress.verify import (
 )
 from ingress.verify.errors import MalformedSignatureHeader, MissingSignature, SignatureMismatch
 
-__all__ = ["EVENT_ID_HEADER", "SIGNATURE_HEADER", "sign", "verify"]
+__all__ = ["EVENT_ID_HEADER", "SIGNATURE_HEADER", "content_id", "sign", "verify"]
 
 SIGNATURE_HEADER = "X-Razorpay-Signature"
 EVENT_ID_HEADER = "X-Razorpay-Event-Id"
@@ -68,11 +73,42 @@ def verify(
         raise SignatureMismatch()
 
     body = parse_json_object(raw_body)
+    event_type = required_str(body.get("event"), "event")
+    created = optional_int(body.get("created_at"), "created_at")
     return VerifiedEvent(
         event_id=required_str(normalised.get(EVENT_ID_HEADER.lower()), EVENT_ID_HEADER),
-        event_type=required_str(body.get("event"), "event"),
-        created=optional_int(body.get("created_at"), "created_at"),
+        event_type=event_type,
+        created=created,
+        content_id=content_id(body, event_type, created, raw_body),
     )
+
+
+def content_id(
+    body: Mapping[str, Any], event_type: str, created: int | None, raw_body: bytes
+) -> str:
+    """What an authentic Razorpay body is, independent of the unsigned event id header:
+    ``<event>@<created_at>:<name>=<entity id>,...`` over the entities under
+    ``payload.<name>.entity``, sorted by name (``refund.processed@1699999990:
+    payment=pay_1,refund=rfnd_1``).
+
+    Built from meaning rather than bytes, so a retry Razorpay serialises differently (or
+    sends with an entity's state moved on) is still recognised; Razorpay's entity ids
+    are unique, and one event has one creation time. A body without a creation time or
+    entity ids falls back to the digest of its signed bytes (``sha256:<hex>``), which
+    still catches a byte-for-byte replay.
+    """
+    ids: list[str] = []
+    payload = body.get("payload")
+    if isinstance(payload, dict):
+        for name in sorted(payload):
+            wrapper = payload[name]
+            entity = wrapper.get("entity") if isinstance(wrapper, dict) else None
+            entity_id = entity.get("id") if isinstance(entity, dict) else None
+            if isinstance(entity_id, str) and entity_id:
+                ids.append(f"{name}={entity_id}")
+    if created is None or not ids:
+        return "sha256:" + hashlib.sha256(raw_body).hexdigest()
+    return f"{event_type}@{created}:{','.join(ids)}"
 
 
 def sign(payload: bytes, secret: str) -> str:

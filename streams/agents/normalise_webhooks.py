@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from base.errors import InvalidEvent
 from base.metrics import MetricName
 from streams.context import WorkerContext
-from streams.domain.dedupe import decide, dedupe_key, expired_keys, remembered_entry
+from streams.domain.dedupe import decide_all, dedupe_keys, expired_keys, remembered_entry
 from streams.domain.dlq import REPLAY_HEADER
 from streams.domain.normalise import normalise
 from streams.effects import dead_letter_now
@@ -63,8 +63,9 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
         )
         return
     seen = ctx.topology.dedupe_seen
+    record_key = record.key.decode("utf-8", "replace") if record.key else None
     try:
-        key = dedupe_key(raw["provider"], raw["providerEventId"])
+        keys = dedupe_keys(raw["provider"], raw["providerEventId"], record_key)
     except ValueError as exc:  # schema-valid but without a usable id
         await dead_letter_now(
             ctx.outbox, ctx.codec, record, reason=str(exc), error_class="InvalidEvent"
@@ -73,13 +74,13 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
     replay = bool(raw.get("replay")) or header_value(record.headers, REPLAY_HEADER) == "1"
     now_ms = int(ctx.clock.time() * 1000)
     window_ms = int(ctx.settings.dedupe_window_s * 1000)
-    decision = decide(seen, key, now_ms, window_ms, replay, position=record.position)
+    decision, remember = decide_all(seen, keys, now_ms, window_ms, replay, position=record.position)
     if not decision.process:
         # DEBUG: duplicates are routine (providers retry), and at INFO the log line cost
         # more CPU than processing the record.
         log.debug(
             "duplicate webhook skipped",
-            extra={"position": record.position, "event_id": raw["eventId"], "key": key},
+            extra={"position": record.position, "event_id": raw["eventId"], "keys": keys},
         )
         ctx.runner.metrics.inc(MetricName.EVENTS_DEDUPLICATED, agent=AGENT)
         return
@@ -106,7 +107,8 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
             headers.append(("traceparent", traceparent.encode()))
         await ctx.outbox.send(domain_event.topic, domain_event.key.encode(), value, headers)
     if decision.remember_ms is not None:
-        seen[key] = remembered_entry(decision.remember_ms, record.position)
+        for key in remember:
+            seen[key] = remembered_entry(decision.remember_ms, record.position)
     if result.outcome != "invalid":
         ctx.runner.metrics.inc(MetricName.EVENTS_PROCESSED, agent=AGENT)
 

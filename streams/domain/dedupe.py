@@ -7,7 +7,13 @@ the worker; any ``Mapping[str, int]`` here) and, per raw webhook:
 2. if ``decision.remember_ms is not None``: ``table[key] = decision.remember_ms``
 3. if ``decision.process``: pass the record on; else acknowledge and drop it.
 
-and periodically deletes ``expired_keys(table, now_ms, window)``. These functions read
+and periodically deletes ``expired_keys(table, now_ms, window)``.
+
+A webhook can have two keys (:func:`dedupe_keys`): its provider event id, and, when
+the ingress keyed the record by what its signed body is (Razorpay, whose event id
+header is unsigned), that content id too; :func:`decide_all` decides over both, so a
+captured body replayed under a fresh event id is a duplicate. The record key is what
+puts the replay in the original's partition, where its table entry lives. These functions read
 the mapping and never write it; the agent carries the decision out. Times come from the
 injected clock, never from here.
 
@@ -18,7 +24,7 @@ steps 2 and 3, say) does no harm.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -28,7 +34,9 @@ __all__ = [
     "DedupeReason",
     "Remembered",
     "decide",
+    "decide_all",
     "dedupe_key",
+    "dedupe_keys",
     "expired_keys",
     "remembered_entry",
 ]
@@ -77,6 +85,49 @@ def dedupe_key(provider: str, provider_event_id: str) -> str:
     if not provider_event_id:
         raise ValueError("provider_event_id must not be empty")
     return f"{provider}:{provider_event_id}"
+
+
+def dedupe_keys(provider: str, provider_event_id: str, record_key: str | None) -> tuple[str, ...]:
+    """Every table key of a webhook: :func:`dedupe_key` of its event id, then, when the
+    record is keyed by something else (the ingress's content id of a provider whose
+    event id is unsigned), ``"<provider>/content:<record key>"``.
+
+    The ``/`` keeps the two kinds apart: an event id key always reads
+    ``"<provider>:..."``, so no event id a sender picks can pose as a content key.
+    """
+    keys: tuple[str, ...] = (dedupe_key(provider, provider_event_id),)
+    if record_key and record_key != provider_event_id:
+        keys += (f"{provider}/content:{record_key}",)
+    return keys
+
+
+def decide_all(
+    seen: Mapping[str, Remembered],
+    keys: Sequence[str],
+    now_ms: int,
+    window_ms: int,
+    replay: bool,
+    *,
+    position: str | None = None,
+) -> tuple[DedupeDecision, tuple[str, ...]]:
+    """:func:`decide` over all of a webhook's ``keys``: the decision, and the keys to
+    store ``decision.remember_ms`` under.
+
+    A redelivery by any key is a redelivery (the keys are written together). Otherwise
+    a replay is processed and remembers the keys that are absent or expired; anything
+    else is a duplicate as soon as one key is live, and new (``first``, or ``expired``
+    if any key was) when none is, remembering every key.
+    """
+    decisions = [decide(seen, key, now_ms, window_ms, replay, position=position) for key in keys]
+    if any(d.reason == "redelivery" for d in decisions):
+        return DedupeDecision(process=True, reason="redelivery", remember_ms=None), ()
+    fresh = tuple(key for key, d in zip(keys, decisions, strict=True) if d.remember_ms is not None)
+    if replay:
+        return DedupeDecision(True, "replay", now_ms if fresh else None), fresh
+    if not all(d.process for d in decisions):
+        return DedupeDecision(process=False, reason="duplicate", remember_ms=None), ()
+    reason: DedupeReason = "expired" if any(d.reason == "expired" for d in decisions) else "first"
+    return DedupeDecision(process=True, reason=reason, remember_ms=now_ms), tuple(keys)
 
 
 def decide(

@@ -8,13 +8,13 @@ from collections.abc import Callable
 import pytest
 
 from base.errors import (
-    Backpressure,
     ConfigError,
     InvalidEvent,
     PermanentError,
     TransientError,
 )
 from schemas.catalog import RETRY_DELAYS, retry_topic_name
+from streams.domain.dlq import TooManyDeadLetters
 from streams.domain.retry import (
     ATTEMPT_HEADER,
     DUE_AT_HEADER,
@@ -170,7 +170,7 @@ def test_classify(exc: BaseException, kind: str) -> None:
 
 @pytest.mark.parametrize(
     "exc",
-    [KeyError("orderId"), ValueError("bug"), Backpressure("slow", delay=1), KeyboardInterrupt()],
+    [KeyError("orderId"), ValueError("bug"), TooManyDeadLetters("halt"), KeyboardInterrupt()],
 )
 def test_unknown_exceptions_are_raised_again(exc: BaseException) -> None:
     with pytest.raises(type(exc)) as raised:

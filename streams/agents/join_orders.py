@@ -23,9 +23,9 @@ from typing import Any
 
 from base.errors import InvalidEvent
 from schemas.catalog import topic_spec
+from streams.agents.acking import acked_events
 from streams.context import WorkerContext
 from streams.domain.orders import Emit, Held, Order, step, sweep_orphans
-from streams.effects import dead_letter_now
 from streams.records import Inbound, header_value
 from streams.tables import partition_items
 
@@ -48,7 +48,7 @@ def register(ctx: WorkerContext) -> None:
     app = ctx.topology.app
 
     async def join_orders(stream: Any) -> None:
-        async for event in stream.events():
+        async for event in acked_events(stream):
             await handle(ctx, Inbound.from_faust(event))
 
     app.agent(ctx.topology.reads(AGENT), name=AGENT)(join_orders)
@@ -69,10 +69,9 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
         decoded = ctx.codec.decode(record.value, topic=record.topic).record
         order_id = _order_id(record.topic, decoded)
     except InvalidEvent as exc:
-        await dead_letter_now(
-            ctx.outbox, ctx.codec, record, reason=str(exc), error_class=type(exc).__name__
-        )
+        await ctx.runner.dead_letter(AGENT, record, reason=str(exc), error_class=type(exc).__name__)
         return
+    ctx.runner.passed(AGENT)
     if order_id is None:
         return  # a payment that names no order: projected as a payment, nothing to join
     orders, waiting = ctx.topology.orders_state, ctx.topology.payments_waiting

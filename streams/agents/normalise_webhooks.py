@@ -8,11 +8,11 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from base.errors import InvalidEvent
+from streams.agents.acking import acked_events
 from streams.context import WorkerContext
 from streams.domain.dedupe import decide, dedupe_key, expired_keys, remembered_entry
 from streams.domain.dlq import REPLAY_HEADER
 from streams.domain.normalise import normalise
-from streams.effects import dead_letter_now
 from streams.records import Inbound, header_value
 from streams.tables import partition_entries
 
@@ -38,7 +38,7 @@ def register(ctx: WorkerContext) -> None:
     resume_after: dict[int, bytes] = {}
 
     async def normalise_webhooks(stream: Any) -> None:
-        async for event in stream.events():
+        async for event in acked_events(stream):
             record = Inbound.from_faust(event)
             await handle(ctx, record)
             partition = record.partition
@@ -57,17 +57,13 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
     try:
         raw = ctx.codec.decode(record.value, topic=record.topic).record
     except InvalidEvent as exc:
-        await dead_letter_now(
-            ctx.outbox, ctx.codec, record, reason=str(exc), error_class=type(exc).__name__
-        )
+        await ctx.runner.dead_letter(AGENT, record, reason=str(exc), error_class=type(exc).__name__)
         return
     seen = ctx.topology.dedupe_seen
     try:
         key = dedupe_key(raw["provider"], raw["providerEventId"])
     except ValueError as exc:  # schema-valid but without a usable id
-        await dead_letter_now(
-            ctx.outbox, ctx.codec, record, reason=str(exc), error_class="InvalidEvent"
-        )
+        await ctx.runner.dead_letter(AGENT, record, reason=str(exc), error_class="InvalidEvent")
         return
     replay = bool(raw.get("replay")) or header_value(record.headers, REPLAY_HEADER) == "1"
     now_ms = int(ctx.clock.time() * 1000)
@@ -80,17 +76,19 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
             "duplicate webhook skipped",
             extra={"position": record.position, "event_id": raw["eventId"], "key": key},
         )
+        ctx.runner.passed(AGENT)
         return
 
     result = normalise(raw)
     if result.outcome == "invalid":
-        await dead_letter_now(
-            ctx.outbox,
-            ctx.codec,
+        await ctx.runner.dead_letter(
+            AGENT,
             record,
             reason=result.reason or "invalid provider payload",
             error_class="InvalidEvent",
         )
+    else:
+        ctx.runner.passed(AGENT)
     for domain_event in result.events:
         value = ctx.codec.encode(domain_event.topic, domain_event.record)
         headers = [

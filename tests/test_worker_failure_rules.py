@@ -1,0 +1,121 @@
+"""The worker's failure rule, enforced by the runtime (issue 10 §3): a record whose
+processing raised an unexpected exception is neither committed nor lost. The worker stops
+(mode's ``CrashingSupervisor``; agents ack only after their loop body returned), and
+once restarted it processes the record exactly once.
+
+The fault is a poisoned dependency (``tests/fixtures/poisoned_worker.py``): the
+``project_billing`` effect raises ``RuntimeError`` in the middle of the first batch that
+holds the poisoned record, after applying the records before it. With faust's default
+supervisor the agent was restarted and the batch's offsets committed: the record was
+never applied.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from schemas.codec import make_codec
+from tests.fixtures.kafka import read_topic
+from tests.fixtures.worker import Pipeline, wait_until
+
+pytestmark = pytest.mark.integration
+
+CODEC = make_codec(None)
+RUN = uuid.uuid4().hex[:8]
+RECORDS = 30
+POISONED = f"ord_poison_{RUN}_{RECORDS // 2}"
+_FILES = Path(tempfile.mkdtemp(prefix=f"sluice-poison-{RUN}-"))
+MARKER, APPLIED = _FILES / "poisoned", _FILES / "applied"
+
+PIPELINE_WORKER_MODULE = "tests.fixtures.poisoned_worker"
+PIPELINE_ENV = {
+    "POISON_EFFECT": "project_billing",
+    "POISON_KEY": POISONED,
+    "POISON_MARKER": str(MARKER),
+    "POISON_APPLIED": str(APPLIED),
+}
+
+
+def _billing_record(order_id: str) -> dict[str, Any]:
+    now_ms = int(time.time() * 1000)
+    return {
+        "eventId": str(uuid.uuid4()),
+        "eventType": "billing.payment.succeeded",
+        "version": 1,
+        "occurredAt": now_ms,
+        "correlationId": "test",
+        "source": "tests",
+        "provider": "stripe",
+        "providerEventId": f"evt_{order_id}",
+        "providerObjectId": f"pi_{order_id}",
+        "orderId": order_id,
+        "userId": "user_1",
+        "amountMinor": 1000,
+        "currency": "usd",
+        "status": "succeeded",
+        "amountRefundedMinor": None,
+        "refundId": None,
+        "paymentId": f"pi_{order_id}",
+        "attributes": {},
+    }
+
+
+def _produce_all(bootstrap: str, records: list[dict[str, Any]]) -> None:
+    """One flush for all of them, so the worker finds them together (one batch, or few)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for record in records:
+        producer.produce(
+            "billing.payment.succeeded",
+            key=record["orderId"].encode(),
+            value=CODEC.encode("billing.payment.succeeded", record),
+        )
+    assert producer.flush(30) == 0
+
+
+async def test_an_unexpected_exception_mid_batch_stops_the_worker_and_loses_nothing(
+    pipeline: Pipeline,
+) -> None:
+    records = [_billing_record(f"ord_poison_{RUN}_{n}") for n in range(RECORDS)]
+    [poisoned] = [r for r in records if r["orderId"] == POISONED]
+    _produce_all(pipeline.bootstrap, records)
+
+    worker = pipeline.worker
+    await wait_until("the worker to stop on the injected fault", lambda: not worker.alive(), 120)
+    assert MARKER.exists(), worker.log_tail()
+    assert worker.returncode() != 0, worker.log_tail()
+    assert "injected fault" in worker.log_tail(400)
+
+    worker.start()
+    like = f"pi\\_ord\\_poison\\_{RUN}\\_%"
+    await pipeline.wait_for(
+        "every payment after the restart",
+        lambda: (
+            pipeline.scalar("SELECT count(*) FROM payments WHERE provider_payment_id LIKE %s", like)
+            == RECORDS
+        ),
+    )
+
+    applied = Counter(APPLIED.read_text().split())
+    assert applied[POISONED] == 1, applied
+    assert all(applied[r["orderId"]] >= 1 for r in records), applied
+    assert (
+        pipeline.scalar(
+            "SELECT count(*) FROM processed_events WHERE consumer = 'project_billing' "
+            "AND event_id = %s",
+            poisoned["eventId"],
+        )
+        == 1
+    )
+    assert worker.alive(), worker.log_tail()
+    # Neither retried nor dead-lettered: the worker stopped instead.
+    assert not read_topic(pipeline.bootstrap, "dlq", key=POISONED)
+    for topic in ("retry.1s", "retry.2s", "retry.5s"):
+        assert not read_topic(pipeline.bootstrap, topic, key=POISONED)

@@ -152,6 +152,7 @@ class _Out:
 def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> Any:
     """The per-message step of the Quix pipeline (``apply(..., stateful=True,
     metadata=True, expand=True)``): the normalise agent's ``handle`` for valid input."""
+    from schemas.headers import record_headers
     from streams.domain.dedupe import decide, dedupe_key, remembered_entry
     from streams.domain.dlq import REPLAY_HEADER
     from streams.domain.normalise import normalise
@@ -177,15 +178,8 @@ def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> A
             return []
         outputs: list[_Out] = []
         for event in normalise(raw).events:
-            out_headers = [
-                ("event-type", event.topic.encode()),
-                ("event-id", event.record["eventId"].encode()),
-                ("correlation-id", event.record["correlationId"].encode()),
-                ("content-type", b"application/vnd.sluice.billing-event+avro"),
-            ]
             traceparent = header_value(pairs, "traceparent")
-            if traceparent:
-                out_headers.append(("traceparent", traceparent.encode()))
+            out_headers = record_headers(event.topic, event.record, traceparent=traceparent)
             outputs.append(
                 _Out(event.key.encode(), codec.encode(event.topic, event.record), out_headers)
             )

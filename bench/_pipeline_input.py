@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bench._load import percentile
-from ingress.records import ReceivedWebhook, kafka_headers, new_traceparent, raw_webhook_record
+from ingress.records import ReceivedWebhook, new_traceparent, raw_webhook_record
 from ingress.verify import VerifiedEvent
 from ingress.verify.stripe import SIGNATURE_HEADER
-from ingress.webhooks import AVRO_CONTENT_TYPE
 from schemas.codec import Codec
+from schemas.headers import record_headers
 from tests.payloads import DEFAULT_CREATED, random_id
 from tests.payloads.stripe import signed_stripe_request, stripe_event
 
@@ -150,12 +150,11 @@ def raw_webhook_records(
             received_at_ms=received_at_ms + position,
         )
         record = raw_webhook_record(received)
-        headers = kafka_headers(record, received.traceparent, AVRO_CONTENT_TYPE)
         records.append(
             KafkaRecord(
                 key=webhook.event_id.encode(),
                 value=codec.encode(INPUT_TOPIC, record),
-                headers=[(name, text.encode()) for name, text in headers.items()],
+                headers=record_headers(INPUT_TOPIC, record, traceparent=received.traceparent),
             )
         )
     return records

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from base.clock import Clock
 from schemas.codec import Codec
+from schemas.headers import TRACEPARENT, record_headers
 from streams.domain.dlq import DeadLetterGuard, alert_record, dead_letter_record, encode_alert
 from streams.domain.retry import (
     DeadLetter,
@@ -34,7 +35,7 @@ from streams.domain.retry import (
     decide_failure,
     merge_headers,
 )
-from streams.records import Inbound
+from streams.records import Inbound, header_value
 
 __all__ = ["Effect", "EffectRunner", "Outbox"]
 
@@ -249,8 +250,10 @@ async def _send_dead_letter(
         "record dead-lettered",
         extra={"position": record.position, "reason": dead["reason"], "attempts": attempts},
     )
-    headers = [("event-type", b"dlq.record"), ("event-id", dead["eventId"].encode())]
+    traceparent = header_value(record.headers, TRACEPARENT)
+    headers = record_headers("dlq", dead, traceparent=traceparent)
     await outbox.send("dlq", record.key, codec.encode("dlq", dead), headers)
     if alert:
-        alert_value = encode_alert(alert_record(dead))
-        await outbox.send("alerts", dead["eventId"].encode(), alert_value, [])
+        notice = alert_record(dead)
+        alert_headers = record_headers("alerts", notice, traceparent=traceparent)
+        await outbox.send("alerts", dead["eventId"].encode(), encode_alert(notice), alert_headers)

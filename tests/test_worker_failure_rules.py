@@ -23,6 +23,7 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.codec import make_codec
+from schemas.headers import record_headers
 from tests.fixtures.kafka import read_topic
 from tests.fixtures.worker import Pipeline, wait_until
 
@@ -76,6 +77,7 @@ def _produce_all(bootstrap: str, records: list[dict[str, Any]]) -> None:
             "billing.payment.succeeded",
             key=record["orderId"].encode(),
             value=CODEC.encode("billing.payment.succeeded", record),
+            headers=list(record_headers("billing.payment.succeeded", record)),
         )
     assert producer.flush(30) == 0
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from base.errors import InvalidEvent
 from schemas.catalog import topic_spec
+from schemas.headers import TRACEPARENT, record_headers
 from streams.agents.acking import acked_events
 from streams.context import WorkerContext
 from streams.domain.orders import Emit, Held, Order, step, sweep_orphans
@@ -35,13 +36,6 @@ log = logging.getLogger(__name__)
 
 AGENT = "join_orders"
 TICKS = "join.ticks"
-
-_CONTENT_TYPES = {
-    "orders.lifecycle": b"application/vnd.sluice.order-lifecycle+avro",
-    "commands.stripe": b"application/vnd.sluice.payment-command+avro",
-    "commands.inventory.release": b"application/vnd.sluice.inventory-release+avro",
-    "replies": b"application/vnd.sluice.reply+avro",
-}
 
 
 def register(ctx: WorkerContext) -> None:
@@ -120,18 +114,10 @@ async def sweep(ctx: WorkerContext, partition: int) -> int:
 
 
 async def _send(ctx: WorkerContext, emits: tuple[Emit, ...], cause: Inbound | None) -> None:
-    traceparent = header_value(cause.headers, "traceparent") if cause else None
+    traceparent = header_value(cause.headers, TRACEPARENT) if cause else None
     for emit in emits:
-        record = emit.record
-        headers = [
-            ("event-type", str(record["eventType"]).encode()),
-            ("event-id", str(record["eventId"]).encode()),
-            ("correlation-id", str(record["correlationId"]).encode()),
-            ("content-type", _CONTENT_TYPES.get(emit.topic, b"application/avro")),
-        ]
-        if traceparent:
-            headers.append(("traceparent", traceparent.encode()))
-        value = ctx.codec.encode(emit.topic, record)
+        headers = record_headers(emit.topic, emit.record, traceparent=traceparent)
+        value = ctx.codec.encode(emit.topic, emit.record)
         await ctx.outbox.send(emit.topic, emit.key.encode(), value, headers)
 
 

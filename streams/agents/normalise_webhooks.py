@@ -8,6 +8,7 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from base.errors import InvalidEvent
+from schemas.headers import TRACEPARENT, record_headers
 from streams.agents.acking import acked_events
 from streams.context import WorkerContext
 from streams.domain.dedupe import decide, dedupe_key, expired_keys, remembered_entry
@@ -89,17 +90,10 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
         )
     else:
         ctx.runner.passed(AGENT)
+    traceparent = header_value(record.headers, TRACEPARENT)
     for domain_event in result.events:
         value = ctx.codec.encode(domain_event.topic, domain_event.record)
-        headers = [
-            ("event-type", domain_event.topic.encode()),
-            ("event-id", domain_event.record["eventId"].encode()),
-            ("correlation-id", domain_event.record["correlationId"].encode()),
-            ("content-type", b"application/vnd.sluice.billing-event+avro"),
-        ]
-        traceparent = header_value(record.headers, "traceparent")
-        if traceparent:
-            headers.append(("traceparent", traceparent.encode()))
+        headers = record_headers(domain_event.topic, domain_event.record, traceparent=traceparent)
         await ctx.outbox.send(domain_event.topic, domain_event.key.encode(), value, headers)
     if decision.remember_ms is not None:
         seen[key] = remembered_entry(decision.remember_ms, record.position)

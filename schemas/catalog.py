@@ -72,6 +72,8 @@ __all__ = [
     "RETRY_DELAYS",
     "RUNTIME_CONFIG_SUBJECT",
     "TOPICS",
+    "WEBHOOK_OUTCOMES_TOPIC",
+    "WEBHOOK_OUTCOME_SUBJECT",
     "WEBHOOK_PARTITIONS",
     "WEBHOOK_RETENTION_MS",
     "WEBHOOK_TOPICS",
@@ -101,6 +103,7 @@ JOIN_PARTITIONS = 6
 WEBHOOK_PARTITIONS = 3
 
 RAW_WEBHOOK_SUBJECT = "sluice.webhooks.RawWebhook"
+WEBHOOK_OUTCOME_SUBJECT = "sluice.webhooks.WebhookOutcome"
 BILLING_EVENT_SUBJECT = "sluice.billing.BillingEvent"
 ORDER_EVENT_SUBJECT = "sluice.orders.OrderEvent"
 DEAD_LETTER_SUBJECT = "sluice.dlq.DeadLetter"
@@ -240,6 +243,8 @@ _BILLING_DOCS = {
 }
 BILLING_TOPICS: tuple[str, ...] = tuple(_BILLING_DOCS)
 WEBHOOK_TOPICS: tuple[str, ...] = ("webhooks.stripe", "webhooks.razorpay")
+"""The raw webhook topics, one per provider (ingress writes them)."""
+WEBHOOK_OUTCOMES_TOPIC = "webhooks.outcomes"
 PAYMENT_TOPICS: tuple[str, ...] = tuple(
     name for name in BILLING_TOPICS if name.startswith(("billing.payment.", "billing.checkout."))
 )
@@ -275,6 +280,19 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
             content_type=_avro("raw-webhook"),
         )
         for name in WEBHOOK_TOPICS
+    ),
+    TopicSpec(
+        name=WEBHOOK_OUTCOMES_TOPIC,
+        subject=WEBHOOK_OUTCOME_SUBJECT,
+        key="providerEventId",
+        partitions=WEBHOOK_PARTITIONS,
+        retention_ms=7 * DAY_MS,
+        compacted=False,
+        doc="What normalisation did with each raw webhook it processed (PROCESSED, "
+        "IGNORED, FAILED), with the webhook as received: written by the normalise agent, "
+        "read by the webhook_events projection, so no webhook is decoded and normalised "
+        "twice. A hand-off, kept 7 days; the raw topics keep the webhooks 30.",
+        content_type=_avro("webhook-outcome"),
     ),
     *(
         TopicSpec(

@@ -1,4 +1,5 @@
-"""webhooks.* → dedupe (RocksDB table) → normalise → billing.* (invalid → dlq)."""
+"""webhooks.* → dedupe (RocksDB table) → normalise → billing.* (invalid → dlq), and the
+webhook's outcome (its webhook_events status) → webhooks.outcomes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from streams.agents.acking import acked_events
 from streams.context import WorkerContext
 from streams.domain.dedupe import decide, dedupe_key, expired_keys, remembered_entry
 from streams.domain.dlq import REPLAY_HEADER
-from streams.domain.normalise import normalise
+from streams.domain.normalise import normalise, webhook_outcome
 from streams.records import Inbound, header_value
 from streams.tables import partition_entries
 
@@ -91,7 +92,10 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
     else:
         ctx.runner.passed(AGENT)
     traceparent = header_value(record.headers, TRACEPARENT)
-    for domain_event in result.events:
+    # The outcome carries the status to webhook_events (project_webhooks), so that agent
+    # neither decodes the raw webhook nor normalises it again.
+    outcome = webhook_outcome(raw, result, now_ms)
+    for domain_event in (*result.events, outcome):
         value = ctx.codec.encode(domain_event.topic, domain_event.record)
         headers = record_headers(domain_event.topic, domain_event.record, traceparent=traceparent)
         await ctx.outbox.send(domain_event.topic, domain_event.key.encode(), value, headers)

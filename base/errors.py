@@ -4,13 +4,15 @@ How the pipeline reacts is decided by the class, never by the message:
 
 - ``InvalidEvent`` / ``PermanentError``: the record goes to ``dlq`` at once.
 - ``TransientError``: the record goes to the next ``retry.<delay>`` topic.
-- ``Backpressure``: processing pauses instead of failing.
+
+Anything else is a bug: the worker stops, and the record is consumed again after the
+restart (``streams/app.py``). There is no backpressure error: a saturated downstream
+answers 429/5xx, which is transient (docs/decisions.md, "Worker failure rules").
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "Backpressure",
     "ConfigError",
     "InvalidEvent",
     "PermanentError",
@@ -45,11 +47,3 @@ class TransientError(SluiceError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-class Backpressure(SluiceError):
-    """A downstream is saturated: pause for ``delay`` seconds and resubmit."""
-
-    def __init__(self, message: str, *, delay: float) -> None:
-        super().__init__(message)
-        self.delay = delay

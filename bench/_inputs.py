@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from confluent_kafka import Producer
 
-from ingress.records import ReceivedWebhook, kafka_headers, new_traceparent, raw_webhook_record
+from ingress.records import ReceivedWebhook, new_traceparent, raw_webhook_record
 from ingress.verify import VerifiedEvent
 from ingress.verify.stripe import SIGNATURE_HEADER
-from ingress.webhooks import AVRO_CONTENT_TYPE
 from schemas.codec import Codec
+from schemas.headers import record_headers
 from tests.payloads import DEFAULT_CREATED, random_id
 from tests.payloads.stripe import signed_stripe_request, stripe_event
 
@@ -110,12 +110,11 @@ def raw_webhook_records(
             received_at_ms=received_at_ms + position,
         )
         record = raw_webhook_record(received)
-        headers = kafka_headers(record, received.traceparent, AVRO_CONTENT_TYPE)
         records.append(
             KafkaRecord(
                 webhook.event_id.encode(),
                 codec.encode(INPUT_TOPIC, record),
-                [(name, text.encode()) for name, text in headers.items()],
+                record_headers(INPUT_TOPIC, record, traceparent=received.traceparent),
             )
         )
     return records

@@ -138,7 +138,7 @@ def domain_cost_us(race: RaceInput) -> float:
     from base.settings import load_settings
     from schemas.codec import make_codec
     from streams.domain.dedupe import Remembered, decide, dedupe_key, remembered_entry
-    from streams.domain.normalise import normalise
+    from streams.domain.normalise import normalise, webhook_outcome
 
     codec = make_codec(None)
     window_ms = int(load_settings({}).dedupe_window_s * 1000)
@@ -156,7 +156,8 @@ def domain_cost_us(race: RaceInput) -> float:
             )
             if not decision.process:
                 continue
-            for event in normalise(raw).events:
+            result = normalise(raw)
+            for event in (*result.events, webhook_outcome(raw, result, now_ms)):
                 codec.encode(event.topic, event.record)
             if decision.remember_ms is not None:
                 seen[key] = remembered_entry(decision.remember_ms, position)
@@ -195,7 +196,10 @@ def run_contender(name: str, race: RaceInput, at: Stack) -> ContenderResult:
     fails (the result says why)."""
     from schemas.catalog import JOIN_PARTITIONS
 
-    expected = race.unique if name in ("sluice", "quix") else race.events
+    # Each unique webhook becomes one billing event and one webhook outcome. Sluice's
+    # outcomes go to their own topic (its output here is the billing topic); Quix writes
+    # both to its one output topic.
+    expected = {"sluice": race.unique, "quix": 2 * race.unique}.get(name, race.events)
     result = ContenderResult(name, CONTENDERS[name], race.events, expected)
     if name == "quix" and not quix_available():
         progress(QUIX_INSTALL_HINT)
@@ -370,9 +374,10 @@ class _Out:
 def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> Any:
     """The per-message step of the Quix pipeline (``apply(..., stateful=True,
     metadata=True, expand=True)``): the normalise agent's ``handle`` for valid input."""
+    from schemas.headers import TRACEPARENT, record_headers
     from streams.domain.dedupe import decide, dedupe_key, remembered_entry
     from streams.domain.dlq import REPLAY_HEADER
-    from streams.domain.normalise import normalise
+    from streams.domain.normalise import normalise, webhook_outcome
     from streams.records import header_value
 
     def step(value: bytes, _key: Any, _ts: int, headers: Any, state: Any) -> list[_Out]:
@@ -393,17 +398,13 @@ def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> A
             )
             return []
         outputs: list[_Out] = []
-        for event in normalise(raw).events:
-            out_headers = [
-                ("event-type", event.topic.encode()),
-                ("event-id", event.record["eventId"].encode()),
-                ("correlation-id", event.record["correlationId"].encode()),
-                ("content-type", b"application/vnd.sluice.billing-event+avro"),
-            ]
-            if traceparent := header_value(pairs, "traceparent"):
-                out_headers.append(("traceparent", traceparent.encode()))
+        result = normalise(raw)
+        traceparent = header_value(pairs, TRACEPARENT)
+        # The same outputs as the agent: the domain events and the webhook's outcome.
+        for event in (*result.events, webhook_outcome(raw, result, int(time.time() * 1000))):
             encoded = codec.encode(event.topic, event.record)
-            outputs.append(_Out(event.key.encode(), encoded, out_headers))
+            headers = record_headers(event.topic, event.record, traceparent=traceparent)
+            outputs.append(_Out(event.key.encode(), encoded, headers))
         if decision.remember_ms is not None:
             state.set(key, remembered_entry(decision.remember_ms, position))
         return outputs

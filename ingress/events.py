@@ -12,8 +12,7 @@ reading the body and the trace context is ``ingress.requests``, shared by every 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -22,19 +21,12 @@ from base.metrics import MetricName, Metrics
 from ingress.domain_events import DomainEventParser, parse_json
 from ingress.middleware import correlation_id
 from ingress.publisher import NotDurable, Publisher
-from ingress.records import kafka_headers
 from ingress.requests import read_json_body, traceparent_of
 from ingress.responses import json_response
-from schemas.catalog import topic_spec
 from schemas.codec import Codec
+from schemas.headers import record_headers
 
-__all__ = [
-    "avro_content_type",
-    "events_handler",
-    "publish_counted",
-]
-
-_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+__all__ = ["events_handler", "publish_counted"]
 
 
 def events_handler(
@@ -59,9 +51,7 @@ def events_handler(
         )
         # The codec validates once more, strictly, with the whole record (a 400 too).
         value = codec.encode(event.topic, event.record)
-        headers = kafka_headers(
-            event.record, traceparent_of(request), avro_content_type(event.topic)
-        )
+        headers = record_headers(event.topic, event.record, traceparent=traceparent_of(request))
         await publish_counted(publisher, metrics, event.topic, event.key, value, headers)
         return json_response({"accepted": True, "eventId": event.event_id}, status=202)
 
@@ -74,7 +64,7 @@ async def publish_counted(
     topic: str,
     key: str,
     value: bytes,
-    headers: Mapping[str, str],
+    headers: Sequence[tuple[str, bytes]],
 ) -> None:
     """Publish (durable or ``NotDurable``) and count the outcome, as the webhooks do."""
     try:
@@ -83,12 +73,3 @@ async def publish_counted(
         metrics.inc(MetricName.PUBLISH_FAILURES, topic=topic)
         raise
     metrics.inc(MetricName.RECORDS_PUBLISHED, topic=topic)
-
-
-def avro_content_type(topic: str) -> str:
-    """The ``content-type`` header of ``topic``'s records, from its schema's record name:
-    ``sluice.orders.OrderEvent`` → ``application/vnd.sluice.order-event+avro`` (the
-    scheme the webhook and worker producers use)."""
-    subject = topic_spec(topic).subject or topic
-    name = _CAMEL.sub("-", subject.rsplit(".", 1)[-1]).lower()
-    return f"application/vnd.sluice.{name}+avro"

@@ -55,16 +55,16 @@ from ingress.domain_events import (
     positive_minor_units,
     reject_unknown_fields,
 )
-from ingress.events import avro_content_type, publish_counted
+from ingress.events import publish_counted
 from ingress.middleware import correlation_id
 from ingress.outcomes import NotFound, Unavailable
 from ingress.publisher import Publisher
-from ingress.records import kafka_headers
 from ingress.replies import Reply, ReplyWaiter
 from ingress.requests import read_json_body, traceparent_of
 from ingress.responses import json_response
 from schemas.catalog import PAYMENT_COMMAND_SUBJECT
 from schemas.codec import Codec
+from schemas.headers import record_headers
 
 __all__ = [
     "CHECKOUT_CREATE",
@@ -294,7 +294,6 @@ def payment_command_handler(
     max_body_bytes: int,
     reply_timeout_s: float,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    content_type = avro_content_type(COMMAND_TOPIC)
     # The version the codec writes with (the subject's latest), read without the codec
     # so that a registry is not asked at build time.
     version = codec.resolver.catalog.latest_version(PAYMENT_COMMAND_SUBJECT)
@@ -314,7 +313,7 @@ def payment_command_handler(
             version=version,
         )
         value = codec.encode(COMMAND_TOPIC, record)
-        headers = kafka_headers(record, traceparent_of(request), content_type)
+        headers = record_headers(COMMAND_TOPIC, record, traceparent=traceparent_of(request))
         # Expect before publishing: the reply may come back before publish() returns.
         with replies.expect(task_id) as pending:
             await publish_counted(

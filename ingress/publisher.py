@@ -22,7 +22,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -48,7 +48,9 @@ class NotDurable(SluiceError):
 
 
 class Publisher(Protocol):
-    async def publish(self, topic: str, key: str, value: bytes, headers: Mapping[str, str]) -> None:
+    async def publish(
+        self, topic: str, key: str, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> None:
         """Return once the record is durable; raise ``NotDurable`` otherwise."""
         ...
 
@@ -122,7 +124,9 @@ class KafkaPublisher:
             # Start now, so connection errors are logged before the first request.
             self._ensure_pump(loop)
 
-    async def publish(self, topic: str, key: str, value: bytes, headers: Mapping[str, str]) -> None:
+    async def publish(
+        self, topic: str, key: str, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> None:
         if self._closed:
             raise NotDurable("publisher is closed")
         loop = asyncio.get_running_loop()
@@ -143,7 +147,7 @@ class KafkaPublisher:
                 topic,
                 value=value,
                 key=key.encode(),
-                headers=[(name, text.encode()) for name, text in headers.items()],
+                headers=list(headers),
                 on_delivery=on_delivery,
             )
         except BufferError:

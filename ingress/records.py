@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ingress.verify import VerifiedEvent
 
-__all__ = ["RAW_WEBHOOK_VERSION", "ReceivedWebhook", "kafka_headers", "raw_webhook_record"]
+__all__ = ["RAW_WEBHOOK_VERSION", "ReceivedWebhook", "raw_webhook_record"]
 
 RAW_WEBHOOK_VERSION = 1
 # Namespace for ids derived from provider event ids: the same provider event always
@@ -56,17 +55,6 @@ def raw_webhook_record(received: ReceivedWebhook) -> dict[str, Any]:
         "contentType": received.content_type,
         "sourceAddress": received.source_address,
         "replay": False,
-    }
-
-
-def kafka_headers(record: Mapping[str, Any], traceparent: str, content_type: str) -> dict[str, str]:
-    """Headers operators filter on with ``kcat -f '%h'`` without decoding Avro."""
-    return {
-        "event-type": record["eventType"],
-        "event-id": record["eventId"],
-        "correlation-id": record["correlationId"],
-        "traceparent": traceparent,
-        "content-type": content_type,
     }
 
 

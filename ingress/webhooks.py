@@ -15,17 +15,16 @@ from base.clock import Clock
 from base.metrics import MetricName, Metrics
 from ingress.middleware import correlation_id
 from ingress.publisher import NotDurable, Publisher
-from ingress.records import ReceivedWebhook, kafka_headers, raw_webhook_record
+from ingress.records import ReceivedWebhook, raw_webhook_record
 from ingress.requests import read_json_body, traceparent_of
 from ingress.responses import json_response
 from ingress.verify import VerifiedEvent
 from schemas.codec import Codec
+from schemas.headers import record_headers
 
 __all__ = ["WebhookSource", "webhook_handler"]
 
 Verifier = Callable[[bytes, Mapping[str, str], Sequence[str], float], VerifiedEvent]
-
-AVRO_CONTENT_TYPE = "application/vnd.sluice.raw-webhook+avro"
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def webhook_handler(
         )
         record = raw_webhook_record(received)
         value = codec.encode(source.topic, record)
-        headers = kafka_headers(record, traceparent, AVRO_CONTENT_TYPE)
+        headers = record_headers(source.topic, record, traceparent=traceparent)
         # Keyed by what the signed content is when the event id is unsigned (Razorpay),
         # so a replay under a fresh id meets the original in the same partition, where
         # the worker's dedupe table holds it.

@@ -72,6 +72,8 @@ __all__ = [
     "RETRY_DELAYS",
     "RUNTIME_CONFIG_SUBJECT",
     "TOPICS",
+    "WEBHOOK_OUTCOMES_TOPIC",
+    "WEBHOOK_OUTCOME_SUBJECT",
     "WEBHOOK_PARTITIONS",
     "WEBHOOK_RETENTION_MS",
     "WEBHOOK_TOPICS",
@@ -101,6 +103,7 @@ JOIN_PARTITIONS = 6
 WEBHOOK_PARTITIONS = 3
 
 RAW_WEBHOOK_SUBJECT = "sluice.webhooks.RawWebhook"
+WEBHOOK_OUTCOME_SUBJECT = "sluice.webhooks.WebhookOutcome"
 BILLING_EVENT_SUBJECT = "sluice.billing.BillingEvent"
 ORDER_EVENT_SUBJECT = "sluice.orders.OrderEvent"
 DEAD_LETTER_SUBJECT = "sluice.dlq.DeadLetter"
@@ -110,6 +113,12 @@ PAYMENT_COMMAND_SUBJECT = "sluice.payments.PaymentCommand"
 PAYMENT_SETUP_SUBJECT = "sluice.payments.PaymentSetupEvent"
 REPLY_SUBJECT = "sluice.commands.Reply"
 INVENTORY_RELEASE_SUBJECT = "sluice.commands.InventoryRelease"
+
+
+def _avro(name: str) -> str:
+    """The content type of Avro records of one kind: ``application/vnd.sluice.<name>+avro``."""
+    return f"application/vnd.sluice.{name}+avro"
+
 
 _TOPIC_NAME = re.compile(r"[a-z][a-z0-9]*(?:\.[a-z0-9]+)*")
 _RETRY_NAME = re.compile(r"retry\.([1-9][0-9]*)(ms|s|m|h)")
@@ -143,6 +152,10 @@ class TopicSpec:
     :param retention_ms: ``retention.ms``, or ``None`` for the broker default.
     :param compacted: ``cleanup.policy=compact`` (the latest record per key is kept).
     :param doc: what the topic carries and who writes it.
+    :param content_type: the ``content-type`` header of the records Sluice writes to the
+        topic (``schemas.headers.record_headers`` reads it), or ``None`` when they carry
+        none of their own: ``retry.<delay>`` records keep the original's headers, and
+        topics without a schema yet have no records from Sluice.
     """
 
     name: str
@@ -152,6 +165,7 @@ class TopicSpec:
     retention_ms: int | None
     compacted: bool
     doc: str
+    content_type: str | None = None
 
     def __post_init__(self) -> None:
         if not _TOPIC_NAME.fullmatch(self.name):
@@ -229,6 +243,8 @@ _BILLING_DOCS = {
 }
 BILLING_TOPICS: tuple[str, ...] = tuple(_BILLING_DOCS)
 WEBHOOK_TOPICS: tuple[str, ...] = ("webhooks.stripe", "webhooks.razorpay")
+"""The raw webhook topics, one per provider (ingress writes them)."""
+WEBHOOK_OUTCOMES_TOPIC = "webhooks.outcomes"
 PAYMENT_TOPICS: tuple[str, ...] = tuple(
     name for name in BILLING_TOPICS if name.startswith(("billing.payment.", "billing.checkout."))
 )
@@ -261,8 +277,22 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
             compacted=False,
             doc=f"Verified {name.split('.')[1].title()} webhooks exactly as received "
             "(raw body, signature header), written by ingress before it answers 2xx.",
+            content_type=_avro("raw-webhook"),
         )
         for name in WEBHOOK_TOPICS
+    ),
+    TopicSpec(
+        name=WEBHOOK_OUTCOMES_TOPIC,
+        subject=WEBHOOK_OUTCOME_SUBJECT,
+        key="providerEventId",
+        partitions=WEBHOOK_PARTITIONS,
+        retention_ms=7 * DAY_MS,
+        compacted=False,
+        doc="What normalisation did with each raw webhook it processed (PROCESSED, "
+        "IGNORED, FAILED), with the webhook as received: written by the normalise agent, "
+        "read by the webhook_events projection, so no webhook is decoded and normalised "
+        "twice. A hand-off, kept 7 days; the raw topics keep the webhooks 30.",
+        content_type=_avro("webhook-outcome"),
     ),
     *(
         TopicSpec(
@@ -278,6 +308,7 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
                 if name in _BILLING_KEYS
                 else " Keyed by order id (the provider object id when there is none)."
             ),
+            content_type=_avro("billing-event"),
         )
         for name, doc in _BILLING_DOCS.items()
     ),
@@ -290,6 +321,7 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         compacted=False,
         doc="Order lifecycle events from internal services (order.created, "
         "order.cancelled), posted to POST /internal/v1/events.",
+        content_type=_avro("order-event"),
     ),
     TopicSpec(
         name="orders.lifecycle",
@@ -303,6 +335,7 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         "order.payment_setup_failed, order.payment_orphaned, order.updated. Each record "
         "carries the order's state after the event and its revision; the Postgres and "
         "Elasticsearch projections read it.",
+        content_type=_avro("order-lifecycle"),
     ),
     TopicSpec(
         name="commands.payments",
@@ -314,6 +347,7 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         doc="Payment commands naming an order (create intent, create checkout session, "
         "refund), from POST /internal/v1/payments/...; the join checks them against the "
         "order and forwards valid ones to commands.stripe.",
+        content_type=_avro("payment-command"),
     ),
     TopicSpec(
         name="commands.stripe",
@@ -325,6 +359,7 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         doc="Stripe API calls to make, with the order's amount and currency filled in by "
         "the join; the stripe_calls agent makes them (idempotency keys derived from the "
         "order or request id) and writes payments.setup and replies.",
+        content_type=_avro("payment-command"),
     ),
     TopicSpec(
         name="payments.setup",
@@ -336,6 +371,7 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         doc="Outcomes of Stripe API calls for orders: payment.intent.created (intent id "
         "and client secret), payment.checkout.created, payment.refund.created, "
         "payment.setup_failed.",
+        content_type=_avro("payment-setup"),
     ),
     TopicSpec(
         name="join.ticks",
@@ -357,6 +393,7 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         compacted=False,
         doc="Request/reply answers (HTTP status and JSON body) for commands whose caller "
         "waits; every ingress reads all of it and answers the caller holding the task id.",
+        content_type=_avro("reply"),
     ),
     TopicSpec(
         name="commands.inventory.release",
@@ -367,6 +404,7 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         compacted=False,
         doc="Compensation: release the stock of an order whose payment failed, whose "
         "checkout expired or that was cancelled (at most once per order).",
+        content_type=_avro("inventory-release"),
     ),
     TopicSpec(
         name="leads.received",
@@ -396,6 +434,7 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         compacted=True,
         doc="Runtime config, latest value per key; a tombstone deletes the key. One "
         "partition, so every reader sees all writes in one order.",
+        content_type=_avro("runtime-config-entry"),
     ),
     *(retry_topic_spec(seconds) for _, seconds in RETRY_DELAYS),
     TopicSpec(
@@ -408,6 +447,7 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         doc="Dead letters: records that failed permanently or exhausted their retries, "
         "with origin and reason, kept 30 days to list and replay. One partition keeps "
         "them in failure order.",
+        content_type=_avro("dead-letter"),
     ),
     TopicSpec(
         name="alerts",
@@ -417,6 +457,7 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         retention_ms=None,
         compacted=False,
         doc="Alert events, e.g. a record that exhausted its retries (schema to come).",
+        content_type="application/json",
     ),
 )
 

@@ -10,6 +10,7 @@ import logging
 from typing import Any, cast
 
 import faust
+import mode
 import mode.loop
 
 from base.clock import Clock, SystemClock
@@ -91,6 +92,14 @@ def create_worker(
         producer_linger=0.01,
         web_enabled=False,
         autodiscover=False,
+        # An exception that escapes an agent (a bug, a tripped dead-letter guard) stops
+        # the worker. faust's default supervisor restarts the agent instead, and its
+        # stream iterators ack the event in hand on the way out, so the failed record's
+        # offset would commit although it was neither processed, retried nor
+        # dead-lettered. Our agents ack only after their loop body returned
+        # (streams/agents/acking.py); the process manager restarts the worker, which
+        # consumes the record again.
+        agent_supervisor=mode.CrashingSupervisor,
     )
     topology = build_topology(app, policy)
     codec = make_codec(settings.schema_registry_url)

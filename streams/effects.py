@@ -6,13 +6,18 @@ do with each record and carries that out through an ``Outbox``: the next
 ``retry.<delay>`` topic with attempt/due/origin/reason headers, or ``dlq`` (plus an
 ``alerts`` record when retries were exhausted). Agents never sleep and never retry
 inline, so one bad record or one slow downstream never holds up fresh records.
+
+Every dead letter of the worker goes through :meth:`EffectRunner.dead_letter`, also for
+agents that run no effect (a record that does not decode, say): it counts the record in
+that agent's :class:`~streams.domain.dlq.DeadLetterGuard` first (a tripped guard raises,
+and the worker stops before producing) and stamps the dead letter with the injected
+clock.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -20,6 +25,7 @@ from typing import Protocol
 from base.clock import Clock
 from base.metrics import WORKER_METRICS, MetricName, Metrics
 from schemas.codec import Codec
+from schemas.headers import TRACEPARENT, record_headers
 from streams.domain.dlq import DeadLetterGuard, alert_record, dead_letter_record, encode_alert
 from streams.domain.retry import (
     DeadLetter,
@@ -30,9 +36,9 @@ from streams.domain.retry import (
     decide_failure,
     merge_headers,
 )
-from streams.records import Inbound
+from streams.records import Inbound, header_value
 
-__all__ = ["Effect", "EffectRunner", "Outbox", "dead_letter_now"]
+__all__ = ["Effect", "EffectRunner", "Outbox"]
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +59,70 @@ class EffectRunner:
 
     Effects are registered by name so a retry agent can re-run the same effect for a
     record it took from a delay topic (the ``sluice-effect`` header names it).
+
+    Each agent (or effect) name has its own dead-letter guard, made on first use by
+    ``new_guard``; the retry agents re-running an effect count in that effect's guard.
     """
 
     outbox: Outbox
     codec: Codec
     policy: RetryPolicy
     clock: Clock
-    guard: DeadLetterGuard = field(default_factory=DeadLetterGuard)
+    new_guard: Callable[[], DeadLetterGuard] = DeadLetterGuard
     rand: Callable[[], float] = random.random
     effects: dict[str, Effect] = field(default_factory=dict)
     # Counts, per effect name: processed, retried, dead-lettered.
     metrics: Metrics = field(default_factory=lambda: Metrics(WORKER_METRICS))
+    guards: dict[str, DeadLetterGuard] = field(default_factory=dict)
 
     def register(self, name: str, effect: Effect) -> None:
         self.effects[name] = effect
+
+    def guard(self, name: str) -> DeadLetterGuard:
+        """The dead-letter guard of agent or effect ``name``."""
+        guard = self.guards.get(name)
+        if guard is None:
+            guard = self.guards[name] = self.new_guard()
+        return guard
+
+    def passed(self, name: str) -> None:
+        """Count one record that agent ``name`` handled without dead-lettering it (so
+        the guard's ratio sees the agent's good records too)."""
+        self.guard(name).record(False)
+
+    async def dead_letter(
+        self,
+        name: str,
+        record: Inbound,
+        *,
+        reason: str,
+        error_class: str,
+        attempts: int = 1,
+        retry: RetryHeaders | None = None,
+        alert: bool = False,
+    ) -> None:
+        """Send ``record`` to ``dlq`` for agent or effect ``name`` (and an ``alerts``
+        record when ``alert``), naming its origin, stamped with the injected clock.
+
+        :raises TooManyDeadLetters: ``name``'s guard tripped: nothing is produced, and
+            the exception must stop the worker so the record is not committed.
+        """
+        # Trips (raises) before producing when too many records in a row go to dlq: a
+        # bad deploy halts the worker, and the record that tripped the guard is
+        # processed again after the fix instead of being dead-lettered.
+        self.guard(name).record(True)
+        self.metrics.inc(MetricName.EVENTS_DEAD_LETTERED, agent=name)
+        await _send_dead_letter(
+            self.outbox,
+            self.codec,
+            record,
+            reason=reason,
+            error_class=error_class,
+            attempts=attempts,
+            now=self.clock.time(),
+            retry=retry,
+            alert=alert,
+        )
 
     async def run(self, name: str, records: Sequence[Inbound]) -> None:
         """Run effect ``name`` over records fresh from their origin topic."""
@@ -96,8 +152,9 @@ class EffectRunner:
             for record, retry in batch:
                 await self._fail(name, record, retry, exc)
             return
+        guard = self.guard(name)
         for _ in batch:
-            self.guard.record(False)
+            guard.record(False)
         self.metrics.inc(MetricName.EVENTS_PROCESSED, len(batch), agent=name)
 
     async def _fail(
@@ -133,27 +190,20 @@ class EffectRunner:
                 record.value,
                 merge_headers(record.headers, decision.headers),
             )
-            self.guard.record(False)
+            self.guard(name).record(False)
             self.metrics.inc(MetricName.EVENTS_RETRIED, agent=name)
             return
-        await self._dead_letter(record, retry, decision)
-        self.metrics.inc(MetricName.EVENTS_DEAD_LETTERED, agent=name)
+        await self._dead_letter(name, record, retry, decision)
 
     async def _dead_letter(
-        self, record: Inbound, retry: RetryHeaders | None, decision: DeadLetter
+        self, name: str, record: Inbound, retry: RetryHeaders | None, decision: DeadLetter
     ) -> None:
-        # Trips (raises) before producing when too many records in a row go to dlq: a
-        # bad deploy halts the agent, and the record that tripped it is processed again
-        # after the fix instead of being dead-lettered.
-        self.guard.record(True)
-        await dead_letter_now(
-            self.outbox,
-            self.codec,
+        await self.dead_letter(
+            name,
             record,
             reason=decision.reason,
             error_class=decision.error_class,
             attempts=decision.attempts,
-            now=self.clock.time(),
             retry=retry,
             alert=decision.alert,
         )
@@ -162,34 +212,30 @@ class EffectRunner:
         self, name: str, batch: Sequence[tuple[Inbound, RetryHeaders | None]]
     ) -> None:
         for record, retry in batch:
-            self.guard.record(True)
-            await dead_letter_now(
-                self.outbox,
-                self.codec,
+            await self.dead_letter(
+                name,
                 record,
                 reason=f"no effect named {name!r} in this worker",
                 error_class="UnknownEffect",
                 attempts=(retry.attempt if retry else 0) + 1,
-                now=self.clock.time(),
                 retry=retry,
             )
-            self.metrics.inc(MetricName.EVENTS_DEAD_LETTERED, agent=name)
 
 
-async def dead_letter_now(
+async def _send_dead_letter(
     outbox: Outbox,
     codec: Codec,
     record: Inbound,
     *,
     reason: str,
     error_class: str,
-    attempts: int = 1,
-    now: float | None = None,
-    retry: RetryHeaders | None = None,
-    alert: bool = False,
+    attempts: int,
+    now: float,
+    retry: RetryHeaders | None,
+    alert: bool,
 ) -> None:
-    """Send ``record`` to ``dlq`` (and an alert when ``alert``), naming its origin."""
-    now = time.time() if now is None else now
+    """Produce the ``dlq`` record (and the alert); only :meth:`EffectRunner.dead_letter`
+    calls this, after its guard."""
     origin_topic = retry.origin if retry and retry.origin else record.topic
     partition = retry.origin_partition if retry and retry.origin_partition is not None else None
     offset = retry.origin_offset if retry and retry.origin_offset is not None else None
@@ -210,8 +256,10 @@ async def dead_letter_now(
         "record dead-lettered",
         extra={"position": record.position, "reason": dead["reason"], "attempts": attempts},
     )
-    headers = [("event-type", b"dlq.record"), ("event-id", dead["eventId"].encode())]
+    traceparent = header_value(record.headers, TRACEPARENT)
+    headers = record_headers("dlq", dead, traceparent=traceparent)
     await outbox.send("dlq", record.key, codec.encode("dlq", dead), headers)
     if alert:
-        alert_value = encode_alert(alert_record(dead))
-        await outbox.send("alerts", dead["eventId"].encode(), alert_value, [])
+        notice = alert_record(dead)
+        alert_headers = record_headers("alerts", notice, traceparent=traceparent)
+        await outbox.send("alerts", dead["eventId"].encode(), encode_alert(notice), alert_headers)

@@ -5,7 +5,8 @@ This is the only module that turns catalog entries into faust topics and tables;
 agents take their handles from the ``Topology`` built here.
 
     webhooks.stripe, webhooks.razorpay
-        ├─► normalise_webhooks  (table dedupe_seen) ─► billing.* · dlq
+        └─► normalise_webhooks  (table dedupe_seen) ─► billing.* · webhooks.outcomes · dlq
+    webhooks.outcomes
         └─► project_webhooks    (Postgres webhook_events) ─► retry.* · dlq
     billing.*
         └─► project_billing     (Postgres payments, refunds, ...) ─► retry.* · dlq
@@ -28,7 +29,13 @@ from typing import Any
 
 import faust
 
-from schemas.catalog import BILLING_TOPICS, JOIN_TOPICS, WEBHOOK_TOPICS, topic_spec
+from schemas.catalog import (
+    BILLING_TOPICS,
+    JOIN_TOPICS,
+    WEBHOOK_OUTCOMES_TOPIC,
+    WEBHOOK_TOPICS,
+    topic_spec,
+)
 from streams.domain.retry import RetryPolicy
 
 __all__ = ["WIRING", "Topology", "Wire", "build_topology"]
@@ -50,10 +57,10 @@ def wiring(policy: RetryPolicy) -> tuple[Wire, ...]:
         Wire(
             "normalise_webhooks",
             reads=tuple(WEBHOOK_TOPICS),
-            writes=(*BILLING_TOPICS, "dlq"),
+            writes=(*BILLING_TOPICS, WEBHOOK_OUTCOMES_TOPIC, "dlq"),
             tables=("dedupe_seen",),
         ),
-        Wire("project_webhooks", reads=tuple(WEBHOOK_TOPICS), writes=failures),
+        Wire("project_webhooks", reads=(WEBHOOK_OUTCOMES_TOPIC,), writes=failures),
         Wire("project_billing", reads=tuple(BILLING_TOPICS), writes=failures),
         Wire(
             "join_orders",

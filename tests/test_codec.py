@@ -145,6 +145,18 @@ def samples() -> dict[str, dict[str, Any]]:
             sourceAddress=None,
             replay=True,
         ),
+        "webhooks.outcomes": {
+            **envelope("webhook.outcome", source="sluice.streams/normalise"),
+            "provider": "stripe",
+            "providerEventId": "evt_1PxYz2LkdIwHu7ix",
+            "providerEventType": "payment_intent.succeeded",
+            "status": "PROCESSED",
+            "reason": None,
+            "receivedAt": T1,
+            "signatureHeader": "t=1714566615,v1=5257a869",
+            "rawBody": STRIPE_BODY,
+            "contentType": "application/json; charset=utf-8",
+        },
         "orders": ORDER_CREATED,
         "config.runtime": {
             **envelope("config.updated", source="sluice.ingress/internal"),

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import pytest
 
 from base.errors import (
-    Backpressure,
     ConfigError,
     InvalidEvent,
     PermanentError,
@@ -17,6 +16,7 @@ from base.errors import (
 from base.settings import load_settings
 from schemas.catalog import RETRY_DELAYS, retry_topic_name
 from streams.app import retry_policy
+from streams.domain.dlq import TooManyDeadLetters
 from streams.domain.retry import (
     ATTEMPT_HEADER,
     DUE_AT_HEADER,
@@ -177,7 +177,7 @@ def test_classify(exc: BaseException, kind: str) -> None:
 
 @pytest.mark.parametrize(
     "exc",
-    [KeyError("orderId"), ValueError("bug"), Backpressure("slow", delay=1), KeyboardInterrupt()],
+    [KeyError("orderId"), ValueError("bug"), TooManyDeadLetters("halt"), KeyboardInterrupt()],
 )
 def test_unknown_exceptions_are_raised_again(exc: BaseException) -> None:
     with pytest.raises(type(exc)) as raised:

@@ -85,6 +85,10 @@ PUBLISHED: dict[tuple[str, int], tuple[int, str]] = {
         1010,
         "48bf05cf2cf79c6906b69c934c66344a2dfc39aa9a8b4c61054f2fad6b844654",
     ),
+    ("sluice.webhooks.WebhookOutcome", 1): (
+        1011,
+        "3436d277572188f951360300d4d0951b485d4bfec744e74aaa9ea9cba9c8094c",
+    ),
 }
 
 ENVELOPE: list[tuple[str, Any]] = [
@@ -119,6 +123,7 @@ def test_design_topics_are_declared() -> None:
     expected = {
         "webhooks.stripe",
         "webhooks.razorpay",
+        "webhooks.outcomes",
         "billing.payment.succeeded",
         "billing.payment.failed",
         "billing.payment.pending",

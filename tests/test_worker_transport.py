@@ -4,12 +4,13 @@ and the adaptive batches of the side-effect agents."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from streams.agents.acking import acked_events
 from streams.agents.batched import drained_batches
 from streams.transport import SluiceApp
 
@@ -160,3 +161,47 @@ async def test_records_of_an_unfinished_batch_are_never_acked() -> None:
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(anext(drained_batches(stream, 10, LONG_WAIT_S, _behind)), 5)
     assert not any(e.acked for e in held)
+
+
+class _Bug(Exception):
+    pass
+
+
+async def _fail_on(items: AsyncIterator[Any], failing: Callable[[Any], bool]) -> list[Any]:
+    """Loop over ``items`` like an agent whose body raises ``_Bug`` at the first item
+    ``failing`` accepts; returns the items seen."""
+    seen: list[Any] = []
+    try:
+        async for item in items:
+            seen.append(item)
+            if failing(item):
+                raise _Bug
+    except _Bug:
+        return seen
+    raise AssertionError("the loop body never failed")
+
+
+async def test_a_batch_whose_loop_body_raised_is_never_acked() -> None:
+    # faust's own iterators ack in a ``finally``: the failed batch would commit. Ours
+    # ack only once the loop body returned.
+    stream = _StreamStandIn()
+    for value in range(3):
+        stream.queue.put_nowait(_Event(value))
+    batches = drained_batches(stream, 10, LONG_WAIT_S, _at_head)
+    [batch] = await _fail_on(batches, lambda _batch: True)
+    await batches.aclose()  # what the event loop does with an abandoned generator
+    assert batch
+    assert not any(e.acked for e in batch)
+
+
+async def test_acked_events_acks_an_event_only_after_its_loop_body_returned() -> None:
+    stream = _StreamStandIn()
+    first, poisoned = _Event(0), _Event(1)
+    for event in (first, poisoned, _Event(2)):
+        stream.queue.put_nowait(event)
+    events = acked_events(stream)
+    assert await _fail_on(events, lambda event: event is poisoned) == [first, poisoned]
+    await events.aclose()
+    assert stream.enable_acks is False  # faust's own per-event acks are off
+    assert first.acked
+    assert not poisoned.acked

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from streams.context import WorkerContext
@@ -49,14 +49,14 @@ def behind_head(consumer: Any) -> Behind:
 
 async def drained_batches(
     stream: Any, max_size: int, max_wait_s: float, behind: Behind
-) -> AsyncIterator[list[Any]]:
+) -> AsyncGenerator[list[Any], None]:
     """Yield lists of faust events, as the module docstring describes.
 
     A pump task moves events from the stream into a bounded queue, so waiting for more
     events never cancels faust's own iterator. Acks are ours: events are acked only once
     the caller is done with their batch (its loop body returned), so an offset is
-    committed only after its effect ran or its record went to retry/dlq; a batch cut
-    short by shutdown is never acked, and is consumed again.
+    committed only after its effect ran or its record went to retry/dlq; a batch whose
+    loop body raised, or that shutdown cut short, is never acked: it is consumed again.
     """
     stream.enable_acks = False
     ready: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_size)
@@ -87,11 +87,12 @@ async def drained_batches(
                 if more is _TIMED_OUT:
                     break
                 batch.append(more)
-            try:
-                yield batch
-            finally:
-                for event in batch:
-                    await stream.ack(event)
+            yield batch
+            # Reached only once the caller's loop body for this batch returned. An
+            # exception there closes this generator at the yield: the batch is never
+            # acked, so its offsets cannot commit (see streams/agents/acking.py).
+            for event in batch:
+                await stream.ack(event)
     finally:
         pumping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -127,7 +128,7 @@ async def _take(
     return _TIMED_OUT
 
 
-def agent_batches(ctx: WorkerContext, stream: Any) -> AsyncIterator[list[Any]]:
+def agent_batches(ctx: WorkerContext, stream: Any) -> AsyncGenerator[list[Any], None]:
     """``drained_batches`` of an agent's stream, sized and timed by the worker's settings."""
     settings = ctx.settings
     return drained_batches(

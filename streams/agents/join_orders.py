@@ -23,9 +23,10 @@ from typing import Any
 
 from base.errors import InvalidEvent
 from schemas.catalog import topic_spec
+from schemas.headers import TRACEPARENT, record_headers
+from streams.agents.acking import acked_events
 from streams.context import WorkerContext
 from streams.domain.orders import Emit, Held, Order, step, sweep_orphans
-from streams.effects import dead_letter_now
 from streams.records import Inbound, header_value
 from streams.tables import partition_items
 
@@ -36,19 +37,12 @@ log = logging.getLogger(__name__)
 AGENT = "join_orders"
 TICKS = "join.ticks"
 
-_CONTENT_TYPES = {
-    "orders.lifecycle": b"application/vnd.sluice.order-lifecycle+avro",
-    "commands.stripe": b"application/vnd.sluice.payment-command+avro",
-    "commands.inventory.release": b"application/vnd.sluice.inventory-release+avro",
-    "replies": b"application/vnd.sluice.reply+avro",
-}
-
 
 def register(ctx: WorkerContext) -> None:
     app = ctx.topology.app
 
     async def join_orders(stream: Any) -> None:
-        async for event in stream.events():
+        async for event in acked_events(stream):
             await handle(ctx, Inbound.from_faust(event))
 
     app.agent(ctx.topology.reads(AGENT), name=AGENT)(join_orders)
@@ -69,10 +63,9 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
         decoded = ctx.codec.decode(record.value, topic=record.topic).record
         order_id = _order_id(record.topic, decoded)
     except InvalidEvent as exc:
-        await dead_letter_now(
-            ctx.outbox, ctx.codec, record, reason=str(exc), error_class=type(exc).__name__
-        )
+        await ctx.runner.dead_letter(AGENT, record, reason=str(exc), error_class=type(exc).__name__)
         return
+    ctx.runner.passed(AGENT)
     if order_id is None:
         return  # a payment that names no order: projected as a payment, nothing to join
     orders, waiting = ctx.topology.orders_state, ctx.topology.payments_waiting
@@ -121,18 +114,10 @@ async def sweep(ctx: WorkerContext, partition: int) -> int:
 
 
 async def _send(ctx: WorkerContext, emits: tuple[Emit, ...], cause: Inbound | None) -> None:
-    traceparent = header_value(cause.headers, "traceparent") if cause else None
+    traceparent = header_value(cause.headers, TRACEPARENT) if cause else None
     for emit in emits:
-        record = emit.record
-        headers = [
-            ("event-type", str(record["eventType"]).encode()),
-            ("event-id", str(record["eventId"]).encode()),
-            ("correlation-id", str(record["correlationId"]).encode()),
-            ("content-type", _CONTENT_TYPES.get(emit.topic, b"application/avro")),
-        ]
-        if traceparent:
-            headers.append(("traceparent", traceparent.encode()))
-        value = ctx.codec.encode(emit.topic, record)
+        headers = record_headers(emit.topic, emit.record, traceparent=traceparent)
+        value = ctx.codec.encode(emit.topic, emit.record)
         await ctx.outbox.send(emit.topic, emit.key.encode(), value, headers)
 
 

@@ -1,4 +1,5 @@
-"""webhooks.* → dedupe (RocksDB table) → normalise → billing.* (invalid → dlq)."""
+"""webhooks.* → dedupe (RocksDB table) → normalise → billing.* (invalid → dlq), and the
+webhook's outcome (its webhook_events status) → webhooks.outcomes."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from typing import Any, NamedTuple
 
 from base.errors import InvalidEvent
 from base.metrics import MetricName
+from schemas.headers import TRACEPARENT, record_headers
+from streams.agents.acking import acked_events
 from streams.context import WorkerContext
 from streams.domain.dedupe import decide_all, dedupe_keys, expired_keys, remembered_entry
 from streams.domain.dlq import REPLAY_HEADER
-from streams.domain.normalise import normalise
-from streams.effects import dead_letter_now
+from streams.domain.normalise import normalise, webhook_outcome
 from streams.records import Inbound, header_value
 from streams.tables import partition_entries
 
@@ -39,7 +41,7 @@ def register(ctx: WorkerContext) -> None:
     resume_after: dict[int, bytes] = {}
 
     async def normalise_webhooks(stream: Any) -> None:
-        async for event in stream.events():
+        async for event in acked_events(stream):
             record = Inbound.from_faust(event)
             await handle(ctx, record)
             partition = record.partition
@@ -58,18 +60,14 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
     try:
         raw = ctx.codec.decode(record.value, topic=record.topic).record
     except InvalidEvent as exc:
-        await dead_letter_now(
-            ctx.outbox, ctx.codec, record, reason=str(exc), error_class=type(exc).__name__
-        )
+        await ctx.runner.dead_letter(AGENT, record, reason=str(exc), error_class=type(exc).__name__)
         return
     seen = ctx.topology.dedupe_seen
     record_key = record.key.decode("utf-8", "replace") if record.key else None
     try:
         keys = dedupe_keys(raw["provider"], raw["providerEventId"], record_key)
     except ValueError as exc:  # schema-valid but without a usable id
-        await dead_letter_now(
-            ctx.outbox, ctx.codec, record, reason=str(exc), error_class="InvalidEvent"
-        )
+        await ctx.runner.dead_letter(AGENT, record, reason=str(exc), error_class="InvalidEvent")
         return
     replay = bool(raw.get("replay")) or header_value(record.headers, REPLAY_HEADER) == "1"
     now_ms = int(ctx.clock.time() * 1000)
@@ -83,28 +81,26 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
             extra={"position": record.position, "event_id": raw["eventId"], "keys": keys},
         )
         ctx.runner.metrics.inc(MetricName.EVENTS_DEDUPLICATED, agent=AGENT)
+        ctx.runner.passed(AGENT)
         return
 
     result = normalise(raw)
     if result.outcome == "invalid":
-        await dead_letter_now(
-            ctx.outbox,
-            ctx.codec,
+        await ctx.runner.dead_letter(
+            AGENT,
             record,
             reason=result.reason or "invalid provider payload",
             error_class="InvalidEvent",
         )
-    for domain_event in result.events:
+    else:
+        ctx.runner.passed(AGENT)
+    traceparent = header_value(record.headers, TRACEPARENT)
+    # The outcome carries the status to webhook_events (project_webhooks), so that agent
+    # neither decodes the raw webhook nor normalises it again.
+    outcome = webhook_outcome(raw, result, now_ms)
+    for domain_event in (*result.events, outcome):
         value = ctx.codec.encode(domain_event.topic, domain_event.record)
-        headers = [
-            ("event-type", domain_event.topic.encode()),
-            ("event-id", domain_event.record["eventId"].encode()),
-            ("correlation-id", domain_event.record["correlationId"].encode()),
-            ("content-type", b"application/vnd.sluice.billing-event+avro"),
-        ]
-        traceparent = header_value(record.headers, "traceparent")
-        if traceparent:
-            headers.append(("traceparent", traceparent.encode()))
+        headers = record_headers(domain_event.topic, domain_event.record, traceparent=traceparent)
         await ctx.outbox.send(domain_event.topic, domain_event.key.encode(), value, headers)
     if decision.remember_ms is not None:
         for key in remember:

@@ -1,19 +1,22 @@
-"""webhooks.* → Postgres ``webhook_events``: every accepted webhook, and what became of it."""
+"""webhooks.outcomes → Postgres ``webhook_events``: every processed webhook, and what
+became of it.
+
+The normalise agent decided the status (``Normalised.status``) and wrote it with the
+webhook as received to ``webhooks.outcomes``; this agent only writes the rows, batched.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from base.errors import InvalidEvent
 from schemas.upserts import WebhookUpsert
 from streams.agents.batched import register_batched
 from streams.context import WorkerContext
-from streams.domain.normalise import normalise
 from streams.domain.projection import webhook_upsert
-from streams.domain.status import WebhookStatus
+from streams.domain.status import webhook_status
 from streams.records import Inbound
 
 __all__ = ["register", "webhook_row"]
@@ -22,35 +25,26 @@ log = logging.getLogger(__name__)
 
 AGENT = "project_webhooks"
 
-# What normalisation did with the webhook, as webhook_events.status.
-_STATUS = {
-    "mapped": WebhookStatus.PROCESSED,
-    "unmapped": WebhookStatus.IGNORED,
-    "invalid": WebhookStatus.FAILED,
-}
 
+def webhook_row(outcome: Mapping[str, Any]) -> WebhookUpsert:
+    """The ``webhook_events`` row of a decoded ``WebhookOutcome`` record (pure).
 
-def webhook_row(raw: dict[str, Any], processed_at: datetime) -> WebhookUpsert:
-    """The ``webhook_events`` row for a decoded raw webhook record (pure)."""
-    result = normalise(raw)
+    :raises InvalidEvent: the status is not a webhook status (``UnknownStatus``).
+    """
     return webhook_upsert(
-        raw, status=_STATUS[result.outcome], reason=result.reason, processed_at=processed_at
+        {**outcome, "eventType": outcome["providerEventType"]},
+        status=webhook_status(outcome["status"]),
+        reason=outcome["reason"],
+        processed_at=datetime.fromtimestamp(outcome["occurredAt"] / 1000, UTC),
     )
 
 
 def register(ctx: WorkerContext) -> None:
     async def record(records: Sequence[Inbound]) -> None:
-        now = datetime.fromtimestamp(ctx.clock.time(), UTC)
-        rows = []
-        for item in records:
-            try:
-                raw = ctx.codec.decode(item.value, topic=item.topic).record
-            except InvalidEvent:
-                # normalise_webhooks owns dead-lettering undecodable raw records; one
-                # dead letter per bad record, not one per agent that read it.
-                log.warning("undecodable webhook record skipped", extra={"position": item.position})
-                continue
-            rows.append(webhook_row(raw, now))
+        # Decoding failures raise InvalidEvent: the runner isolates and dead-letters them.
+        rows = [
+            webhook_row(ctx.codec.decode(item.value, topic=item.topic).record) for item in records
+        ]
         projection = await ctx.connectors()
         await projection.record_webhooks(rows)
 

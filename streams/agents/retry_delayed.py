@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from streams.agents.acking import acked_events
 from streams.context import WorkerContext
 from streams.domain.retry import RetryHeaders, due_in
-from streams.effects import dead_letter_now
 from streams.records import Inbound
 
 __all__ = ["register"]
@@ -28,13 +28,12 @@ def register(ctx: WorkerContext) -> None:
 
 def _register_one(ctx: WorkerContext, agent_name: str) -> None:
     async def retry_agent(stream: Any) -> None:
-        async for event in stream.events():
+        async for event in acked_events(stream):
             record = Inbound.from_faust(event)
             retry = RetryHeaders.from_kafka(record.headers)
             if retry is None or not retry.effect:
-                await dead_letter_now(
-                    ctx.outbox,
-                    ctx.codec,
+                await ctx.runner.dead_letter(
+                    agent_name,
                     record,
                     reason="record on a retry topic without retry headers",
                     error_class="InvalidEvent",

@@ -39,6 +39,7 @@ from typing import Any, Final, Protocol
 from base.clock import Clock
 from base.errors import PermanentError
 from schemas.codec import Codec
+from schemas.headers import TRACEPARENT
 from streams.agents.batched import agent_batches
 from streams.context import WorkerContext
 from streams.domain.payment_calls import (
@@ -219,11 +220,9 @@ async def _make(
 
 
 async def _send(codec: Codec, outbox: Outbox, outputs: tuple[Output, ...], cause: Inbound) -> None:
-    traceparent = header_value(cause.headers, "traceparent")
+    traceparent = header_value(cause.headers, TRACEPARENT)
     for output in outputs:
-        headers = output.headers()
-        if traceparent:
-            headers.append(("traceparent", traceparent.encode()))
+        headers = output.headers(traceparent)
         value = codec.encode(output.topic, output.record)
         await outbox.send(output.topic, output.key.encode(), value, headers)
 

@@ -17,6 +17,11 @@ Work is split in two layers:
 - this module applies the provider-neutral rules once for both: envelope and
   deterministic ids, amounts as Avro ``long`` minor units, currency lower-case, order
   and user ids from metadata/notes, attributes as strings, and the record key.
+
+The decision also carries the webhook's ``webhook_events`` status
+(:attr:`Normalised.status`); :func:`webhook_outcome` turns it into the
+``webhooks.outcomes`` record the webhook projection reads, so nothing normalises a
+webhook twice.
 """
 
 from __future__ import annotations
@@ -28,18 +33,22 @@ from typing import Any, Final, Literal, TypedDict, TypeGuard
 import orjson
 
 from base.errors import InvalidEvent
-from schemas.catalog import BILLING_TOPICS, topic_spec
+from schemas.catalog import BILLING_TOPICS, WEBHOOK_OUTCOMES_TOPIC, topic_spec
 from streams.domain import razorpay_mapping, stripe_mapping
 from streams.domain.ids import derived_event_id
+from streams.domain.status import WebhookStatus
 
 __all__ = [
     "BILLING_EVENT_VERSION",
     "NORMALISE_SOURCE",
+    "WEBHOOK_OUTCOME_TYPE",
+    "WEBHOOK_OUTCOME_VERSION",
     "DomainEvent",
     "Extracted",
     "Normalised",
     "Outcome",
     "normalise",
+    "webhook_outcome",
 ]
 
 BILLING_EVENT_VERSION: Final = 1
@@ -52,6 +61,18 @@ NORMALISE_SOURCE: Final = "sluice.streams/normalise"
 ``sluice.ingress/<provider>``)."""
 
 Outcome = Literal["mapped", "unmapped", "invalid"]
+
+WEBHOOK_OUTCOME_TYPE: Final = "webhook.outcome"
+"""The ``eventType`` of every ``webhooks.outcomes`` record."""
+WEBHOOK_OUTCOME_VERSION: Final = 1
+"""The ``sluice.webhooks.WebhookOutcome`` schema version :func:`webhook_outcome` builds."""
+
+# What normalisation did with the webhook, as webhook_events.status.
+_STATUS: Final[Mapping[Outcome, WebhookStatus]] = {
+    "mapped": WebhookStatus.PROCESSED,
+    "unmapped": WebhookStatus.IGNORED,
+    "invalid": WebhookStatus.FAILED,
+}
 
 REFUNDED_TOPIC: Final = "billing.payment.refunded"
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
@@ -96,9 +117,10 @@ class Extracted(TypedDict):
 class DomainEvent:
     """One record to emit.
 
-    :param topic: a ``billing.*`` topic; also the record's ``eventType``.
+    :param topic: a ``billing.*`` topic, also the record's ``eventType``; or
+        ``webhooks.outcomes`` (:func:`webhook_outcome`).
     :param key: the record key (UTF-8 string), per the topic catalog.
-    :param record: a complete ``BillingEvent`` record (every schema field present), ready
+    :param record: a complete record of the topic's schema (every field present), ready
         for ``Codec.encode(topic, record)``. Treat it as read-only.
     """
 
@@ -121,6 +143,12 @@ class Normalised:
     outcome: Outcome
     events: tuple[DomainEvent, ...] = ()
     reason: str | None = None
+
+    @property
+    def status(self) -> WebhookStatus:
+        """The webhook's ``webhook_events`` status: ``PROCESSED`` (mapped), ``IGNORED``
+        (unmapped) or ``FAILED`` (invalid)."""
+        return _STATUS[self.outcome]
 
 
 _Mapper = Callable[[Mapping[str, Any]], "Extracted | None"]
@@ -168,6 +196,36 @@ def normalise(raw: Mapping[str, Any]) -> Normalised:
         return Normalised("unmapped", reason=_clip(reason))
     event = _domain_event(envelope, extracted)
     return Normalised("mapped", events=(event,))
+
+
+def webhook_outcome(raw: Mapping[str, Any], result: Normalised, now_ms: int) -> DomainEvent:
+    """The ``webhooks.outcomes`` record of a processed webhook: the decoded ``RawWebhook``
+    record ``raw`` as received, with the status and reason of ``result`` (what
+    :func:`normalise` decided for it), normalised at ``now_ms`` (epoch ms).
+
+    ``eventId`` is derived from the raw record's (a redelivery reproduces it); the key is
+    the provider event id, like the raw record's.
+
+    :raises KeyError: ``raw`` lacks a ``RawWebhook`` field (it was not codec-decoded).
+    """
+    record: dict[str, Any] = {
+        "eventId": derived_event_id(raw["eventId"], WEBHOOK_OUTCOME_TYPE),
+        "eventType": WEBHOOK_OUTCOME_TYPE,
+        "version": WEBHOOK_OUTCOME_VERSION,
+        "occurredAt": now_ms,
+        "correlationId": raw["correlationId"],
+        "source": NORMALISE_SOURCE,
+        "provider": raw["provider"],
+        "providerEventId": raw["providerEventId"],
+        "providerEventType": raw["eventType"],
+        "status": str(result.status),
+        "reason": result.reason,
+        "receivedAt": raw["receivedAt"],
+        "signatureHeader": raw.get("signatureHeader"),
+        "rawBody": raw["rawBody"],
+        "contentType": raw["contentType"],
+    }
+    return DomainEvent(topic=WEBHOOK_OUTCOMES_TOPIC, key=str(raw["providerEventId"]), record=record)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from base.errors import InvalidEvent, PermanentError
+from schemas.headers import record_headers
 from streams.domain.ids import derived_event_id
 from streams.domain.replies import reply_record
 from streams.domain.retry import clean_reason
@@ -95,10 +96,6 @@ CHECKOUT_CREATED: Final = "payment.checkout.created"
 REFUND_CREATED: Final = "payment.refund.created"
 SETUP_FAILED: Final = "payment.setup_failed"
 
-_CONTENT_TYPES: Final = {
-    SETUP_TOPIC: b"application/vnd.sluice.payment-setup+avro",
-    "replies": b"application/vnd.sluice.reply+avro",
-}
 # PaymentIntent / SetupIntent client secrets: "<id>_secret_<random>".
 _CLIENT_SECRET: Final = re.compile(r"\b((?:pi|seti)_[A-Za-z0-9]+)_secret_[A-Za-z0-9]+")
 
@@ -332,14 +329,9 @@ class Output:
     def event_type(self) -> str:
         return str(self.record["eventType"])
 
-    def headers(self) -> list[tuple[str, bytes]]:
-        """The envelope headers (``traceparent`` is the caller's to add)."""
-        return [
-            ("event-type", str(self.record["eventType"]).encode()),
-            ("event-id", str(self.record["eventId"]).encode()),
-            ("correlation-id", str(self.record["correlationId"]).encode()),
-            ("content-type", _CONTENT_TYPES.get(self.topic, b"application/avro")),
-        ]
+    def headers(self, traceparent: str | None = None) -> list[tuple[str, bytes]]:
+        """The record's headers (``schemas.headers.record_headers``)."""
+        return record_headers(self.topic, self.record, traceparent=traceparent)
 
 
 def intent_created(

@@ -209,7 +209,7 @@ def classify(exc: BaseException) -> FailureKind:
     - :class:`~base.errors.PermanentError`: ``"permanent"``;
     - :class:`~base.errors.InvalidEvent`: ``"invalid"``.
 
-    :raises BaseException: ``exc`` itself, for anything else (a bug, ``Backpressure``,
+    :raises BaseException: ``exc`` itself, for anything else (a bug, ``TooManyDeadLetters``,
         ``CancelledError``, ``KeyboardInterrupt``): unknown failures crash the worker
         loudly instead of being retried or dead-lettered (STYLE item 8).
     """

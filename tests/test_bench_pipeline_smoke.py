@@ -142,7 +142,8 @@ def test_quix_step_dedupes_and_writes_what_the_agent_writes() -> None:
     offsets = iter(range(7, 100))
     step = quix_dedupe_normalise(codec, 60_000, lambda: _Context(next(offsets)))
     state = _State()
-    (out,) = step(first.value, first.key, 0, first.headers, state)
+    # The agent writes the billing event and the webhook's outcome; so does the step.
+    out, outcome = step(first.value, first.key, 0, first.headers, state)
     assert step(retry.value, retry.key, 0, retry.headers, state) == []
     ((key, (_first_seen_ms, position)),) = state.data.items()
     assert (key, position) == (f"stripe:{webhooks[0].event_id}", f"{INPUT_TOPIC}[0]@7")
@@ -150,6 +151,11 @@ def test_quix_step_dedupes_and_writes_what_the_agent_writes() -> None:
     assert out.key == expected.key.encode()
     assert codec.decode(out.value).record == expected.record
     assert dict(out.headers)["traceparent"] == dict(first.headers)["traceparent"]
+    outcome_record = codec.decode(outcome.value).record
+    assert (outcome_record["status"], outcome_record["providerEventId"]) == (
+        "PROCESSED",
+        webhooks[0].event_id,
+    )
 
 
 def test_parser_defaults_follow_the_issue() -> None:

@@ -1,9 +1,9 @@
 """Part 2 of ``bench.pipeline``: the normalise agent against a bare loop and Quix Streams.
 
-One input, produced once: raw Stripe webhook records on ``webhooks.stripe``, every
-``duplicate_every``-th a retry of an earlier one, encoded as the ingress encodes them.
-Each contender then runs in a child process of its own (``python -m bench._race KIND``)
-with a consumer group committed at the start of that input, and reads it all:
+One input, produced once: raw Stripe webhook records on ``webhooks.stripe`` as the
+ingress encodes them, every ``duplicate_every``-th a retry of an earlier one. Each
+contender runs in a child process of its own (``python -m bench._race KIND ...``), its
+consumer group committed at the start of that input, and reads it all:
 
 - ``bare``: the ceiling. confluent-kafka consume -> produce the bytes unchanged ->
   commit every second after a flush (at-least-once, like the others);
@@ -20,7 +20,6 @@ CPU cost its process's CPU time over the same window.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import logging
@@ -38,6 +37,7 @@ from bench._inputs import (
     KafkaRecord,
     duplicate_plan,
     prepare_payment_webhooks,
+    produce,
     produce_records,
     raw_webhook_records,
 )
@@ -208,10 +208,11 @@ def run_contender(name: str, race: RaceInput, at: Stack) -> ContenderResult:
         # input's timestamps; faust and librdkafka stamp records when they are sent.)
         config = {"message.timestamp.type": "LogAppendTime"}
         create_topic(at.bootstrap, output, JOIN_PARTITIONS, config)
+    at.groups.append(group)
     commit_group(at.bootstrap, group, race.start)
-    argv = [sys.executable, "-m", "bench._race", name, "--bootstrap", at.bootstrap]
-    argv += ["--group", group, "--output", output, "--database-url", at.postgres.url]
-    argv += ["--state-dir", str(at.workdir / f"state-{name}")]
+    state = str(at.workdir / f"state-{name}")
+    argv = [sys.executable, "-m", "bench._race", name, at.bootstrap, group, output, state]
+    argv += [at.postgres.url]
     begin, counter = end_offsets(at.bootstrap, [output]), Committed(at.bootstrap)
     try:
         progress(f"race: {result.label} over {race.events:,} events ...")
@@ -259,79 +260,42 @@ def _watch(
             return samples
         if count != last_count:
             last_progress_at, last_count = now, count
-        failure = (
-            f"exited after {count} of {expected} outputs"
-            if not child.is_running()
-            else f"no output within {_START_TIMEOUT_S:g} s"
-            if count == 0 and now - began > _START_TIMEOUT_S
-            else f"only {count} of {expected} outputs after {now - began:.0f} s"
-            if now > deadline
-            else f"stalled at {count} of {expected} outputs for {_STALL_TIMEOUT_S:g} s"
-            if count and now - last_progress_at > _STALL_TIMEOUT_S
-            else None
-        )
-        if failure:
-            raise _Failed(f"{failure}:\n{child.log_tail()}")
+        if not child.is_running():
+            raise _Failed(f"exited after {count} of {expected} outputs:\n{child.log_tail()}")
+        if count == 0 and now - began > _START_TIMEOUT_S:
+            raise _Failed(f"no output within {_START_TIMEOUT_S:g} s:\n{child.log_tail()}")
+        if now > deadline or (count and now - last_progress_at > _STALL_TIMEOUT_S):
+            raise _Failed(f"stalled at {count} of {expected} outputs:\n{child.log_tail()}")
         time.sleep(0.05)
 
 
 # -- the contenders, each in its own process ------------------------------------------------
 
 
-class _Stop:
-    def __init__(self) -> None:
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._request)
-        signal.signal(signal.SIGINT, self._request)
-
-    def _request(self, *_: object) -> None:
-        self.requested = True
-
-
 def run_bare(bootstrap: str, group: str, output: str) -> None:
     from confluent_kafka import Consumer, Producer
 
-    stop = _Stop()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "compression.type": "none",
-        }
-    )
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda sig, _frame: stopping.append(sig))
+    config = {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    consumer = Consumer(config | {"auto.offset.reset": "earliest"})
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
     consumer.subscribe([INPUT_TOPIC])
     uncommitted, last_commit = False, time.monotonic()
     try:
-        while not stop.requested:
+        while True:
             for message in consumer.consume(num_messages=1000, timeout=0.1):
-                if message.error() is not None:
-                    continue  # partition EOF and the like; real errors raise in consume
-                while True:
-                    try:
-                        producer.produce(
-                            output, message.value(), message.key(), headers=message.headers()
-                        )
-                        break
-                    except BufferError:  # queue full: serve delivery reports, then retry
-                        producer.poll(0.05)
-                uncommitted = True
+                if message.error() is None:  # partition EOF and the like; errors raise
+                    produce(producer, output, message.key(), message.value(), message.headers())
+                    uncommitted = True
             producer.poll(0)
-            if uncommitted and time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
+            if uncommitted and (stopping or time.monotonic() - last_commit >= COMMIT_INTERVAL_S):
                 producer.flush()
                 consumer.commit(asynchronous=False)
                 uncommitted, last_commit = False, time.monotonic()
-        if uncommitted:
-            producer.flush()
-            consumer.commit(asynchronous=False)
+            if stopping:
+                break
     finally:
         producer.flush(10)
         consumer.close()
@@ -360,13 +324,6 @@ def run_sluice(bootstrap: str, group: str, state_dir: Path, database_url: str) -
     faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
 
-@dataclass(frozen=True, slots=True)
-class _Out:
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
 def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> Any:
     """The per-message step of the Quix pipeline (``apply(..., stateful=True,
     metadata=True, expand=True)``): the normalise agent's ``handle`` for valid input."""
@@ -375,7 +332,7 @@ def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> A
     from streams.domain.normalise import normalise
     from streams.records import header_value
 
-    def step(value: bytes, _key: Any, _ts: int, headers: Any, state: Any) -> list[_Out]:
+    def step(value: bytes, _key: Any, _ts: int, headers: Any, state: Any) -> list[KafkaRecord]:
         pairs: list[tuple[str, bytes]] = list(headers or ())
         context = message_context()
         position = f"{context.topic}[{context.partition}]@{context.offset}"
@@ -392,7 +349,7 @@ def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> A
                 extra={"position": position, "event_id": raw["eventId"], "key": key},
             )
             return []
-        outputs: list[_Out] = []
+        outputs: list[KafkaRecord] = []
         for event in normalise(raw).events:
             out_headers = [
                 ("event-type", event.topic.encode()),
@@ -403,7 +360,7 @@ def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> A
             if traceparent := header_value(pairs, "traceparent"):
                 out_headers.append(("traceparent", traceparent.encode()))
             encoded = codec.encode(event.topic, event.record)
-            outputs.append(_Out(event.key.encode(), encoded, out_headers))
+            outputs.append(KafkaRecord(event.key.encode(), encoded, out_headers))
         if decision.remember_ms is not None:
             state.set(key, remembered_entry(decision.remember_ms, position))
         return outputs
@@ -451,20 +408,11 @@ def run_quix(bootstrap: str, group: str, output: str, state_dir: Path) -> None:
     app.run()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench._race")
-    parser.add_argument("kind", choices=tuple(CONTENDERS))
-    for option in ("--bootstrap", "--group", "--output", "--database-url", "--state-dir"):
-        parser.add_argument(option, required=True)
-    args = parser.parse_args(argv)
-    if args.kind == "bare":
-        run_bare(args.bootstrap, args.group, args.output)
-    elif args.kind == "sluice":
-        run_sluice(args.bootstrap, args.group, Path(args.state_dir), args.database_url)
+if __name__ == "__main__":  # KIND BOOTSTRAP GROUP OUTPUT STATE_DIR DATABASE_URL
+    kind, bootstrap, group, output, state_dir, database_url = sys.argv[1:7]
+    if kind == "bare":
+        run_bare(bootstrap, group, output)
+    elif kind == "sluice":
+        run_sluice(bootstrap, group, Path(state_dir), database_url)
     else:
-        run_quix(args.bootstrap, args.group, args.output, Path(args.state_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        run_quix(bootstrap, group, output, Path(state_dir))

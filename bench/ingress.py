@@ -112,12 +112,7 @@ class Report(BenchReport):
 
     @property
     def ratio(self) -> float:
-        ingress, baseline = self.best("ingress"), self.best("baseline")
-        return (
-            div(ingress.accepted_per_s, baseline.accepted_per_s)
-            if ingress and baseline
-            else math.nan
-        )
+        return _ratio(self.best("ingress"), self.best("baseline"))
 
     @property
     def paced_ingress(self) -> Phase | None:
@@ -152,6 +147,12 @@ class Report(BenchReport):
             "baseline_server_us_per_request": server_cost_us(baseline) if baseline else None,
             "errors": self.errors,
         }
+
+
+def _ratio(ingress: Phase | None, baseline: Phase | None) -> float:
+    return (
+        div(ingress.accepted_per_s, baseline.accepted_per_s) if ingress and baseline else math.nan
+    )
 
 
 def server_cost_us(result: Phase) -> float | None:
@@ -284,27 +285,17 @@ def render(report: Report) -> str:
             str(level),
             *_cells(i := runs.get("ingress")),
             *_cells(b := runs.get("baseline")),
-            ratio_text(div(i.accepted_per_s, b.accepted_per_s) if i and b else math.nan),
+            ratio_text(_ratio(i, b)),
             _cpu(i),
             _cpu(b),
         ]
         for level, runs in levels.items()
     ]
-    heads = (
-        "conc",
-        "ingress rps",
-        "p50 ms",
-        "p99 ms",
-        "err",
-        "baseline rps",
-        "p50 ms",
-        "p99 ms",
-        "err",
-        "ratio",
-        "cpu% ingress",
-        "cpu% baseline",
-    )
-    columns = [(head, len(head) + 1, lambda row, i=i: row[i]) for i, head in enumerate(heads)]
+    heads = "conc|ingress rps|p50 ms|p99 ms|err|baseline rps|p50 ms|p99 ms|err|ratio|cpu% ingress"
+    heads += "|cpu% baseline"
+    columns = [
+        (head, len(head) + 1, lambda row, i=i: row[i]) for i, head in enumerate(heads.split("|"))
+    ]
     lines = [
         f"Sluice ingress benchmark: POST {INGRESS_PATH} (verify, encode, publish acks=all) "
         f"vs POST {BASELINE_PATH} (same server and middleware, answers 200)",

@@ -15,13 +15,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psycopg
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -192,26 +192,12 @@ class Ingress:
     def url(self, path: str, *, internal: bool = False) -> str:
         return f"http://{LOOPBACK}:{self.ports[internal]}{path}"
 
-    async def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Until its readiness probe answers 200; raises if it exits or takes too long."""
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            while time.monotonic() < deadline and self.child.is_running():
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(self.url("/readyz", internal=True)) as response:
-                        if response.status == 200:
-                            return
-                await asyncio.sleep(0.2)
-        raise RuntimeError(
-            f"the ingress was not ready in {timeout_s:g} s:\n{self.child.log_tail()}"
-        )
-
 
 @contextlib.contextmanager
 def ingress_process(
     at: Stack, stripe_secret: str, env: Mapping[str, str] | None = None
 ) -> Iterator[Ingress]:
-    """``sluice ingress`` for the block, on two free loopback ports."""
+    """``sluice ingress`` for the block, on two free loopback ports, once it is ready."""
     ports = (free_port(None), free_port(None))
     settings = {
         "KAFKA_BOOTSTRAP_SERVERS": at.bootstrap,
@@ -225,7 +211,14 @@ def ingress_process(
     }
     progress("starting `sluice ingress` ...")
     with running("ingress", [*_SLUICE, "ingress"], child_env(settings), at.workdir) as child:
-        yield Ingress(child, ports)
+        ingress = Ingress(child, ports)
+
+        def ready() -> bool:  # an error answer raises: not ready yet
+            with urllib.request.urlopen(ingress.url("/readyz", internal=True), timeout=2) as r:  # noqa: S310
+                return bool(r.status == 200)
+
+        child.wait_ready(ready, timeout=60.0, interval=0.2)
+        yield ingress
 
 
 @contextlib.contextmanager

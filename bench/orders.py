@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -291,12 +292,7 @@ def _measure(args: argparse.Namespace) -> Report:
         pids = at.pids() | {"ingress": ingress.child.pid, "worker": worker.pid}
         pids["elasticsearch"] = es.pid if es else None
         watcher = RowWatcher(at.postgres.url, _SEEN_QUERY, ("order", "payment"))
-
-        async def drive() -> None:
-            await ingress.wait_ready()
-            await _drive(args, report, at, urls, worker, watcher, pids)
-
-        watcher.drive(drive)
+        watcher.drive(functools.partial(_drive, args, report, at, urls, worker, watcher, pids))
     return report
 
 

@@ -204,7 +204,6 @@ def run_end_to_end(args: argparse.Namespace, at: Stack) -> EndToEnd:
     with ingress_process(at, SECRET) as ingress:
         url = ingress.url("/v1/webhooks/stripe")
         pids = at.pids() | {"ingress": ingress.child.pid, "bench": os.getpid()}
-        asyncio.run(ingress.wait_ready())
         if args.burst:
             asyncio.run(_ingress_alone(args, url, CpuMeter(pids, ("postgres",)), e2e))
         rate = args.rate if args.rate is not None else e2e.ingress_alone_rps / 2

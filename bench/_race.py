@@ -20,6 +20,7 @@ CPU cost its process's CPU time over the same window.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
@@ -27,7 +28,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,15 +46,16 @@ from bench._load import CpuMeter, CpuSample, between
 from bench._report import progress
 from bench._services import (
     Committed,
+    Patience,
     Stack,
     child_env,
     commit_group,
     create_topic,
     end_offsets,
+    follow,
     read_records,
     running,
 )
-from devstack.process import ChildProcess
 
 #: Contender name -> what the report calls it, in the order they run.
 CONTENDERS = {
@@ -69,9 +71,9 @@ QUIX_INSTALL_HINT = (
 )
 COMMIT_INTERVAL_S = 1.0  # the bare loop's; faust's broker_commit_interval in the worker
 _SECRET = "whsec_bench_pipeline"
-_START_TIMEOUT_S = 120.0  # launch -> first output (faust joins, declares, recovers)
-_STALL_TIMEOUT_S = 30.0  # no new output for this long while running
-_MIN_RATE = 200.0  # events/s: slower than this after start-up counts as a failure
+# Launch -> first output (faust joins, declares, recovers); then no stall over 30 s and
+# at least 200 events/s overall.
+_PATIENCE = Patience(start_s=120.0, stall_s=30.0, min_rate=200.0)
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +188,8 @@ class ContenderResult:
         return self.rate.events_per_s if self.rate is not None else math.nan
 
 
-class _Failed(Exception):
-    pass
+def _outputs(counter: Committed, topic: str, before: int) -> int:
+    return counter.ends(topic) - before
 
 
 def run_contender(name: str, race: RaceInput, at: Stack) -> ContenderResult:
@@ -219,15 +221,25 @@ def run_contender(name: str, race: RaceInput, at: Stack) -> ContenderResult:
         launched = time.time()
         with running(f"agent-{name}", argv, child_env({}), at.workdir) as child:
             meter = CpuMeter({"contender": child.pid, "kafka": at.kafka.pid})
-            samples = _watch(
-                child, meter, lambda: counter.ends(output) - sum(begin.values()), expected
-            )
+            samples: list[CpuSample] = []
+            outputs = functools.partial(_outputs, counter, output, sum(begin.values()))
+            try:
+                follow(
+                    child,
+                    outputs,
+                    expected,
+                    _PATIENCE,
+                    lambda _: samples.append(meter.sample()),
+                    0.05,
+                )
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}:\n{child.log_tail()}") from None
         finish = end_offsets(at.bootstrap, [output])
         result.outputs = sum(finish.values()) - sum(begin.values())
         stamps = [m.timestamp()[1] / 1000 for m in read_records(at.bootstrap, begin, finish)]
         rate = result.rate = steady_rate(stamps, expected, race.events)
-    except (_Failed, ValueError) as exc:
-        result.error = str(exc) if isinstance(exc, _Failed) else f"cannot measure: {exc}"
+    except (RuntimeError, ValueError) as exc:
+        result.error = f"cannot measure: {exc}" if isinstance(exc, ValueError) else str(exc)
         return result
     finally:
         counter.close()
@@ -243,30 +255,6 @@ def run_contender(name: str, race: RaceInput, at: Stack) -> ContenderResult:
     per_event = f"{result.cpu_us_per_event:,.0f} us CPU per event"
     progress(f"{result.label}: {result.events_per_s:,.0f} events/s, {per_event}")
     return result
-
-
-def _watch(
-    child: ChildProcess, meter: CpuMeter, outputs: Callable[[], int], expected: int
-) -> list[CpuSample]:
-    """Sample CPU until ``expected`` outputs are there; bounded by time-outs."""
-    samples: list[CpuSample] = []
-    began = time.monotonic()
-    deadline = began + _START_TIMEOUT_S + expected / _MIN_RATE
-    last_progress_at, last_count = began, 0
-    while True:
-        now, count = time.monotonic(), outputs()
-        samples.append(meter.sample())
-        if count >= expected:
-            return samples
-        if count != last_count:
-            last_progress_at, last_count = now, count
-        if not child.is_running():
-            raise _Failed(f"exited after {count} of {expected} outputs:\n{child.log_tail()}")
-        if count == 0 and now - began > _START_TIMEOUT_S:
-            raise _Failed(f"no output within {_START_TIMEOUT_S:g} s:\n{child.log_tail()}")
-        if now > deadline or (count and now - last_progress_at > _STALL_TIMEOUT_S):
-            raise _Failed(f"stalled at {count} of {expected} outputs:\n{child.log_tail()}")
-        time.sleep(0.05)
 
 
 # -- the contenders, each in its own process ------------------------------------------------

@@ -249,6 +249,46 @@ def worker_process(
         yield child
 
 
+@dataclass(frozen=True)
+class Patience:
+    """How long to wait for a child's progress: the first count within ``start_s``, no
+    stall longer than ``stall_s``, the whole within ``start_s`` plus ``min_rate``'s time."""
+
+    start_s: float
+    stall_s: float
+    min_rate: float
+
+
+def follow(
+    child: ChildProcess,
+    count: Callable[[], int],
+    expected: int,
+    patience: Patience,
+    on_poll: Callable[[int], object],
+    every_s: float,
+) -> None:
+    """Poll ``count()`` every ``every_s`` (``on_poll`` gets each count) until it reaches
+    ``expected``; raises ``RuntimeError`` if the child exits or runs out of patience."""
+    began = last_change = time.monotonic()
+    last = 0
+    while True:
+        done, now = count(), time.monotonic()
+        on_poll(done)
+        if done >= expected:
+            return
+        if done != last:
+            last_change, last = now, done
+        if not child.is_running():
+            raise RuntimeError(f"it exited after {done:,} of {expected:,}")
+        if now - last_change > (patience.stall_s if done else patience.start_s):
+            raise RuntimeError(
+                f"no progress past {done:,} of {expected:,} in {now - last_change:.0f} s"
+            )
+        if now > began + patience.start_s + expected / patience.min_rate:
+            raise RuntimeError(f"only {done:,} of {expected:,} after {now - began:.0f} s")
+        time.sleep(every_s)
+
+
 # -- offsets --------------------------------------------------------------------------------
 
 

@@ -41,7 +41,16 @@ from bench._report import (
     run_bench,
     table,
 )
-from bench._services import Committed, Stack, bench_parser, end_offsets, stack, worker_process
+from bench._services import (
+    Committed,
+    Patience,
+    Stack,
+    bench_parser,
+    end_offsets,
+    follow,
+    stack,
+    worker_process,
+)
 from schemas.codec import make_codec
 
 DEFAULT_IDS = 1_000_000
@@ -52,9 +61,9 @@ FLAT_RSS_RATIO = 1.2
 SECRET = "whsec_bench_dedupe"
 DEDUPE_EVENT = "payment_intent.created"  # unmapped: only the dedupe table remembers it
 _CHUNK = 10_000  # records built and produced at a time
-_START_TIMEOUT_S = 180.0  # worker start-up: imports, group join, topic declaration
-_STALL_TIMEOUT_S = 120.0  # no committed progress for this long while running
-_MIN_RATE = 100.0  # ids/s: the overall bound is start-up plus the input at this rate
+# Worker start-up (imports, group join, topic declaration), then no stall over 2 minutes
+# and at least 100 ids/s overall.
+_PATIENCE = Patience(start_s=180.0, stall_s=120.0, min_rate=100.0)
 
 
 @dataclass(frozen=True)
@@ -159,8 +168,19 @@ def run_dedupe_memory(args: argparse.Namespace, at: Stack) -> DedupeMemory:
     committed = Committed(at.bootstrap, app_id)
     try:
         with worker_process(at, app_id, start_at=start) as worker:
+            marks, began = checkpoints(result.ids, result.first_sample), time.monotonic()
+
+            def sample(done: int) -> None:  # the RSS at each checkpoint passed
+                while marks and done >= marks[0]:
+                    if (rss := status_kib(worker.pid, "VmRSS")) is None:
+                        raise RuntimeError("cannot read the worker's RSS")
+                    result.samples.append(
+                        RssSample(marks.pop(0), done, rss, time.monotonic() - began)
+                    )
+                    progress(f"dedupe memory: {done:,} ids processed, worker RSS {_mib(rss)}")
+
             try:
-                _watch(worker.pid, worker.is_running, lambda: committed.past(start), result)
+                follow(worker, lambda: committed.past(start), ids, _PATIENCE, sample, every_s=0.25)
             except RuntimeError as exc:
                 result.error = f"{exc}\n{worker.log_tail()}"
             result.peak_rss_kib = status_kib(worker.pid, "VmHWM")
@@ -176,29 +196,6 @@ def _distinct_records(ids: int, event_type: str) -> Iterator[list[KafkaRecord]]:
         webhooks = prepare_payment_webhooks(min(_CHUNK, ids - first), SECRET, event_type=event_type)
         plan = range(len(webhooks))
         yield raw_webhook_records(webhooks, plan, codec, received_at_ms=received_at_ms + first)
-
-
-def _watch(pid: int, alive: Any, done_now: Any, result: DedupeMemory) -> None:
-    """Until every id is committed, reading the worker's RSS at each checkpoint."""
-    marks = checkpoints(result.ids, result.first_sample)
-    began = last_change = time.monotonic()
-    deadline, last_done = began + _START_TIMEOUT_S + result.ids / _MIN_RATE, 0
-    while marks:
-        done, now = done_now(), time.monotonic()
-        while marks and done >= marks[0]:
-            if (rss := status_kib(pid, "VmRSS")) is None:
-                raise RuntimeError("cannot read the worker's RSS")
-            result.samples.append(RssSample(marks.pop(0), done, rss, now - began))
-            progress(f"dedupe memory: {done:,} ids processed, worker RSS {_mib(rss)}")
-        if done != last_done:
-            last_change, last_done = now, done
-        if not alive():
-            raise RuntimeError(f"the worker exited after {done:,} ids")
-        if now - last_change > (_STALL_TIMEOUT_S if done else _START_TIMEOUT_S):
-            raise RuntimeError(f"no progress past {done:,} ids for {now - last_change:.0f} s")
-        if now > deadline:
-            raise RuntimeError(f"only {done:,} of {result.ids:,} ids after {now - began:.0f} s")
-        time.sleep(0.25)
 
 
 def status_kib(pid: int, name: str) -> int | None:

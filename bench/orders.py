@@ -79,6 +79,13 @@ def latency_ratio(phase: Phase, key: str) -> float:
     return phase.ratio("order", "payment", key)
 
 
+def _ratios(phase: Phase) -> dict[str, float]:
+    return {
+        "p50_ratio": latency_ratio(phase, "p50_ms"),
+        "p99_ratio": latency_ratio(phase, "p99_ms"),
+    }
+
+
 @dataclass
 class Report(BenchReport):
     machine: dict[str, str]
@@ -119,21 +126,18 @@ class Report(BenchReport):
             for kind, d in (paced.latency if paced else {}).items()
             for key in ("p50_ms", "p99_ms")
         }
-        return latency | {
-            "paced_rps": paced.target_rps if paced else None,
-            "p50_ratio": latency_ratio(paced, "p50_ms") if paced else None,
-            "p99_ratio": latency_ratio(paced, "p99_ms") if paced else None,
-            "burst_paid_per_s": burst.done_per_s if burst else None,
-            "failed": self.failed,
-        }
+        return (
+            latency
+            | (_ratios(paced) if paced else {})
+            | {
+                "paced_rps": paced.target_rps if paced else None,
+                "burst_paid_per_s": burst.done_per_s if burst else None,
+                "failed": self.failed,
+            }
+        )
 
     def as_json(self) -> dict[str, Any]:
-        ratios = [
-            {f"p{q}_ratio": latency_ratio(p, f"p{q}_ms") for q in (50, 99)} for p in self.phases
-        ]
-        phases = [
-            dataclasses.asdict(p) | extra for p, extra in zip(self.phases, ratios, strict=True)
-        ]
+        phases = [dataclasses.asdict(p) | _ratios(p) for p in self.phases]
         return super().as_json() | {"phases": phases}
 
 

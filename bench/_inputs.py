@@ -1,15 +1,17 @@
 """What the benches send, built before a run from the test payloads (``tests.payloads``):
 signed Stripe webhooks, the raw webhook records the ingress would publish for them, and
-orders paid by them. Pure: no broker, no clock of its own."""
+orders paid by them."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Producer
 
@@ -18,7 +20,7 @@ from ingress.verify import VerifiedEvent
 from ingress.verify.stripe import SIGNATURE_HEADER
 from schemas.codec import Codec
 from schemas.headers import record_headers
-from tests.payloads import DEFAULT_CREATED, random_id
+from tests.payloads import DEFAULT_CREATED, compact_json, random_id
 from tests.payloads.stripe import signed_stripe_request, stripe_event
 
 #: One ``billing.payment.succeeded`` record and one ``payments`` row each.
@@ -27,13 +29,12 @@ INPUT_TOPIC = "webhooks.stripe"
 INTERNAL_TOKEN = "tok_bench_orders"
 CREATED = "order.created"
 WEBHOOK = "webhook"
-_ITEMS = ({"productId": "sku_bench_1", "quantity": 2}, {"productId": "sku_bench_2", "quantity": 1})
 
 
 @dataclass(frozen=True, slots=True)
 class PaymentWebhook:
-    """A signed Stripe webhook for a payment of its own (``payment_id``: the payment
-    intent, ``provider_payment_id`` of its row)."""
+    """A signed Stripe webhook; ``payment_id``: its object's id (the payment intent, the
+    ``provider_payment_id`` of its row)."""
 
     payment_id: str
     event_id: str
@@ -43,25 +44,30 @@ class PaymentWebhook:
 
 
 def prepare_payment_webhooks(
-    count: int, secret: str, *, timestamp: int | None = None, event_type: str = EVENT_TYPE
+    count: int,
+    secret: str,
+    *,
+    timestamp: int | None = None,
+    event_type: str = EVENT_TYPE,
+    event_types: Sequence[str] = (),
 ) -> list[PaymentWebhook]:
     """``count`` signed webhooks, each for a fresh order (so a fresh payment intent: the
-    payloads derive an order's object ids from its id). Signed at ``timestamp`` (default:
-    the payloads' fixed creation time; pass now for requests the ingress must accept)."""
+    payloads derive an order's object ids from its id), of ``event_types`` in turn if
+    given. Signed at ``timestamp`` (default: the payloads' fixed creation time; pass now
+    for requests the ingress must accept: it refuses signatures past its tolerance)."""
     if count < 0:
         raise ValueError("count must not be negative")
     signed_at = DEFAULT_CREATED if timestamp is None else timestamp
     webhooks: list[PaymentWebhook] = []
-    for _ in range(count):
-        event = stripe_event(event_type, event_id=random_id("evt"), order_id=random_id("ord"))
+    for kind in itertools.islice(itertools.cycle(event_types or [event_type]), count):
+        event = stripe_event(kind, event_id=random_id("evt"), order_id=random_id("ord"))
         body, headers = signed_stripe_request(event, secret, signed_at)
         payment_id = str(event["data"]["object"]["id"])
-        webhooks.append(PaymentWebhook(payment_id, str(event["id"]), body, headers, event_type))
+        webhooks.append(PaymentWebhook(payment_id, str(event["id"]), body, headers, kind))
     return webhooks
 
 
 def signed_now(count: int, secret: str) -> list[PaymentWebhook]:
-    """Signed just before sending: the ingress refuses signatures past its tolerance."""
     return prepare_payment_webhooks(count, secret, timestamp=int(time.time()))
 
 
@@ -124,30 +130,25 @@ def produce_records(bootstrap: str, batches: Iterable[Sequence[KafkaRecord]]) ->
     """Produce every record to ``webhooks.stripe`` in order with one idempotent producer
     (``batches`` may be a generator: a large input is built while it is sent); returns
     how many once Kafka acknowledged all of them."""
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "none",
-        }
-    )
-    count = 0
+    config = {"enable.idempotence": True, "acks": "all", "linger.ms": 5}
+    producer, count = Producer({"bootstrap.servers": bootstrap, **config}), 0
     for batch in batches:
         for record in batch:
-            headers: list[tuple[str, str | bytes | None]] = list(record.headers)
-            while True:
-                try:
-                    producer.produce(INPUT_TOPIC, record.value, record.key, headers=headers)
-                    break
-                except BufferError:  # queue full: serve delivery reports, then retry
-                    producer.poll(0.05)
+            produce(producer, INPUT_TOPIC, record.key, record.value, list(record.headers))
             producer.poll(0)
         count += len(batch)
     if left := producer.flush(60):
         raise RuntimeError(f"{left} input records were not acknowledged within 60 s")
     return count
+
+
+def produce(producer: Producer, topic: str, key: Any, value: Any, headers: Any) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers)
+            break
+        except BufferError:  # queue full: serve delivery reports, then retry
+            producer.poll(0.05)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,14 +177,12 @@ def prepare_orders(count: int, secret: str, *, timestamp: int | None = None) -> 
             "userId": str(payment["metadata"]["userId"]),
             "amount": int(payment["amount"]),
             "currency": str(payment["currency"]),
-            "items": [dict(item) for item in _ITEMS],
+            "items": [
+                {"productId": "sku_bench_1", "quantity": 2},
+                {"productId": "sku_bench_2", "quantity": 1},
+            ],
         }
-        envelope = {
-            "eventId": f"evt-created-{order_id}",
-            "eventType": CREATED,
-            "source": "bench",
-            "data": data,
-        }
-        body = json.dumps(envelope, separators=(",", ":")).encode()
+        envelope = {"eventId": f"evt-created-{order_id}", "eventType": CREATED, "source": "bench"}
+        body = compact_json(envelope | {"data": data})
         orders.append(BenchOrder(order_id, body, webhook))
     return orders

@@ -1,8 +1,6 @@
 """The one load driver: paced (open loop) and closed-loop senders, what they saw, and
-the CPU meter every bench reads its processes with.
-
-Requests are built before a run starts, so during a run the generator only sends bytes
-and reads answers. Times are ``time.monotonic()`` seconds.
+the CPU meter every bench reads its processes with. Requests are built before a run, so
+during it the generator only sends bytes and reads answers. Times are monotonic seconds.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,12 +25,7 @@ Item = TypeVar("Item")
 #: Sends one item; the float is when it was scheduled.
 Send = Callable[[aiohttp.ClientSession, Item, float], Coroutine[Any, Any, None]]
 
-_CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=30)
-_MAX_CONNECTIONS = 512
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# -- sending --------------------------------------------------------------------------------
 
 
 async def post(
@@ -47,9 +40,9 @@ async def post(
         return False
 
 
-def _session(connections: int = _MAX_CONNECTIONS) -> aiohttp.ClientSession:
+def _session(connections: int = 512) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=connections)
-    return aiohttp.ClientSession(connector=connector, timeout=_CLIENT_TIMEOUT)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
 
 
 async def send_paced(items: Iterable[Item], rate: float, send: Send[Item]) -> None:
@@ -87,13 +80,10 @@ async def send_closed(
 
 @dataclass
 class Log:
-    """What the load generator saw, by request key.
-
-    :param scheduled: when the request (the first, for two per key) was due.
-    :param created: when the first of two requests was answered (orders: ``order.created``).
-    :param sent: when the measured request went out; ``acked``: when its 2xx was read.
-    :param refused: failed requests (an error status or no answer) by kind.
-    """
+    """What the load generator saw, by request key: when the request (the first, for two
+    per key) was ``scheduled``; when the first of two was answered (``created``: orders'
+    ``order.created``); when the measured one was ``sent`` and its 2xx read (``acked``);
+    failed requests (an error status or no answer) by kind (``refused``)."""
 
     scheduled: dict[str, float] = field(default_factory=dict)
     created: dict[str, float] = field(default_factory=dict)
@@ -113,20 +103,15 @@ class Log:
         finished = [done[k] for k in self.acked if k in done]
         last_done = max(finished, default=math.nan)
         latency = {kind: match_latencies(self.acked, at) for kind, at in seen.items()}
-        times = {"webhook": distribution([self.acked[k] - self.sent[k] for k in self.acked])}
-        if self.created:
-            times = {
-                "order.created": distribution(
-                    [self.created[k] - self.scheduled[k] for k in self.created]
-                ),
-                **times,
-            }
+        created = [self.created[k] - self.scheduled[k] for k in self.created]
+        http = {"order.created": distribution(created)} if self.created else {}
+        http["webhook"] = distribution([self.acked[k] - self.sent[k] for k in self.acked])
         return Phase(
             name=name,
             sent=len(list(keys)),
             errors=sum(self.refused.values()),
             accepted_per_s=per_s(len(self.acked), last_acked - first_at),
-            http=times,
+            http=http,
             done_per_s=per_s(len(finished), last_done - first_at),
             drain_s=last_done - last_acked if finished else math.nan,
             latency={kind: distribution(m.latencies_s) for kind, m in latency.items()},
@@ -134,6 +119,40 @@ class Log:
             early=sum(m.early for m in latency.values()),
             refused=dict(self.refused),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request of an item; ``kind`` names it in the log's refusals."""
+
+    kind: str
+    url: str
+    body: bytes
+    headers: Mapping[str, str]
+    status: int
+
+
+async def send_items(items: Sequence[tuple[str, Sequence[Request]]], rate: float, c: int) -> Log:
+    """Each item's requests in turn, the next once the last was answered ``status``; paced
+    at ``rate`` (latency from each item's schedule), else ``c`` in a closed loop. ``sent``
+    is when the item's last request went out (its schedule, for a single request)."""
+    log = Log()
+
+    async def one(
+        session: aiohttp.ClientSession, item: tuple[str, Sequence[Request]], at: float
+    ) -> None:
+        key, requests = item
+        log.scheduled[key] = sent = at
+        for index, request in enumerate(requests):
+            if not await post(session, request.url, request.body, request.headers, request.status):
+                log.refused[request.kind] += 1
+                return
+            if index < len(requests) - 1:
+                sent = log.created[key] = time.monotonic()
+        log.sent[key], log.acked[key] = sent, time.monotonic()
+
+    await (send_paced(items, rate, one) if rate else send_closed(items, c, one))
+    return log
 
 
 def per_s(count: int, seconds: float) -> float:
@@ -172,22 +191,21 @@ def cpu_seconds(pid: int) -> float | None:
 def tree_cpu_seconds(root: int) -> float | None:
     """CPU time of ``root``, its live descendants and the children it reaped
     (PostgreSQL's backends are children of the postmaster); ``None`` if it is gone."""
-    fields = _stat_fields(root)
-    if fields is None:
+    if (fields := _stat_fields(root)) is None:
         return None
     ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat_fields(int(entry.name))) is not None:
-            parents[int(entry.name)] = int(stat[1])
+    parents = {
+        int(entry.name): int(stat[1])
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and (stat := _stat_fields(int(entry.name))) is not None
+    }
     family, grew = {root}, True
     while grew:
         before = len(family)
         family |= {pid for pid, parent in parents.items() if parent in family}
         grew = len(family) > before
     for pid in family - {root}:
-        if (stat := _stat_fields(pid)) is not None:
-            ticks += int(stat[11]) + int(stat[12])
+        ticks += round((cpu_seconds(pid) or 0.0) * _CLK_TCK)
     return ticks / _CLK_TCK
 
 

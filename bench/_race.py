@@ -1,9 +1,9 @@
 """Part 2 of ``bench.pipeline``: the normalise agent against a bare loop and Quix Streams.
 
-One input, produced once: raw Stripe webhook records on ``webhooks.stripe``, every
-``duplicate_every``-th a retry of an earlier one, encoded as the ingress encodes them.
-Each contender then runs in a child process of its own (``python -m bench._race KIND``)
-with a consumer group committed at the start of that input, and reads it all:
+One input, produced once: raw Stripe webhook records on ``webhooks.stripe`` as the
+ingress encodes them, every ``duplicate_every``-th a retry of an earlier one. Each
+contender runs in a child process of its own (``python -m bench._race KIND ...``), its
+consumer group committed at the start of that input, and reads it all:
 
 - ``bare``: the ceiling. confluent-kafka consume -> produce the bytes unchanged ->
   commit every second after a flush (at-least-once, like the others);
@@ -20,7 +20,7 @@ CPU cost its process's CPU time over the same window.
 
 from __future__ import annotations
 
-import argparse
+import functools
 import importlib
 import importlib.util
 import logging
@@ -28,7 +28,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from bench._inputs import (
     KafkaRecord,
     duplicate_plan,
     prepare_payment_webhooks,
+    produce,
     produce_records,
     raw_webhook_records,
 )
@@ -45,15 +46,16 @@ from bench._load import CpuMeter, CpuSample, between
 from bench._report import progress
 from bench._services import (
     Committed,
+    Patience,
     Stack,
     child_env,
     commit_group,
     create_topic,
     end_offsets,
+    follow,
     read_records,
     running,
 )
-from devstack.process import ChildProcess
 
 #: Contender name -> what the report calls it, in the order they run.
 CONTENDERS = {
@@ -69,9 +71,9 @@ QUIX_INSTALL_HINT = (
 )
 COMMIT_INTERVAL_S = 1.0  # the bare loop's; faust's broker_commit_interval in the worker
 _SECRET = "whsec_bench_pipeline"
-_START_TIMEOUT_S = 120.0  # launch -> first output (faust joins, declares, recovers)
-_STALL_TIMEOUT_S = 30.0  # no new output for this long while running
-_MIN_RATE = 200.0  # events/s: slower than this after start-up counts as a failure
+# Launch -> first output (faust joins, declares, recovers); then no stall over 30 s and
+# at least 200 events/s overall.
+_PATIENCE = Patience(start_s=120.0, stall_s=30.0, min_rate=200.0)
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +189,8 @@ class ContenderResult:
         return self.rate.events_per_s if self.rate is not None else math.nan
 
 
-class _Failed(Exception):
-    pass
+def _outputs(counter: Committed, topic: str, before: int) -> int:
+    return counter.ends(topic) - before
 
 
 def run_contender(name: str, race: RaceInput, at: Stack) -> ContenderResult:
@@ -212,25 +214,36 @@ def run_contender(name: str, race: RaceInput, at: Stack) -> ContenderResult:
         # input's timestamps; faust and librdkafka stamp records when they are sent.)
         config = {"message.timestamp.type": "LogAppendTime"}
         create_topic(at.bootstrap, output, JOIN_PARTITIONS, config)
+    at.groups.append(group)
     commit_group(at.bootstrap, group, race.start)
-    argv = [sys.executable, "-m", "bench._race", name, "--bootstrap", at.bootstrap]
-    argv += ["--group", group, "--output", output, "--database-url", at.postgres.url]
-    argv += ["--state-dir", str(at.workdir / f"state-{name}")]
+    state = str(at.workdir / f"state-{name}")
+    argv = [sys.executable, "-m", "bench._race", name, at.bootstrap, group, output, state]
+    argv += [at.postgres.url]
     begin, counter = end_offsets(at.bootstrap, [output]), Committed(at.bootstrap)
     try:
         progress(f"race: {result.label} over {race.events:,} events ...")
         launched = time.time()
         with running(f"agent-{name}", argv, child_env({}), at.workdir) as child:
             meter = CpuMeter({"contender": child.pid, "kafka": at.kafka.pid})
-            samples = _watch(
-                child, meter, lambda: counter.ends(output) - sum(begin.values()), expected
-            )
+            samples: list[CpuSample] = []
+            outputs = functools.partial(_outputs, counter, output, sum(begin.values()))
+            try:
+                follow(
+                    child,
+                    outputs,
+                    expected,
+                    _PATIENCE,
+                    lambda _: samples.append(meter.sample()),
+                    0.05,
+                )
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}:\n{child.log_tail()}") from None
         finish = end_offsets(at.bootstrap, [output])
         result.outputs = sum(finish.values()) - sum(begin.values())
         stamps = [m.timestamp()[1] / 1000 for m in read_records(at.bootstrap, begin, finish)]
         rate = result.rate = steady_rate(stamps, expected, race.events)
-    except (_Failed, ValueError) as exc:
-        result.error = str(exc) if isinstance(exc, _Failed) else f"cannot measure: {exc}"
+    except (RuntimeError, ValueError) as exc:
+        result.error = f"cannot measure: {exc}" if isinstance(exc, ValueError) else str(exc)
         return result
     finally:
         counter.close()
@@ -248,94 +261,33 @@ def run_contender(name: str, race: RaceInput, at: Stack) -> ContenderResult:
     return result
 
 
-def _watch(
-    child: ChildProcess, meter: CpuMeter, outputs: Callable[[], int], expected: int
-) -> list[CpuSample]:
-    """Sample CPU until ``expected`` outputs are there; bounded by time-outs."""
-    samples: list[CpuSample] = []
-    began = time.monotonic()
-    deadline = began + _START_TIMEOUT_S + expected / _MIN_RATE
-    last_progress_at, last_count = began, 0
-    while True:
-        now, count = time.monotonic(), outputs()
-        samples.append(meter.sample())
-        if count >= expected:
-            return samples
-        if count != last_count:
-            last_progress_at, last_count = now, count
-        failure = (
-            f"exited after {count} of {expected} outputs"
-            if not child.is_running()
-            else f"no output within {_START_TIMEOUT_S:g} s"
-            if count == 0 and now - began > _START_TIMEOUT_S
-            else f"only {count} of {expected} outputs after {now - began:.0f} s"
-            if now > deadline
-            else f"stalled at {count} of {expected} outputs for {_STALL_TIMEOUT_S:g} s"
-            if count and now - last_progress_at > _STALL_TIMEOUT_S
-            else None
-        )
-        if failure:
-            raise _Failed(f"{failure}:\n{child.log_tail()}")
-        time.sleep(0.05)
-
-
 # -- the contenders, each in its own process ------------------------------------------------
-
-
-class _Stop:
-    def __init__(self) -> None:
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._request)
-        signal.signal(signal.SIGINT, self._request)
-
-    def _request(self, *_: object) -> None:
-        self.requested = True
 
 
 def run_bare(bootstrap: str, group: str, output: str) -> None:
     from confluent_kafka import Consumer, Producer
 
-    stop = _Stop()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "compression.type": "none",
-        }
-    )
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda sig, _frame: stopping.append(sig))
+    config = {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    consumer = Consumer(config | {"auto.offset.reset": "earliest"})
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
     consumer.subscribe([INPUT_TOPIC])
     uncommitted, last_commit = False, time.monotonic()
     try:
-        while not stop.requested:
+        while True:
             for message in consumer.consume(num_messages=1000, timeout=0.1):
-                if message.error() is not None:
-                    continue  # partition EOF and the like; real errors raise in consume
-                while True:
-                    try:
-                        producer.produce(
-                            output, message.value(), message.key(), headers=message.headers()
-                        )
-                        break
-                    except BufferError:  # queue full: serve delivery reports, then retry
-                        producer.poll(0.05)
-                uncommitted = True
+                if message.error() is None:  # partition EOF and the like; errors raise
+                    produce(producer, output, message.key(), message.value(), message.headers())
+                    uncommitted = True
             producer.poll(0)
-            if uncommitted and time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
+            if uncommitted and (stopping or time.monotonic() - last_commit >= COMMIT_INTERVAL_S):
                 producer.flush()
                 consumer.commit(asynchronous=False)
                 uncommitted, last_commit = False, time.monotonic()
-        if uncommitted:
-            producer.flush()
-            consumer.commit(asynchronous=False)
+            if stopping:
+                break
     finally:
         producer.flush(10)
         consumer.close()
@@ -364,13 +316,6 @@ def run_sluice(bootstrap: str, group: str, state_dir: Path, database_url: str) -
     faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
 
-@dataclass(frozen=True, slots=True)
-class _Out:
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
 def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> Any:
     """The per-message step of the Quix pipeline (``apply(..., stateful=True,
     metadata=True, expand=True)``): the normalise agent's ``handle`` for valid input."""
@@ -380,7 +325,7 @@ def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> A
     from streams.domain.normalise import normalise, webhook_outcome
     from streams.records import header_value
 
-    def step(value: bytes, _key: Any, _ts: int, headers: Any, state: Any) -> list[_Out]:
+    def step(value: bytes, _key: Any, _ts: int, headers: Any, state: Any) -> list[KafkaRecord]:
         pairs: list[tuple[str, bytes]] = list(headers or ())
         context = message_context()
         position = f"{context.topic}[{context.partition}]@{context.offset}"
@@ -397,14 +342,14 @@ def quix_dedupe_normalise(codec: Any, window_ms: int, message_context: Any) -> A
                 extra={"position": position, "event_id": raw["eventId"], "key": key},
             )
             return []
-        outputs: list[_Out] = []
+        outputs: list[KafkaRecord] = []
         result = normalise(raw)
         traceparent = header_value(pairs, TRACEPARENT)
         # The same outputs as the agent: the domain events and the webhook's outcome.
         for event in (*result.events, webhook_outcome(raw, result, int(time.time() * 1000))):
             encoded = codec.encode(event.topic, event.record)
             headers = record_headers(event.topic, event.record, traceparent=traceparent)
-            outputs.append(_Out(event.key.encode(), encoded, headers))
+            outputs.append(KafkaRecord(event.key.encode(), encoded, headers))
         if decision.remember_ms is not None:
             state.set(key, remembered_entry(decision.remember_ms, position))
         return outputs
@@ -452,20 +397,11 @@ def run_quix(bootstrap: str, group: str, output: str, state_dir: Path) -> None:
     app.run()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench._race")
-    parser.add_argument("kind", choices=tuple(CONTENDERS))
-    for option in ("--bootstrap", "--group", "--output", "--database-url", "--state-dir"):
-        parser.add_argument(option, required=True)
-    args = parser.parse_args(argv)
-    if args.kind == "bare":
-        run_bare(args.bootstrap, args.group, args.output)
-    elif args.kind == "sluice":
-        run_sluice(args.bootstrap, args.group, Path(args.state_dir), args.database_url)
+if __name__ == "__main__":  # KIND BOOTSTRAP GROUP OUTPUT STATE_DIR DATABASE_URL
+    kind, bootstrap, group, output, state_dir, database_url = sys.argv[1:7]
+    if kind == "bare":
+        run_bare(bootstrap, group, output)
+    elif kind == "sluice":
+        run_sluice(bootstrap, group, Path(state_dir), database_url)
     else:
-        run_quix(args.bootstrap, args.group, args.output, Path(args.state_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        run_quix(bootstrap, group, output, Path(state_dir))

@@ -15,18 +15,18 @@ import os
 import platform
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-T = TypeVar("T")
 #: CPU (% of one core) used outside the bench's processes that makes a run suspect.
 NOISE_PERCENT = 25.0
+R = TypeVar("R", bound="BenchReport")
+_CLIENTS = ("confluent-kafka", "faust-streaming", "aiokafka", "aiohttp", "quixstreams", "rocksdict")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -125,22 +125,16 @@ class Phase:
     def ratio(self, kind: str, baseline: str, key: str = "p50_ms") -> float:
         """``latency[kind]`` over ``latency[baseline]`` at ``key``; NaN without both."""
         a = getattr(self.latency.get(kind), key, math.nan)
-        b = getattr(self.latency.get(baseline), key, math.nan)
-        return math.nan if math.isnan(a) or math.isnan(b) or b <= 0 else a / b
+        return div(a, getattr(self.latency.get(baseline), key, math.nan))
 
     def details(self) -> list[str]:
         """The lines under a phase table: HTTP, refusals, stages, CPU."""
         http = "; ".join(f"{kind} {dist_line(d)}" for kind, d in self.http.items())
-        lines = [f"  {self.name}, HTTP: {http}"]
-        if self.refused:
-            lines.append(f"  {self.name}, refused: {cpu_line(self.refused).replace('%', '')}")
-        lines += [f"  {self.name}, {stage}: {dist_line(d)}" for stage, d in self.stages.items()]
-        if self.cpu_percent:
-            lines.append(f"  {self.name}, CPU (% of one core): {cpu_line(self.cpu_percent)}")
-        if self.cpu_wait_percent:
-            waits = cpu_line(self.cpu_wait_percent)
-            lines.append(f"  {self.name}, runnable but waiting for a CPU: {waits}")
-        return lines
+        rows = [("HTTP", http), ("refused", cpu_line(self.refused).replace("%", ""))]
+        rows += [(stage, dist_line(d)) for stage, d in self.stages.items()]
+        rows += [("CPU (% of one core)", cpu_line(self.cpu_percent))]
+        rows += [("runnable but waiting for a CPU", cpu_line(self.cpu_wait_percent))]
+        return [f"  {self.name}, {label}: {text}" for label, text in rows if text]
 
 
 @dataclass(frozen=True)
@@ -152,25 +146,40 @@ class Goal:
     goal: str
     met: bool | None
 
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def goal(
-    measure: str, value: float, measured: str, goal: str, met: Callable[[float], bool]
+    measure: str, measured: str, value: float, rule: str, limit: float, unit: str = ""
 ) -> Goal:
-    """A row whose verdict is ``met(value)``, or not measured when ``value`` is NaN."""
-    return Goal(measure, measured, goal, None if math.isnan(value) else met(value))
+    """A row whose goal is ``value`` ``rule`` (``>=``, ``<=``, or text ending in one)
+    ``limit``; not measured when ``value`` is NaN."""
+    met = value >= limit if rule.endswith(">=") else value <= limit
+    return Goal(measure, measured, f"{rule} {limit:g}{unit}", None if math.isnan(value) else met)
 
 
-def verdict(met: bool | None) -> str:
-    return "not measured" if met is None else "met" if met else "NOT met"
+class BenchReport:
+    """What ``run_bench`` needs of a report: whether the run failed, its goals and summary;
+    ``as_json`` is the dataclass's fields with them."""
+
+    @property
+    def failed(self) -> bool:
+        raise NotImplementedError
+
+    def goals(self) -> list[Goal]:
+        return []
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    def as_json(self) -> dict[str, Any]:
+        fields: dict[str, Any] = asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+        return fields | {"summary": self.summary(), "goals": [asdict(g) for g in self.goals()]}
 
 
 def render_goals(goals: Sequence[Goal]) -> list[str]:
     """The table, its columns as wide as their widest cell."""
     header = ("measure", "measured", "goal", "verdict")
-    rows = [(g.measure, g.measured, g.goal, verdict(g.met)) for g in goals]
+    verdicts = {None: "not measured", True: "met", False: "NOT met"}
+    rows = [(g.measure, g.measured, g.goal, verdicts[g.met]) for g in goals]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -179,7 +188,9 @@ def render_goals(goals: Sequence[Goal]) -> list[str]:
     return ["", "goals:", line(header), "-+-".join("-" * w for w in widths), *map(line, rows)]
 
 
-def table(columns: Sequence[tuple[str, int, Callable[[T], str]]], rows: Iterable[T]) -> list[str]:
+def table(
+    columns: Sequence[tuple[str, int, Callable[[Any], str]]], rows: Iterable[Any]
+) -> list[str]:
     """Fixed-width columns, each ``(header, width, cell)``; a negative width aligns left."""
 
     def line(cells: Iterable[str]) -> str:
@@ -236,9 +247,6 @@ def no_nan(value: Any) -> Any:
     return [no_nan(item) for item in value] if isinstance(value, list | tuple) else value
 
 
-_CLIENTS = ("confluent-kafka", "faust-streaming", "aiokafka", "aiohttp", "quixstreams", "rocksdict")
-
-
 def machine_info() -> dict[str, str]:
     """What the numbers were measured on."""
     import confluent_kafka
@@ -248,25 +256,23 @@ def machine_info() -> dict[str, str]:
             return metadata.version(distribution)
         return "not installed"
 
-    memory = _proc_value("/proc/meminfo", "MemTotal").split()[0]
+    def proc(path: str, key: str) -> str:
+        with contextlib.suppress(OSError):
+            for line in Path(path).read_text().splitlines():
+                if (parts := line.partition(":"))[0].strip() == key:
+                    return parts[2].strip()
+        return "unknown"
+
+    memory = proc("/proc/meminfo", "MemTotal").split()[0]
     return {
         "cpus": str(os.cpu_count()),
-        "cpu_model": _proc_value("/proc/cpuinfo", "model name"),
+        "cpu_model": proc("/proc/cpuinfo", "model name"),
         "memory": f"{int(memory) / 1024 / 1024:.1f} GiB" if memory.isdigit() else "unknown",
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "librdkafka": confluent_kafka.libversion()[0],
         **{name: version(name) for name in _CLIENTS},
     }
-
-
-def _proc_value(path: str, key: str) -> str:
-    with contextlib.suppress(OSError):
-        for line in Path(path).read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == key:
-                return value.strip()
-    return "unknown"
 
 
 def machine_lines(m: Mapping[str, str], services: Mapping[str, str]) -> list[str]:
@@ -283,34 +289,15 @@ def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def temp_workdir(given: Path | None, prefix: str) -> Iterator[Path]:
-    """``given`` (kept afterwards, with every log), or a temporary directory."""
-    if given is None:
-        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-            yield Path(tmp)
-        return
-    given.mkdir(parents=True, exist_ok=True)
-    if any(given.iterdir()):
-        raise SystemExit(f"--workdir {given} is not empty")
-    yield given
-
-
-class Report(Protocol):
-    @property
-    def failed(self) -> bool: ...
-
-    def as_json(self) -> dict[str, Any]: ...
-
-
-R = TypeVar("R", bound=Report)
-
-
 def run_bench(measure: Callable[[], R], render: Callable[[R], str], as_json: bool) -> int:
     """Measure, print the report (text or JSON); exit status 1 if the run failed, 130 if
     interrupted. SIGTERM unwinds like Ctrl-C, so every child process and embedded server
     is stopped by the ``finally`` blocks on the way out."""
-    signal.signal(signal.SIGTERM, _interrupt)
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         report = measure()
     except KeyboardInterrupt:
@@ -318,7 +305,3 @@ def run_bench(measure: Callable[[], R], render: Callable[[R], str], as_json: boo
         return 130
     print(json.dumps(no_nan(report.as_json()), indent=2) if as_json else render(report))
     return 1 if report.failed else 0
-
-
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt

@@ -1,22 +1,18 @@
 """The ingress bench's server process: the real public ingress app plus a no-op route.
 
-``bench.ingress`` runs ``python -m bench._server --bootstrap HOST:PORT --secret S
---announce FILE`` so the server has an event loop (and a GIL) of its own. It builds the
-public application as ``ingress.server.running_ingress`` does (``create_apps`` with a
-``KafkaPublisher`` and the settings' codec), adds ``POST /bench/noop`` before the router
-freezes, and serves on an ephemeral loopback port. Both routes go through the same
-middleware, so the difference between them is the webhook handler's own work: verify,
-build and encode the record, publish and wait for Kafka's acknowledgement.
-
-Once listening and Kafka answers, it writes its URL to ``FILE``. It stops on SIGTERM or
-SIGINT, then flushes the producer.
+``python -m bench._server BOOTSTRAP SECRET ANNOUNCE_FILE``, run by ``bench.ingress`` so
+the server has an event loop (and a GIL) of its own. The public application is built as
+``ingress.server.running_ingress`` builds it, plus ``POST /bench/noop`` added before the
+router freezes: both routes go through the same middleware, so the difference between
+them is the webhook handler's own work (verify, encode, publish, wait for Kafka's ack).
+Once listening and Kafka answers, it writes its URL to the file; it stops on SIGTERM.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
+import sys
 from pathlib import Path
 
 from aiohttp import web
@@ -52,45 +48,34 @@ async def _noop(request: web.Request) -> web.Response:
 
 
 async def serve(settings: Settings, announce: Path) -> None:
-    stop = asyncio.Event()
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop.set)
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers, timeout_s=settings.publish_timeout_s
     )
     codec = make_codec(settings.schema_registry_url)
+    apps = create_apps(settings, publisher=publisher, codec=codec, clock=SystemClock())
+    apps.public.router.add_post(BASELINE_PATH, _noop, name="bench.noop")
+    runner = web.AppRunner(apps.public, access_log=None, handle_signals=False)
+    await runner.setup()
     try:
-        apps = create_apps(settings, publisher=publisher, codec=codec, clock=SystemClock())
-        apps.public.router.add_post(BASELINE_PATH, _noop, name="bench.noop")
-        runner = web.AppRunner(apps.public, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, settings.public_host, settings.public_port).start()
-            host, port = runner.addresses[0][:2]
-            deadline = asyncio.get_running_loop().time() + 30.0
-            while not await publisher.ready():
-                if asyncio.get_running_loop().time() > deadline:
-                    raise SystemExit("bench server: Kafka not reachable within 30 s")
-                await asyncio.sleep(0.5)
-            await asyncio.to_thread(announce.write_text, f"http://{host}:{port}")
-            await stop.wait()
-        finally:
-            await runner.cleanup()
+        await web.TCPSite(runner, settings.public_host, settings.public_port).start()
+        deadline = loop.time() + 30.0
+        while not await publisher.ready():
+            if loop.time() > deadline:
+                raise SystemExit("bench server: Kafka not reachable within 30 s")
+            await asyncio.sleep(0.5)
+        host, port = runner.addresses[0][:2]
+        await asyncio.to_thread(announce.write_text, f"http://{host}:{port}")
+        await stop.wait()
     finally:
+        await runner.cleanup()
         await publisher.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench._server")
-    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
-    parser.add_argument("--secret", required=True, help="the Stripe webhook secret")
-    parser.add_argument("--announce", type=Path, required=True, help="write the URL here")
-    args = parser.parse_args(argv)
-    settings = bench_settings(args.bootstrap, args.secret)
-    configure_logging(settings.log_level)
-    asyncio.run(serve(settings, args.announce))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    bootstrap, secret, announce = sys.argv[1:4]
+    configured = bench_settings(bootstrap, secret)
+    configure_logging(configured.log_level)
+    asyncio.run(serve(configured, Path(announce)))

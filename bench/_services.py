@@ -1,7 +1,7 @@
 """What the end-to-end benches run on: Kafka and PostgreSQL (given or embedded), the
-real ``sluice ingress`` and ``sluice worker`` as child processes, offsets, and the thread
-that watches PostgreSQL for rows. Each child runs in a session of its own and is stopped
-by its pid (SIGTERM, then SIGKILL to its group): nothing outlives the run."""
+real ``sluice ingress`` and ``sluice worker`` as child processes, offsets, the thread
+that watches PostgreSQL for rows, and the options they share. Each child runs in a
+session of its own and is stopped by its pid: nothing outlives the run."""
 
 from __future__ import annotations
 
@@ -12,21 +12,23 @@ import itertools
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psycopg
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from bench._report import progress, temp_workdir
+from bench._load import CpuMeter, Log, Request, send_items
+from bench._report import Phase, progress
 from connectors import kafka_reader
 from devstack.ports import LOOPBACK, free_port
 from devstack.process import ChildProcess
@@ -41,28 +43,25 @@ _SLUICE = (sys.executable, "-m", "sluice")
 Offsets = dict[tuple[str, int], int]
 
 
-# -- servers --------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Service:
     url: str  # Kafka: the bootstrap servers
     description: str
-    pid: int | None = None
+    pid: int | None = None  # embedded
 
-    @property
-    def embedded(self) -> bool:
-        return self.pid is not None
+
+def _given(name: str) -> str | None:
+    return os.environ.get(name, "").strip() or None
 
 
 @contextlib.contextmanager
-def kafka(bootstrap: str | None, workdir: Path) -> Iterator[Service]:
-    """The given cluster, or an embedded broker for the block; catalog topics created."""
+def kafka(workdir: Path) -> Iterator[Service]:
+    """``KAFKA_BOOTSTRAP_SERVERS`` if set, or an embedded broker; catalog topics created."""
     from connectors.kafka_admin import create_topics
     from devstack.kafka import KAFKA_VERSION, KafkaBroker, find_java
     from schemas.catalog import all_topics
 
-    if bootstrap:
+    if bootstrap := _given("KAFKA_BOOTSTRAP_SERVERS"):
         create_topics(bootstrap, all_topics())
         yield Service(bootstrap, f"external cluster at {bootstrap}")
         return
@@ -72,34 +71,31 @@ def kafka(bootstrap: str | None, workdir: Path) -> Iterator[Service]:
         java = subprocess.run(
             [find_java(), "-version"], capture_output=True, text=True, check=False
         )
-        version = [*java.stderr.split('"'), "?", "?"][1]
-        about = f"embedded, KRaft, 1 broker, Java {version}, heap {broker.heap}"
-        yield Service(
-            broker.bootstrap_servers, f"Apache Kafka {KAFKA_VERSION} ({about})", broker.pid
-        )
+        about = f"embedded, KRaft, 1 broker, Java {[*java.stderr.split(chr(34)), '?', '?'][1]}"
+        about = f"Apache Kafka {KAFKA_VERSION} ({about}, heap {broker.heap})"
+        yield Service(broker.bootstrap_servers, about, broker.pid)
         progress("stopping Kafka ...")
 
 
 @contextlib.contextmanager
-def postgres(database_url: str | None, workdir: Path, *, fast: bool = False) -> Iterator[Service]:
-    """The given database, or a fresh one on an embedded server; migrations applied. The
-    embedded server keeps production's durability (fsync on) unless ``fast``."""
+def postgres(workdir: Path) -> Iterator[Service]:
+    """``DATABASE_URL`` if set, or a fresh database on an embedded server with production's
+    durability (fsync on); migrations applied."""
     from connectors.migrate import apply_migrations
     from devstack.postgres import PostgresServer
 
-    if database_url:
-        apply_migrations(database_url)
-        yield Service(database_url, "external database (DATABASE_URL)")
+    if url := _given("DATABASE_URL"):
+        apply_migrations(url)
+        yield Service(url, "external database (DATABASE_URL)")
         return
     progress("starting an embedded PostgreSQL ...")
-    with PostgresServer(workdir / "postgres", fast=fast) as server:
+    with PostgresServer(workdir / "postgres") as server:
         url = server.create_database("sluice_bench")
         apply_migrations(url)
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute("SHOW server_version").fetchone()
         version = str(row[0]).split()[0] if row else "?"
-        mode = "durability off: no fsync" if fast else "durable commits"
-        yield Service(url, f"PostgreSQL {version} (embedded, {mode})", server.pid)
+        yield Service(url, f"PostgreSQL {version} (embedded, durable commits)", server.pid)
         progress("stopping PostgreSQL ...")
 
 
@@ -118,14 +114,16 @@ def search(wanted: bool, workdir: Path) -> Iterator[Service | None]:
         progress("stopping Elasticsearch ...")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Stack:
-    """Where one run happens: its Kafka, its PostgreSQL, its id and work directory."""
+    """Where one run happens: its Kafka, its PostgreSQL, its id and work directory, and the
+    consumer groups it made (removed at the end from an external cluster)."""
 
     kafka: Service
     postgres: Service
     run_id: str
     workdir: Path
+    groups: list[str] = field(default_factory=list)
 
     @property
     def bootstrap(self) -> str:
@@ -134,37 +132,34 @@ class Stack:
     def pids(self) -> dict[str, int | None]:
         return {"kafka": self.kafka.pid, "postgres": self.postgres.pid}
 
-    def clean_up(self, groups: Iterable[str]) -> None:
+    def clean_up(self) -> None:
         """Remove the run's topics and groups from an external cluster (an embedded one
         goes away with its directory). Best effort."""
-        if self.kafka.embedded:
+        if self.kafka.pid is not None:
             return
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         names = [t for t in admin.list_topics(timeout=_TIMEOUT_S).topics if self.run_id in t]
         futures = list(admin.delete_topics(names).values()) if names else []
-        futures += admin.delete_consumer_groups(sorted(set(groups))).values()
+        futures += admin.delete_consumer_groups(sorted(set(self.groups))).values()
         for future in futures:
             with contextlib.suppress(KafkaException):
                 future.result(timeout=_TIMEOUT_S)
 
 
 @contextlib.contextmanager
-def stack(workdir: Path | None, name: str, *, fast_postgres: bool) -> Iterator[Stack]:
-    """``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when set (use a throwaway cluster),
-    else embedded servers in ``workdir`` (default: a temporary directory)."""
-    env = {
-        key: os.environ.get(key, "").strip() or None
-        for key in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
-    }
+def stack(name: str) -> Iterator[Stack]:
+    """Kafka and PostgreSQL (use a throwaway cluster), embedded in a temporary directory
+    unless given."""
     with (
-        temp_workdir(workdir, f"sluice-bench-{name}-") as tmp,
-        kafka(env["KAFKA_BOOTSTRAP_SERVERS"], tmp) as broker,
-        postgres(env["DATABASE_URL"], tmp, fast=fast_postgres) as database,
+        tempfile.TemporaryDirectory(prefix=f"sluice-bench-{name}-") as tmp,
+        kafka(Path(tmp)) as broker,
+        postgres(Path(tmp)) as database,
     ):
-        yield Stack(broker, database, uuid.uuid4().hex[:8], tmp)
-
-
-# -- the real processes ---------------------------------------------------------------------
+        at = Stack(broker, database, uuid.uuid4().hex[:8], Path(tmp))
+        try:
+            yield at
+        finally:
+            at.clean_up()
 
 
 def child_env(settings: Mapping[str, str]) -> dict[str, str]:
@@ -197,26 +192,12 @@ class Ingress:
     def url(self, path: str, *, internal: bool = False) -> str:
         return f"http://{LOOPBACK}:{self.ports[internal]}{path}"
 
-    async def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Until its readiness probe answers 200; raises if it exits or takes too long."""
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            while time.monotonic() < deadline and self.child.is_running():
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(self.url("/readyz", internal=True)) as response:
-                        if response.status == 200:
-                            return
-                await asyncio.sleep(0.2)
-        raise RuntimeError(
-            f"the ingress was not ready in {timeout_s:g} s:\n{self.child.log_tail()}"
-        )
-
 
 @contextlib.contextmanager
 def ingress_process(
     at: Stack, stripe_secret: str, env: Mapping[str, str] | None = None
 ) -> Iterator[Ingress]:
-    """``sluice ingress`` for the block, on two free loopback ports."""
+    """``sluice ingress`` for the block, on two free loopback ports, once it is ready."""
     ports = (free_port(None), free_port(None))
     settings = {
         "KAFKA_BOOTSTRAP_SERVERS": at.bootstrap,
@@ -230,7 +211,14 @@ def ingress_process(
     }
     progress("starting `sluice ingress` ...")
     with running("ingress", [*_SLUICE, "ingress"], child_env(settings), at.workdir) as child:
-        yield Ingress(child, ports)
+        ingress = Ingress(child, ports)
+
+        def ready() -> bool:  # an error answer raises: not ready yet
+            with urllib.request.urlopen(ingress.url("/readyz", internal=True), timeout=2) as r:  # noqa: S310
+                return bool(r.status == 200)
+
+        child.wait_ready(ready, timeout=60.0, interval=0.2)
+        yield ingress
 
 
 @contextlib.contextmanager
@@ -245,21 +233,60 @@ def worker_process(
     """``sluice worker`` for the block, its group (``app_id``) committed at the end of
     every topic it reads (the tests' ``start_group_at_end``: it handles what is sent
     from now on), then at ``start_at`` (the start of an input produced before it)."""
-    settings = child_env(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": at.bootstrap,
-            "DATABASE_URL": at.postgres.url,
-            "SLUICE_APP_ID": app_id,
-            "SLUICE_STATE_DIR": str(at.workdir / f"{app_id}-state"),
-            **(env or {}),
-        }
-    )
+    settings = {
+        "KAFKA_BOOTSTRAP_SERVERS": at.bootstrap,
+        "DATABASE_URL": at.postgres.url,
+        "SLUICE_APP_ID": app_id,
+        "SLUICE_STATE_DIR": str(at.workdir / f"{app_id}-state"),
+    }
+    settings = child_env(settings | dict(env or {}))
+    at.groups.append(app_id)
     start_group_at_end(settings)
     commit_group(at.bootstrap, app_id, start_at or {})
     argv = [*_SLUICE, "worker", *(["--processes", str(processes)] if processes > 1 else [])]
     progress(f"starting `{' '.join(argv[2:])}` ...")
     with running(app_id, argv, settings, at.workdir) as child:
         yield child
+
+
+@dataclass(frozen=True)
+class Patience:
+    """How long to wait for a child's progress: the first count within ``start_s``, no
+    stall longer than ``stall_s``, the whole within ``start_s`` plus ``min_rate``'s time."""
+
+    start_s: float
+    stall_s: float
+    min_rate: float
+
+
+def follow(
+    child: ChildProcess,
+    count: Callable[[], int],
+    expected: int,
+    patience: Patience,
+    on_poll: Callable[[int], object],
+    every_s: float,
+) -> None:
+    """Poll ``count()`` every ``every_s`` (``on_poll`` gets each count) until it reaches
+    ``expected``; raises ``RuntimeError`` if the child exits or runs out of patience."""
+    began = last_change = time.monotonic()
+    last = 0
+    while True:
+        done, now = count(), time.monotonic()
+        on_poll(done)
+        if done >= expected:
+            return
+        if done != last:
+            last_change, last = now, done
+        if not child.is_running():
+            raise RuntimeError(f"it exited after {done:,} of {expected:,}")
+        if now - last_change > (patience.stall_s if done else patience.start_s):
+            raise RuntimeError(
+                f"no progress past {done:,} of {expected:,} in {now - last_change:.0f} s"
+            )
+        if now > began + patience.start_s + expected / patience.min_rate:
+            raise RuntimeError(f"only {done:,} of {expected:,} after {now - began:.0f} s")
+        time.sleep(every_s)
 
 
 # -- offsets --------------------------------------------------------------------------------
@@ -310,20 +337,14 @@ def read_records(bootstrap: str, start: Offsets, end: Offsets) -> list[Message]:
 
 
 def written_at(
-    bootstrap: str,
-    topic: str,
-    before: Offsets,
-    after: Offsets,
-    key: Callable[[Mapping[str, Any]], str | None],
+    bootstrap: str, topic: str, before: Offsets, key: Callable[[Mapping[str, Any]], str | None]
 ) -> dict[str, float]:
     """``key(record)`` -> when its record was written (its Kafka timestamp, as monotonic
-    seconds), for ``topic``'s records between ``before`` and ``after``."""
+    seconds), for ``topic``'s records written since ``before``."""
     codec, offset = make_codec(None), time.time() - time.monotonic()
-    start, end = (
-        {tp: o for tp, o in offsets.items() if tp[0] == topic} for offsets in (before, after)
-    )
+    start = {tp: o for tp, o in before.items() if tp[0] == topic}
     found: dict[str, float] = {}
-    for message in read_records(bootstrap, start, end):
+    for message in read_records(bootstrap, start, end_offsets(bootstrap, [topic])):
         value = message.value()
         if value is not None and (k := key(codec.decode(value, topic=topic).record)):
             found.setdefault(k, message.timestamp()[1] / 1000 - offset)
@@ -339,9 +360,8 @@ class Committed:
         self._consumer = Consumer(config)
 
     def ends(self, topic: str) -> int:
-        return sum(
-            kafka_reader.high_watermarks(self._consumer, topic, timeout_s=_TIMEOUT_S).values()
-        )
+        marks = kafka_reader.high_watermarks(self._consumer, topic, timeout_s=_TIMEOUT_S)
+        return sum(marks.values())
 
     def past(self, start: Offsets) -> int:
         asked = [TopicPartition(t, p) for (t, p) in sorted(start)]
@@ -430,6 +450,29 @@ class RowWatcher(threading.Thread):
             self._stop_event.set()
             self.join(timeout=10)
 
+    async def phase(
+        self,
+        name: str,
+        items: Sequence[tuple[str, Sequence[Request]]],
+        rate: float,
+        c: int,
+        worker: ChildProcess,
+        meter: CpuMeter,
+        timeout_s: float,
+    ) -> tuple[Log, Phase]:
+        """Send ``items`` (paced at ``rate``, else ``c`` in flight), wait up to ``timeout_s``
+        for the rows of those answered, and measure it all, CPU included."""
+        keys = [key for key, _ in items]
+        self.expect(keys)
+        meter.start()
+        log = await send_items(items, rate, c)
+        self.expect((key for key in keys if key not in log.acked), forget=True)
+        await self.wait(worker, timeout_s)
+        phase = log.phase(name, keys, self.seen())
+        phase.cpu_percent, phase.cpu_wait_percent = meter.stop(), meter.waited
+        phase.target_rps, phase.concurrency = rate or None, None if rate else c
+        return log, phase
+
     async def wait(self, worker: ChildProcess, timeout_s: float) -> None:
         """Until every row was seen or ``timeout_s`` passed (the report counts what is
         missing). Raises if the worker exited or polling failed."""
@@ -445,16 +488,35 @@ class RowWatcher(threading.Thread):
             await asyncio.sleep(0.05)
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, duration: float = 0, burst: int = 0) -> None:
-    """The options of the end-to-end benches; with ``duration``, the paced run's too."""
+# -- options --------------------------------------------------------------------------------
+
+
+def bench_parser(
+    prog: str, description: str, *, rate: float | None = 0, duration: float = 0, burst: int = 0
+) -> argparse.ArgumentParser:
+    """The options every bench has (``--json``); with ``duration``, those of the paced run
+    and the burst, with these defaults (``rate`` ``None``: derived from the run)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     add = parser.add_argument
+    add("--json", action="store_true", help="print the report as JSON")
     if duration:
+        add(
+            "--rate",
+            type=float,
+            default=rate,
+            help=f"paced requests/s ({rate or 'half the burst accepted/s'})",
+        )
         add("--duration", type=float, default=duration, help=f"paced seconds ({duration:g})")
         add("--warmup", type=float, default=3.0, help="paced warm-up seconds (3)")
         add("--burst", type=int, default=burst, help=f"requests in the burst ({burst}; 0: none)")
         add(
             "--burst-concurrency", type=int, default=32, help="requests in flight in the burst (32)"
         )
-    add("--json", action="store_true", help="print the report as JSON")
-    add("--fast-postgres", action="store_true", help="embedded PostgreSQL without fsync")
-    add("--workdir", type=Path, default=None, help="keep data and logs in this new directory")
+    return parser
+
+
+def check_paced(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if min(args.rate or 1.0, args.duration, args.burst_concurrency) <= 0:
+        parser.error("--rate, --duration and --burst-concurrency must be positive")
+    if min(args.warmup, args.burst) < 0:
+        parser.error("--warmup and --burst must not be negative")

@@ -1,14 +1,12 @@
 """The worker's memory against the number of dedupe ids it remembers.
 
     python -m bench.dedupe_memory [--dedupe-ids 1000000] [--first-sample 100000]
-        [--dedupe-event payment_intent.created] [--json] [--fast-postgres] [--workdir DIR]
+        [--dedupe-event payment_intent.created] [--json]
 
-``--dedupe-ids`` distinct raw Stripe webhooks (built as the ingress builds them) are
-produced straight to ``webhooks.stripe``; then the real ``sluice worker`` (every agent and
-projection, the RocksDB dedupe table) reads them. The bench follows the worker group's
-committed offsets (committed means processed, so remembered) and reads the worker's RSS
-when ``--first-sample`` ids and each further tenth of the input are done.
-
+Distinct raw Stripe webhooks (built as the ingress builds them) are produced straight to
+``webhooks.stripe``; then the real ``sluice worker`` reads them. The bench follows the
+worker group's committed offsets (committed means processed, so remembered) and reads the
+worker's RSS when ``--first-sample`` ids and each further tenth of the input are done.
 Goal: the ids live in RocksDB, not in Python dicts, so RSS after all of them over RSS
 after the first sample stays under ``FLAT_RSS_RATIO``. Part 3 of ``bench.pipeline``.
 """
@@ -19,8 +17,8 @@ import argparse
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from bench._inputs import (
     raw_webhook_records,
 )
 from bench._report import (
+    BenchReport,
     Goal,
     goal,
     machine_info,
@@ -42,8 +41,16 @@ from bench._report import (
     run_bench,
     table,
 )
-from bench._services import Committed, Stack, add_arguments, end_offsets, stack, worker_process
-from devstack.process import ChildProcess
+from bench._services import (
+    Committed,
+    Patience,
+    Stack,
+    bench_parser,
+    end_offsets,
+    follow,
+    stack,
+    worker_process,
+)
 from schemas.codec import make_codec
 
 DEFAULT_IDS = 1_000_000
@@ -54,9 +61,9 @@ FLAT_RSS_RATIO = 1.2
 SECRET = "whsec_bench_dedupe"
 DEDUPE_EVENT = "payment_intent.created"  # unmapped: only the dedupe table remembers it
 _CHUNK = 10_000  # records built and produced at a time
-_START_TIMEOUT_S = 180.0  # worker start-up: imports, group join, topic declaration
-_STALL_TIMEOUT_S = 120.0  # no committed progress for this long while running
-_MIN_RATE = 100.0  # ids/s: the overall bound is start-up plus the input at this rate
+# Worker start-up (imports, group join, topic declaration), then no stall over 2 minutes
+# and at least 100 ids/s overall.
+_PATIENCE = Patience(start_s=180.0, stall_s=120.0, min_rate=100.0)
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class RssSample:
 
 
 @dataclass
-class DedupeMemory:
+class DedupeMemory(BenchReport):
     ids: int
     first_sample: int
     event_type: str = DEDUPE_EVENT
@@ -111,14 +118,15 @@ class DedupeMemory:
                 f"{_count(first.mark)}: {_mib(first.rss_kib)}, {_count(last.mark)}: "
                 f"{_mib(last.rss_kib)}, x{ratio_text(ratio)} ({self.bytes_per_id:+,.0f} B/id)"
             )
-        flat = f"flat: RSS({_count(self.ids)}) / RSS({_count(self.first_sample)})"
+        flat = f"flat: RSS({_count(self.ids)}) / RSS({_count(self.first_sample)}) <="
         measure = f"worker RSS after {self.ids:,} distinct dedupe ids"
-        target = f"{flat} <= {FLAT_RSS_RATIO:g}"
-        return goal(measure, ratio, measured, target, lambda r: r <= FLAT_RSS_RATIO)
+        return goal(measure, measured, ratio, flat, FLAT_RSS_RATIO)
 
-    def as_json(self) -> dict[str, Any]:
-        derived = {"ratio": self.ratio, "bytes_per_id": self.bytes_per_id}
-        return {**asdict(self), **derived, "goals": [self.goal().as_json()]}
+    def goals(self) -> list[Goal]:
+        return [self.goal()]
+
+    def summary(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "bytes_per_id": self.bytes_per_id}
 
 
 def _count(ids: int) -> str:
@@ -142,6 +150,10 @@ def first_sample_for(ids: int, wanted: int) -> int:
     return min(wanted, max(1, ids // 10))
 
 
+def dedupe_app_id(run_id: str) -> str:
+    return f"bench-dedupe-{run_id}"
+
+
 def run_dedupe_memory(args: argparse.Namespace, at: Stack) -> DedupeMemory:
     """Produce the input, run the worker over it, sample its RSS. Never raises for a
     worker that fails or stalls (the result says why)."""
@@ -152,21 +164,29 @@ def run_dedupe_memory(args: argparse.Namespace, at: Stack) -> DedupeMemory:
     began = time.monotonic()
     produce_records(at.bootstrap, _distinct_records(ids, event))
     result.produce_s = time.monotonic() - began
-    committed = Committed(at.bootstrap, dedupe_app_id(at.run_id))
+    app_id = dedupe_app_id(at.run_id)
+    committed = Committed(at.bootstrap, app_id)
     try:
-        with worker_process(at, dedupe_app_id(at.run_id), start_at=start) as worker:
+        with worker_process(at, app_id, start_at=start) as worker:
+            marks, began = checkpoints(result.ids, result.first_sample), time.monotonic()
+
+            def sample(done: int) -> None:  # the RSS at each checkpoint passed
+                while marks and done >= marks[0]:
+                    if (rss := status_kib(worker.pid, "VmRSS")) is None:
+                        raise RuntimeError("cannot read the worker's RSS")
+                    result.samples.append(
+                        RssSample(marks.pop(0), done, rss, time.monotonic() - began)
+                    )
+                    progress(f"dedupe memory: {done:,} ids processed, worker RSS {_mib(rss)}")
+
             try:
-                _watch(worker, lambda: committed.past(start), result)
+                follow(worker, lambda: committed.past(start), ids, _PATIENCE, sample, every_s=0.25)
             except RuntimeError as exc:
                 result.error = f"{exc}\n{worker.log_tail()}"
             result.peak_rss_kib = status_kib(worker.pid, "VmHWM")
     finally:
         committed.close()
     return result
-
-
-def dedupe_app_id(run_id: str) -> str:
-    return f"bench-dedupe-{run_id}"
 
 
 def _distinct_records(ids: int, event_type: str) -> Iterator[list[KafkaRecord]]:
@@ -176,29 +196,6 @@ def _distinct_records(ids: int, event_type: str) -> Iterator[list[KafkaRecord]]:
         webhooks = prepare_payment_webhooks(min(_CHUNK, ids - first), SECRET, event_type=event_type)
         plan = range(len(webhooks))
         yield raw_webhook_records(webhooks, plan, codec, received_at_ms=received_at_ms + first)
-
-
-def _watch(worker: ChildProcess, done_now: Callable[[], int], result: DedupeMemory) -> None:
-    """Until every id is committed, reading the worker's RSS at each checkpoint."""
-    marks = checkpoints(result.ids, result.first_sample)
-    began = last_change = time.monotonic()
-    deadline, last_done = began + _START_TIMEOUT_S + result.ids / _MIN_RATE, 0
-    while marks:
-        done, now = done_now(), time.monotonic()
-        while marks and done >= marks[0]:
-            if (rss := status_kib(worker.pid, "VmRSS")) is None:
-                raise RuntimeError("cannot read the worker's RSS")
-            result.samples.append(RssSample(marks.pop(0), done, rss, now - began))
-            progress(f"dedupe memory: {done:,} ids processed, worker RSS {_mib(rss)}")
-        if done != last_done:
-            last_change, last_done = now, done
-        if not worker.is_running():
-            raise RuntimeError(f"the worker exited after {done:,} ids")
-        if now - last_change > (_STALL_TIMEOUT_S if done else _START_TIMEOUT_S):
-            raise RuntimeError(f"no progress past {done:,} ids for {now - last_change:.0f} s")
-        if now > deadline:
-            raise RuntimeError(f"only {done:,} of {result.ids:,} ids after {now - began:.0f} s")
-        time.sleep(0.25)
 
 
 def status_kib(pid: int, name: str) -> int | None:
@@ -211,19 +208,21 @@ def status_kib(pid: int, name: str) -> int | None:
 
 
 def render_part(result: DedupeMemory) -> list[str]:
-    head = (
-        f"dedupe memory: {result.ids:,} distinct raw {result.event_type} webhooks on "
-        f"{INPUT_TOPIC} through `sluice worker` (RocksDB dedupe table); produced in "
-        f"{result.produce_s:.1f} s\n(ids = input records the worker's group committed; RSS = "
-        "VmRSS of the worker process when they were)"
-    )
     columns: list[tuple[str, int, Any]] = [
         ("checkpoint", 10, lambda s: f"{s.mark:,}"),
         ("ids done", 10, lambda s: f"{s.ids:,}"),
         ("RSS", 9, lambda s: _mib(s.rss_kib)),
         ("at", 8, lambda s: f"{s.at_s:.1f} s"),
     ]
-    lines = ["", *head.splitlines(), *table(columns, result.samples)]
+    lines = [
+        "",
+        f"dedupe memory: {result.ids:,} distinct raw {result.event_type} webhooks on "
+        f"{INPUT_TOPIC} through `sluice worker` (RocksDB dedupe table); produced in "
+        f"{result.produce_s:.1f} s",
+        "(ids = input records the worker's group committed; RSS = VmRSS of the worker "
+        "process when they were)",
+        *table(columns, result.samples),
+    ]
     if result.peak_rss_kib is not None:
         lines.append(f"peak RSS (VmHWM): {_mib(result.peak_rss_kib)}")
     return lines + ([f"FAILED: {result.error}"] if result.error else [])
@@ -231,7 +230,7 @@ def render_part(result: DedupeMemory) -> list[str]:
 
 def render(result: DedupeMemory) -> str:
     lines = ["Sluice dedupe memory bench", *machine_lines(result.machine, {}), *render_part(result)]
-    return "\n".join(lines + render_goals([result.goal()]))
+    return "\n".join(lines + render_goals(result.goals()))
 
 
 def add_dedupe_arguments(parser: argparse.ArgumentParser, *, skippable: bool) -> None:
@@ -256,18 +255,14 @@ def check_arguments(
 
 def _parser() -> argparse.ArgumentParser:
     description = "The worker's RSS against the number of dedupe ids it remembers."
-    parser = argparse.ArgumentParser(prog="python -m bench.dedupe_memory", description=description)
+    parser = bench_parser("python -m bench.dedupe_memory", description)
     add_dedupe_arguments(parser, skippable=False)
-    add_arguments(parser)
     return parser
 
 
 def _measure(args: argparse.Namespace) -> DedupeMemory:
-    with stack(args.workdir, "dedupe", fast_postgres=args.fast_postgres) as at:
-        try:
-            result = run_dedupe_memory(args, at)
-        finally:
-            at.clean_up([dedupe_app_id(at.run_id)])
+    with stack("dedupe") as at:
+        result = run_dedupe_memory(args, at)
     result.machine = machine_info()
     return result
 

@@ -1,19 +1,16 @@
 """Benchmark the ingress against a no-op route on the same server, in one run.
 
-    python -m bench.ingress [--duration S] [--warmup S] [--settle S] [--concurrency 1,4,16,64]
-                            [--paced-duration S] [--bootstrap HOST:PORT] [--json]
+    python -m bench.ingress [--duration S] [--warmup S] [--concurrency 1,4,16,64] [--json]
 
 Signed Stripe webhooks go to ``POST /v1/webhooks/stripe`` (verify, encode, publish with
 ``acks=all`` and wait for Kafka) and, from the same load generator, to ``POST
 /bench/noop`` on the same aiohttp server (same middleware; reads the body, answers 200).
 For each concurrency level a closed loop runs against each route in turn; then both are
-paced (open loop) at half the ingress's peak rate. Prints requests/s, p50/p99 latency,
-errors, the ratio, CPU use of each process, and the machine.
+paced (open loop) at half the ingress's peak rate for 10 s.
 
-Without ``--bootstrap`` or ``KAFKA_BOOTSTRAP_SERVERS`` an embedded Kafka broker runs in
-a temporary directory. The server is a child process (``bench._server``), so the load
-generator never shares its event loop or GIL; on a 2-core machine the server, the
-generator and Kafka still share the cores. Loopback only; every run is bounded.
+Kafka is ``KAFKA_BOOTSTRAP_SERVERS`` when set, else an embedded broker. The server is a
+child process (``bench._server``), so the load generator never shares its event loop or
+GIL; on a 2-core machine the server, the generator and Kafka still share the cores.
 
 Goals: ingress/baseline peak ratio >= 0.5; p99 <= 50 ms at half the ingress's peak
 rate. Exit status 1 if any request failed (goals are reported, not enforced).
@@ -23,22 +20,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import itertools
 import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from bench._inputs import PaymentWebhook, prepare_payment_webhooks
 from bench._load import CpuMeter, gc_frozen, post, send_closed, send_paced
 from bench._report import (
+    BenchReport,
     Goal,
     Phase,
     distribution,
@@ -51,11 +49,10 @@ from bench._report import (
     ratio_text,
     render_goals,
     run_bench,
+    table,
 )
 from bench._server import BASELINE_PATH, INGRESS_PATH
 from bench._services import kafka, running
-from tests.payloads import random_id
-from tests.payloads.stripe import signed_stripe_request, stripe_event
 
 SECRET = "whsec_bench_only"
 RATIO_GOAL = 0.5
@@ -68,50 +65,43 @@ EVENT_TYPES = (
     "customer.subscription.updated",
     "checkout.session.completed",
 )
+PACED_S = 10.0
+# A fresh JVM compiles its hot paths during the first seconds under load (Kafka's CPU per
+# record halves): this much unrecorded ingress load runs before anything is measured.
+SETTLE_S = 8.0
 _POOL_HEADROOM = 2.5  # requests built per second of run, times the best rate seen so far
 _MAX_POOL = 200_000
-_SETTLE_CONCURRENCY = 16
 _CLIENT_BOUND_PERCENT = 90.0
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedRequest:
-    body: bytes
-    headers: Mapping[str, str]
 
 
 def prepare_stripe_requests(
     count: int, secret: str, *, timestamp: int | None = None
-) -> list[PreparedRequest]:
-    """``count`` signed Stripe webhooks, each with a unique event id, signed at
-    ``timestamp`` (default now; the ingress accepts it for five minutes)."""
+) -> list[PaymentWebhook]:
+    """``count`` signed Stripe webhooks of ``EVENT_TYPES`` in turn, each a unique event,
+    signed at ``timestamp`` (default now; the ingress accepts it for five minutes)."""
     signed_at = int(time.time()) if timestamp is None else timestamp
-    templates = itertools.cycle([stripe_event(event_type) for event_type in EVENT_TYPES])
-    return [
-        PreparedRequest(*signed_stripe_request({**t, "id": random_id("evt")}, secret, signed_at))
-        for t in itertools.islice(templates, count)
-    ]
+    return prepare_payment_webhooks(count, secret, timestamp=signed_at, event_types=EVENT_TYPES)
 
 
 class _Pool:
     """The pre-built requests in order, wrapping around (and counting) if they run out
     (the ingress does not deduplicate, so a request sent twice costs the same)."""
 
-    def __init__(self, requests: Sequence[PreparedRequest]) -> None:
+    def __init__(self, requests: Sequence[PaymentWebhook]) -> None:
         self._requests, self.reused = requests, 0
 
-    def __iter__(self) -> Iterator[PreparedRequest]:
+    def __iter__(self) -> Iterator[PaymentWebhook]:
         for index in itertools.count():
             self.reused += index >= len(self._requests)
             yield self._requests[index % len(self._requests)]
 
 
 @dataclass
-class Report:
+class Report(BenchReport):
     machine: dict[str, str]
     duration_s: float
     warmup_s: float
-    paced_duration_s: float = math.nan
+    paced_duration_s: float = PACED_S
     kafka: str = ""
     closed: list[Phase] = field(default_factory=list)
     paced: list[Phase] = field(default_factory=list)
@@ -122,12 +112,7 @@ class Report:
 
     @property
     def ratio(self) -> float:
-        ingress, baseline = self.best("ingress"), self.best("baseline")
-        return (
-            div(ingress.accepted_per_s, baseline.accepted_per_s)
-            if ingress and baseline
-            else math.nan
-        )
+        return _ratio(self.best("ingress"), self.best("baseline"))
 
     @property
     def paced_ingress(self) -> Phase | None:
@@ -145,34 +130,29 @@ class Report:
         paced = self.paced_ingress
         p99 = paced.http["request"].p99_ms if paced else math.nan
         rate = f"{paced.target_rps or 0:,.0f}/s" if paced else "-"
-        ratio_goal, p99_goal = f">= {RATIO_GOAL:g}", f"<= {P99_GOAL_MS:g} ms"
+        ratio, paced_p99 = (
+            "ingress / no-op route, peak req/s",
+            f"ingress p99 paced at half its peak ({rate})",
+        )
         return [
-            goal(
-                "ingress / no-op route, peak req/s",
-                self.ratio,
-                ratio_text(self.ratio),
-                ratio_goal,
-                lambda r: r >= RATIO_GOAL,
-            ),
-            goal(
-                f"ingress p99 paced at half its peak ({rate})",
-                p99,
-                f"{p99:.1f} ms",
-                p99_goal,
-                lambda p: p <= P99_GOAL_MS,
-            ),
+            goal(ratio, ratio_text(self.ratio), self.ratio, ">=", RATIO_GOAL),
+            goal(paced_p99, f"{p99:.1f} ms", p99, "<=", P99_GOAL_MS, " ms"),
         ]
 
-    def as_json(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         ingress, baseline = self.best("ingress"), self.best("baseline")
-        summary = {
+        return {
             "ratio": self.ratio,
             "ingress_server_us_per_request": server_cost_us(ingress) if ingress else None,
             "baseline_server_us_per_request": server_cost_us(baseline) if baseline else None,
             "errors": self.errors,
         }
-        goals = [g.as_json() for g in self.goals()]
-        return dataclasses.asdict(self) | {"summary": summary, "goals": goals}
+
+
+def _ratio(ingress: Phase | None, baseline: Phase | None) -> float:
+    return (
+        div(ingress.accepted_per_s, baseline.accepted_per_s) if ingress and baseline else math.nan
+    )
 
 
 def server_cost_us(result: Phase) -> float | None:
@@ -184,7 +164,7 @@ def server_cost_us(result: Phase) -> float | None:
 async def _measure_one(
     target: str,
     url: str,
-    requests: Sequence[PreparedRequest],
+    requests: Sequence[PaymentWebhook],
     meter: CpuMeter,
     seconds: tuple[float, float],
     *,
@@ -197,7 +177,7 @@ async def _measure_one(
     warmup_s, duration_s = seconds
     log: list[tuple[float, float, bool]] = []  # sent (or scheduled), answered, 2xx
 
-    async def one(session: aiohttp.ClientSession, request: PreparedRequest, at: float) -> None:
+    async def one(session: aiohttp.ClientSession, request: PaymentWebhook, at: float) -> None:
         ok = await post(session, url, request.body, request.headers, 200)
         log.append((at, time.monotonic(), ok))
 
@@ -233,35 +213,26 @@ async def _measure_one(
     )
 
 
-async def _run(
-    report: Report, url: str, pids: dict[str, int | None], args: argparse.Namespace
-) -> None:
+async def _run(report: Report, url: str, pids: dict[str, int | None], levels: list[int]) -> None:
     urls = {"ingress": url + INGRESS_PATH, "baseline": url + BASELINE_PATH}
     best = dict.fromkeys(urls, 2000.0)  # req/s: sizes the pool of pre-built requests
 
-    def pool(target: str, seconds: float, extra: int = 0) -> list[PreparedRequest]:
+    def pool(target: str, seconds: float, extra: int = 0) -> list[PaymentWebhook]:
         count = min(_MAX_POOL, math.ceil(best[target] * _POOL_HEADROOM * seconds) + extra)
         return prepare_stripe_requests(count, SECRET)
 
-    if args.settle > 0:
-        # A fresh JVM compiles its hot paths during the first seconds under load (Kafka's
-        # CPU per record halves); let that happen before anything is measured.
-        progress(f"settling: {args.settle:g} s of ingress load, not recorded")
-        requests, settle = pool("ingress", args.settle), (0.0, args.settle)
-        await _measure_one(
-            "settle",
-            urls["ingress"],
-            requests,
-            CpuMeter({}),
-            settle,
-            concurrency=_SETTLE_CONCURRENCY,
-        )
+    progress(f"settling: {SETTLE_S:g} s of ingress load, not recorded")
+    settle = (0.0, SETTLE_S)
+    await _measure_one(
+        "settle", urls["ingress"], pool("ingress", SETTLE_S), CpuMeter({}), settle, concurrency=16
+    )
     seconds = (report.warmup_s, report.duration_s)
-    for concurrency, (target, target_url) in itertools.product(args.concurrency, urls.items()):
+    for concurrency, (target, target_url) in itertools.product(levels, urls.items()):
         requests = pool(target, sum(seconds), concurrency)
         progress(f"closed loop  c={concurrency:<4} {target:<8} ({len(requests)} requests)")
+        meter = CpuMeter(pids)
         result = await _measure_one(
-            target, target_url, requests, CpuMeter(pids), seconds, concurrency=concurrency
+            target, target_url, requests, meter, seconds, concurrency=concurrency
         )
         report.closed.append(result)
         best[target] = max(best[target], result.accepted_per_s)
@@ -269,7 +240,7 @@ async def _run(
     if (peak := report.best("ingress")) is None or not peak.accepted_per_s > 0:
         return
     rate = peak.accepted_per_s / 2
-    seconds = (max(report.warmup_s, 2.0), args.paced_duration)  # opens the connections
+    seconds = (max(report.warmup_s, 2.0), PACED_S)  # the warm-up opens the connections
     for target, target_url in urls.items():
         requests = prepare_stripe_requests(math.ceil(rate * sum(seconds)), SECRET)
         progress(f"paced        {rate:.0f} req/s {target:<8} ({len(requests)} requests)")
@@ -284,7 +255,7 @@ def _brief(r: Phase) -> str:
     d = r.http["request"]
     return (
         f"{r.accepted_per_s:,.0f} req/s  p50 {d.p50_ms:.1f} ms  p99 {d.p99_ms:.1f} ms  "
-        f"errors {r.errors}  cpu {_cpu(r)}"
+        f"max {d.max_ms:.1f} ms  errors {r.errors}  cpu% {_cpu(r)}"
     )
 
 
@@ -297,31 +268,41 @@ def _cpu(r: Phase | None) -> str:
     )
 
 
+def _cells(r: Phase | None) -> list[str]:
+    if r is None:
+        return ["-"] * 4
+    d = r.http["request"]
+    return [f"{r.accepted_per_s:,.0f}", f"{d.p50_ms:.1f}", f"{d.p99_ms:.1f}", str(r.errors)]
+
+
 def render(report: Report) -> str:
     """The closed-loop table, the paced runs, the machine, the summary and the goals."""
     levels: dict[int, dict[str, Phase]] = {}
     for r in report.closed:
         levels.setdefault(r.concurrency or 0, {})[r.name] = r
-    header = (
-        f"{'conc':>5} | {'ingress rps':>11} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | "
-        f"{'baseline rps':>12} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | {'ratio':>5} | "
-        f"{'cpu% ingress':>12} | {'cpu% baseline':>13}"
-    )
-    rows = [header, "-" * len(header)]
-    for level, runs in levels.items():
-        ingress, base = runs.get("ingress"), runs.get("baseline")
-        ratio = div(ingress.accepted_per_s, base.accepted_per_s) if ingress and base else math.nan
-        rows.append(
-            f"{level:>5} | {_cells(ingress, 11)} | {_cells(base, 12)} | {ratio:>5.2f} | "
-            f"{_cpu(ingress):>12} | {_cpu(base):>13}"
-        )
+    rows = [
+        [
+            str(level),
+            *_cells(i := runs.get("ingress")),
+            *_cells(b := runs.get("baseline")),
+            ratio_text(_ratio(i, b)),
+            _cpu(i),
+            _cpu(b),
+        ]
+        for level, runs in levels.items()
+    ]
+    heads = "conc|ingress rps|p50 ms|p99 ms|err|baseline rps|p50 ms|p99 ms|err|ratio|cpu% ingress"
+    heads += "|cpu% baseline"
+    columns = [
+        (head, len(head) + 1, lambda row, i=i: row[i]) for i, head in enumerate(heads.split("|"))
+    ]
     lines = [
         f"Sluice ingress benchmark: POST {INGRESS_PATH} (verify, encode, publish acks=all) "
         f"vs POST {BASELINE_PATH} (same server and middleware, answers 200)",
         f"closed loop: {report.duration_s:g} s per run after {report.warmup_s:g} s warm-up; "
         "latency per request; cpu = % of one core: server/kafka/load generator/rest of machine",
         "",
-        *rows,
+        *table(columns, rows),
     ]
     if report.paced:
         lines += [
@@ -329,22 +310,10 @@ def render(report: Report) -> str:
             f"paced (open loop) at {report.paced[0].target_rps or 0:,.0f} req/s = half the "
             f"ingress peak, {report.paced_duration_s:g} s; latency from each request's "
             "scheduled send time",
+            *(f"  {r.name:<8} {_brief(r)}" for r in report.paced),
         ]
-        for r in report.paced:
-            d = r.http["request"]
-            lines.append(
-                f"  {r.name:<8} {r.accepted_per_s:>7,.0f} req/s  p50 {d.p50_ms:6.1f} ms  "
-                f"p99 {d.p99_ms:6.1f} ms  max {d.max_ms:6.1f} ms  errors {r.errors}  cpu% {_cpu(r)}"
-            )
     lines += ["", *machine_lines(report.machine, {"kafka": report.kafka}), *_summary(report)]
     return "\n".join(lines + render_goals(report.goals()))
-
-
-def _cells(r: Phase | None, width: int) -> str:
-    if r is None:
-        return f"{'-':>{width}} {'-':>7} {'-':>7} {'-':>4}"
-    d = r.http["request"]
-    return f"{r.accepted_per_s:>{width},.0f} {d.p50_ms:>7.1f} {d.p99_ms:>7.1f} {r.errors:>4}"
 
 
 def _summary(report: Report) -> list[str]:
@@ -377,8 +346,7 @@ def _summary(report: Report) -> list[str]:
             "the cost ratio is the server-side view"
         )
     runs = [(f"{r.name} c={r.concurrency}", r.cpu_percent) for r in report.closed]
-    runs += [(f"{r.name} paced", r.cpu_percent) for r in report.paced]
-    return lines + noise_warning(runs)
+    return lines + noise_warning(runs + [(f"{r.name} paced", r.cpu_percent) for r in report.paced])
 
 
 def parse_levels(text: str) -> list[int]:
@@ -389,49 +357,29 @@ def parse_levels(text: str) -> list[int]:
     return [int(part) for part in parts]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.ingress",
-        description="Ingress vs a no-op route on the same server: req/s, p50/p99, ratio.",
-    )
-    add = parser.add_argument
-    add("--duration", type=float, default=5.0, help="seconds measured per closed loop (5)")
-    add("--warmup", type=float, default=1.0, help="seconds before each measurement (1)")
-    add("--concurrency", type=parse_levels, default=[1, 4, 16, 64], help="levels (1,4,16,64)")
-    add("--paced-duration", type=float, default=10.0, help="seconds paced at half the peak (10)")
-    add("--bootstrap", default=None, help="Kafka (default: $KAFKA_BOOTSTRAP_SERVERS or embedded)")
-    add("--settle", type=float, default=8.0, help="unrecorded seconds first, for Kafka's JIT (8)")
-    add("--json", action="store_true", help="print the report as JSON")
-    return parser
-
-
 def _measure(args: argparse.Namespace) -> Report:
-    bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or None
-    with (
-        tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp,
-        kafka(bootstrap, Path(tmp)) as broker,
-    ):
-        report = Report(
-            machine_info(), args.duration, args.warmup, args.paced_duration, broker.description
-        )
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp, kafka(Path(tmp)) as broker:
+        report = Report(machine_info(), args.duration, args.warmup, kafka=broker.description)
         announce = Path(tmp) / "server.url"
-        argv = [sys.executable, "-m", "bench._server", "--bootstrap", broker.url]
-        argv += ["--secret", SECRET, "--announce", str(announce)]
+        argv = [sys.executable, "-m", "bench._server", broker.url, SECRET, str(announce)]
         progress(f"starting the bench server (Kafka at {broker.url}) ...")
         with running("server", argv, dict(os.environ), Path(tmp)) as server:
             server.wait_ready(announce.exists, timeout=60.0, interval=0.1)
-            url = announce.read_text()
-            progress(f"server pid {server.pid} at {url}")
             pids = {"server": server.pid, "kafka": broker.pid, "loadgen": os.getpid()}
-            asyncio.run(_run(report, url, pids, args))
+            asyncio.run(_run(report, announce.read_text(), pids, args.concurrency))
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = argparse.ArgumentParser(prog="python -m bench.ingress", description=__doc__)
+    add = parser.add_argument
+    add("--duration", type=float, default=5.0, help="seconds measured per closed loop (5)")
+    add("--warmup", type=float, default=1.0, help="seconds before each measurement (1)")
+    add("--concurrency", type=parse_levels, default=[1, 4, 16, 64], help="levels (1,4,16,64)")
+    add("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.paced_duration <= 0 or min(args.warmup, args.settle) < 0:
-        parser.error("durations must be positive (warm-up and settle may be 0)")
+    if args.duration <= 0 or args.warmup < 0:
+        parser.error("--duration must be positive, --warmup not negative")
     return run_bench(lambda: _measure(args), render, args.json)
 
 

@@ -1,27 +1,15 @@
 """Benchmark the orders flow end to end: how long until a paid order shows PAID.
 
-    python -m bench.orders [--rate 50] [--duration 60] [--warmup 3] [--burst 5000]
-                           [--burst-concurrency 32] [--with-search] [--json]
-                           [--fast-postgres] [--workdir DIR]
+    python -m bench.orders [--rate 50] [--duration 60] [--burst 5000] [--with-search] [--json]
 
 ``sluice ingress`` and ``sluice worker`` as child processes, as ``bench.pipeline`` runs
-them. For each order: ``order.created`` POSTed to ``/internal/v1/events`` (no payment
-provider, so no Stripe call), then, once accepted, a signed Stripe
-``payment_intent.succeeded`` webhook for it (``metadata.orderId``, the order's amount).
-Orders start at ``--rate`` per second for ``--duration`` seconds after a ``--warmup``.
-
-**Order latency** = when the ``orders`` row is first seen PAID minus when the webhook's
-HTTP 200 was read. **Baseline**, in the same run, from the same 200 and the same polls
-(one query every 20 ms): when the order's ``payments`` row (the billing projection) is
-first seen. The join runs beside that projection and adds one hop
-(``billing.payment.succeeded`` -> join -> ``orders.lifecycle`` -> ``project_orders``);
-the report gives order / baseline at p50 and p99 and, for the paced phase, where the time
-goes (from the timestamps of the records the worker wrote). Then a burst of ``--burst``
-orders with ``--burst-concurrency`` in flight: the most PAID orders/s sustained.
-
-Kafka and PostgreSQL are ``KAFKA_BOOTSTRAP_SERVERS`` / ``DATABASE_URL`` when set (use a
-throwaway cluster), else embedded. ``--with-search`` adds an embedded Elasticsearch, so
-``project_orders`` writes the ``orders`` index too. Loopback only; every wait is bounded.
+them. Each order: ``order.created`` on ``/internal/v1/events`` (no payment provider, so no
+Stripe call), then, once accepted, its signed Stripe ``payment_intent.succeeded`` webhook.
+**Order latency**: the ``orders`` row first seen PAID minus the webhook's HTTP 200.
+**Baseline**, from the same 200 and the same polls: the order's ``payments`` row (the
+billing projection, beside which the join adds one hop). The paced phase also splits the
+time at the records the worker wrote; then a burst: the most PAID orders/s sustained.
+``--with-search`` adds an embedded Elasticsearch (``project_orders`` writes its index).
 Exit status 1 if a request was refused or an order was not PAID within the bounded wait.
 """
 
@@ -30,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -37,18 +26,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
-from bench._inputs import (
-    CREATED,
-    INTERNAL_TOKEN,
-    WEBHOOK,
-    BenchOrder,
-    created_headers,
-    prepare_orders,
-)
-from bench._load import CpuMeter, Log, post, send_closed, send_paced
+from bench._inputs import CREATED, INTERNAL_TOKEN, WEBHOOK, created_headers, prepare_orders
+from bench._load import CpuMeter, Log, Request
 from bench._report import (
+    BenchReport,
     Goal,
     Phase,
     hop,
@@ -67,7 +48,8 @@ from bench._services import (
     POLL_EVERY_S,
     RowWatcher,
     Stack,
-    add_arguments,
+    bench_parser,
+    check_paced,
     end_offsets,
     ingress_process,
     search,
@@ -84,7 +66,6 @@ P99_GOAL_MS = 250.0
 SECRET = "whsec_bench_orders"
 BILLING_TOPIC = "billing.payment.succeeded"
 LIFECYCLE_TOPIC = "orders.lifecycle"
-WEBHOOK_PATH = "/v1/webhooks/stripe"
 _PROBE_TIMEOUT_S = 180.0  # the worker's start: imports, group join, topic declaration
 _SEEN_QUERY = (
     "SELECT 'order', order_id FROM orders WHERE status = 'PAID' AND order_id = ANY(%(order)s) "
@@ -98,8 +79,15 @@ def latency_ratio(phase: Phase, key: str) -> float:
     return phase.ratio("order", "payment", key)
 
 
+def _ratios(phase: Phase) -> dict[str, float]:
+    return {
+        "p50_ratio": latency_ratio(phase, "p50_ms"),
+        "p99_ratio": latency_ratio(phase, "p99_ms"),
+    }
+
+
 @dataclass
-class Report:
+class Report(BenchReport):
     machine: dict[str, str]
     kafka: str = ""
     postgres: str = ""
@@ -121,8 +109,7 @@ class Report:
         return any(p.errors or p.missing.get("order") for p in self.phases)
 
     def goals(self) -> list[Goal]:
-        paced = self.paced
-        goal = f"p50 <= {P50_GOAL_MS:g} ms, p99 <= {P99_GOAL_MS:g} ms"
+        paced, goal = self.paced, f"p50 <= {P50_GOAL_MS:g} ms, p99 <= {P99_GOAL_MS:g} ms"
         if paced is None or paced.target_rps is None:
             return [Goal("orders paced, webhook 200 -> order PAID", "-", goal, None)]
         p50, p99 = paced.latency["order"].p50_ms, paced.latency["order"].p99_ms
@@ -132,36 +119,26 @@ class Report:
         measure = f"orders at {paced.target_rps:g}/s, webhook 200 -> order PAID in Postgres"
         return [Goal(measure, measured, goal, met)]
 
-    def as_json(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         paced, burst = self.paced, self.burst
-        lat = paced.latency if paced else {}
-        return {
-            "machine": self.machine,
-            "kafka": self.kafka,
-            "postgres": self.postgres,
-            "elasticsearch": self.search,
-            "worker_ready_s": self.worker_ready_s,
-            "phases": [
-                {
-                    **dataclasses.asdict(p),
-                    "p50_ratio": latency_ratio(p, "p50_ms"),
-                    "p99_ratio": latency_ratio(p, "p99_ms"),
-                }
-                for p in self.phases
-            ],
-            "summary": {
+        latency = {
+            f"{kind}_{key}": getattr(d, key)
+            for kind, d in (paced.latency if paced else {}).items()
+            for key in ("p50_ms", "p99_ms")
+        }
+        return (
+            latency
+            | (_ratios(paced) if paced else {})
+            | {
                 "paced_rps": paced.target_rps if paced else None,
-                "order_p50_ms": lat["order"].p50_ms if paced else None,
-                "order_p99_ms": lat["order"].p99_ms if paced else None,
-                "payment_p50_ms": lat["payment"].p50_ms if paced else None,
-                "payment_p99_ms": lat["payment"].p99_ms if paced else None,
-                "p50_ratio": latency_ratio(paced, "p50_ms") if paced else None,
-                "p99_ratio": latency_ratio(paced, "p99_ms") if paced else None,
                 "burst_paid_per_s": burst.done_per_s if burst else None,
                 "failed": self.failed,
-            },
-            "goals": [goal.as_json() for goal in self.goals()],
-        }
+            }
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        phases = [dataclasses.asdict(p) | _ratios(p) for p in self.phases]
+        return super().as_json() | {"phases": phases}
 
 
 def render(report: Report) -> str:
@@ -218,30 +195,6 @@ def render(report: Report) -> str:
     return "\n".join(lines + noise_warning([(p.name, p.cpu_percent) for p in report.phases]))
 
 
-# -- the run --------------------------------------------------------------------------------
-
-
-async def _send(urls: tuple[str, str], orders: Sequence[BenchOrder], rate: float, c: int) -> Log:
-    """Each order: ``order.created`` (202), then its webhook (200) once that is accepted.
-    Paced at ``rate`` (from each one's schedule), else ``c`` in a closed loop."""
-    log, headers = Log(), created_headers()
-
-    async def one(session: aiohttp.ClientSession, order: BenchOrder, at: float) -> None:
-        key = order.order_id
-        log.scheduled[key] = at
-        if not await post(session, urls[0], order.created_body, headers, 202):
-            log.refused[CREATED] += 1
-            return
-        sent = log.created[key] = time.monotonic()
-        if not await post(session, urls[1], order.webhook.body, order.webhook.headers, 200):
-            log.refused[WEBHOOK] += 1
-            return
-        log.sent[key], log.acked[key] = sent, time.monotonic()
-
-    await (send_paced(orders, rate, one) if rate else send_closed(orders, c, one))
-    return log
-
-
 async def _drive(
     args: argparse.Namespace,
     report: Report,
@@ -252,38 +205,40 @@ async def _drive(
     pids: dict[str, int | None],
 ) -> None:
     """The probe (waits for the worker), a paced warm-up, the paced phase, the burst."""
-    began, c = time.monotonic(), args.burst_concurrency
+    began, c, rate = time.monotonic(), args.burst_concurrency, args.rate
     runs = [
         ("probe", 1, 0.0),
-        ("warm-up", round(args.rate * args.warmup), args.rate),
-        (f"paced {args.rate:g}/s", round(args.rate * args.duration), args.rate),
+        ("warm-up", round(rate * args.warmup), rate),
+        (f"paced {rate:g}/s", round(rate * args.duration), rate),
         (f"burst c={c}", args.burst, 0.0),
     ]
-    for name, count, rate in (run for run in runs if run[1]):
-        orders = prepare_orders(count, SECRET, timestamp=int(time.time()))  # signed now
+    for name, count, paced_rate in (run for run in runs if run[1]):
         progress(f"{name}: {count:,} orders ...")
+        items = [
+            (
+                o.order_id,
+                [
+                    Request(CREATED, urls[0], o.created_body, created_headers(), 202),
+                    Request(WEBHOOK, urls[1], o.webhook.body, o.webhook.headers, 200),
+                ],
+            )
+            for o in prepare_orders(count, SECRET, timestamp=int(time.time()))  # signed now
+        ]
         before = end_offsets(at.bootstrap, [BILLING_TOPIC, LIFECYCLE_TOPIC])
         meter = CpuMeter({**pids, "bench": os.getpid()}, trees=("postgres", "elasticsearch"))
-        watcher.expect(o.order_id for o in orders)
-        meter.start()
-        log = await _send(urls, orders, rate, 1 if name == "probe" else c)
-        watcher.expect((o.order_id for o in orders if o.order_id not in log.acked), forget=True)
-        timeout_s = _PROBE_TIMEOUT_S if name == "probe" else 60.0 + count / 20.0  # by count
-        await watcher.wait(worker, timeout_s)
-        cpu = meter.stop()
+        timeout_s = _PROBE_TIMEOUT_S if name == "probe" else 60.0 + count / 20.0
+        log, phase = await watcher.phase(
+            name, items, paced_rate, 1 if name == "probe" else c, worker, meter, timeout_s
+        )
         if name == "probe":
-            if log.refused or watcher.outstanding():
+            if phase.errors or phase.missing["order"]:
                 raise RuntimeError(f"the probe order was not PAID in {timeout_s:g} s")
             report.worker_ready_s = time.monotonic() - began
             progress(f"worker ready: first order PAID {report.worker_ready_s:.1f} s after it")
         if name in ("probe", "warm-up"):
             continue
-        seen = watcher.seen()
-        phase = log.phase(name, [o.order_id for o in orders], seen)
-        phase.cpu_percent, phase.cpu_wait_percent = cpu, meter.waited
-        phase.target_rps, phase.concurrency = rate or None, None if rate else c
-        if rate:
-            phase.stages = _stages(log, at.bootstrap, before, seen)
+        if paced_rate:
+            phase.stages = _stages(log, at.bootstrap, before, watcher.seen())
         report.phases.append(phase)
         order, pay = phase.latency["order"], phase.latency["payment"]
         progress(
@@ -300,16 +255,13 @@ def _stages(
     seen: Mapping[str, Mapping[str, float]],
 ) -> dict[str, Any]:
     """Both latencies split at the records the worker wrote, per order id."""
-    after = end_offsets(bootstrap, [BILLING_TOPIC, LIFECYCLE_TOPIC])
 
     def order_id(record: Mapping[str, Any], event: str | None = None) -> str | None:
         wanted = event is None or record.get("eventType") == event
         return record["orderId"] if wanted and isinstance(record.get("orderId"), str) else None
 
-    billed = written_at(bootstrap, BILLING_TOPIC, before, after, order_id)
-    paid = written_at(
-        bootstrap, LIFECYCLE_TOPIC, before, after, lambda r: order_id(r, "order.paid")
-    )
+    billed = written_at(bootstrap, BILLING_TOPIC, before, order_id)
+    paid = written_at(bootstrap, LIFECYCLE_TOPIC, before, lambda r: order_id(r, "order.paid"))
     return {
         "200 -> billing record (normalise)": hop(log.acked, billed),
         "billing record -> payments row (project_billing)": hop(billed, seen["payment"]),
@@ -325,60 +277,42 @@ def worker_app_id(run_id: str) -> str:
 
 def _measure(args: argparse.Namespace) -> Report:
     report = Report(machine=machine_info())
-    with stack(args.workdir, "orders", fast_postgres=args.fast_postgres) as at:
+    with stack("orders") as at, contextlib.ExitStack() as running:
         report.kafka, report.postgres = at.kafka.description, at.postgres.description
         app_id = worker_app_id(at.run_id)
-        try:
-            with contextlib.ExitStack() as running:
-                es = running.enter_context(search(args.with_search, at.workdir))
-                report.search = es.description if es else report.search
-                # Explicit, so neither comes from the caller's environment: orders without a
-                # payment provider make no Stripe call, and search is on only when asked.
-                worker_env = {
-                    "STRIPE_API_KEY": "",
-                    "ELASTICSEARCH_URL": es.url if es else "",
-                    "SLUICE_SEARCH_INDEX_PREFIX": f"{app_id}-" if es else "",
-                }
-                token = {"INTERNAL_API_TOKEN": INTERNAL_TOKEN}
-                ingress = running.enter_context(ingress_process(at, SECRET, token))
-                worker = running.enter_context(worker_process(at, app_id, env=worker_env))
-                urls = (
-                    ingress.url("/internal/v1/events", internal=True),
-                    ingress.url(WEBHOOK_PATH),
-                )
-                pids = at.pids() | {"ingress": ingress.child.pid, "worker": worker.pid}
-                pids["elasticsearch"] = es.pid if es else None
-                watcher = RowWatcher(at.postgres.url, _SEEN_QUERY, ("order", "payment"))
-
-                async def drive() -> None:
-                    await ingress.wait_ready()
-                    await _drive(args, report, at, urls, worker, watcher, pids)
-
-                watcher.drive(drive)
-        finally:
-            at.clean_up([app_id])
+        es = running.enter_context(search(args.with_search, at.workdir))
+        report.search = es.description if es else report.search
+        # Explicit, so neither comes from the caller's environment: orders without a
+        # payment provider make no Stripe call, and search is on only when asked.
+        worker_env = {
+            "STRIPE_API_KEY": "",
+            "ELASTICSEARCH_URL": es.url if es else "",
+            "SLUICE_SEARCH_INDEX_PREFIX": f"{app_id}-" if es else "",
+        }
+        token = {"INTERNAL_API_TOKEN": INTERNAL_TOKEN}
+        ingress = running.enter_context(ingress_process(at, SECRET, token))
+        worker = running.enter_context(worker_process(at, app_id, env=worker_env))
+        urls = ingress.url("/internal/v1/events", internal=True), ingress.url("/v1/webhooks/stripe")
+        pids = at.pids() | {"ingress": ingress.child.pid, "worker": worker.pid}
+        pids["elasticsearch"] = es.pid if es else None
+        watcher = RowWatcher(at.postgres.url, _SEEN_QUERY, ("order", "payment"))
+        watcher.drive(functools.partial(_drive, args, report, at, urls, worker, watcher, pids))
     return report
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.orders",
-        description="Orders and their Stripe payments end to end: webhook 200 to the order "
-        "PAID in Postgres, against the payments row in the same run.",
+    description = "Orders and their Stripe payments end to end: webhook 200 to the order PAID."
+    parser = bench_parser(
+        "python -m bench.orders", description, rate=50.0, duration=60.0, burst=5000
     )
-    parser.add_argument("--rate", type=float, default=50.0, help="paced orders/s (50)")
     parser.add_argument("--with-search", action="store_true", help="also run Elasticsearch")
-    add_arguments(parser, duration=60.0, burst=5000)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if min(args.rate, args.duration) <= 0 or args.warmup < 0 or args.burst < 0:
-        parser.error("--rate and --duration must be positive; --warmup and --burst >= 0")
-    if args.burst_concurrency < 1:
-        parser.error("--burst-concurrency must be at least 1")
+    check_paced(parser, args)
     if round(args.rate * args.duration) < 1:
         parser.error("--rate x --duration must make at least one order")
     return run_bench(lambda: _measure(args), render, args.json)

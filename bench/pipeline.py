@@ -1,40 +1,27 @@
 """Benchmark the whole pipeline, and the normalise agent against a bare loop and Quix.
 
-    python -m bench.pipeline [--rate R] [--duration 60] [--warmup 3] [--burst 10000]
-        [--burst-concurrency 32] [--workers 1[,2]] [--events 20000] [--duplicate-every 10]
-        [--dedupe-ids 1000000] [--first-sample 100000] [--skip-e2e] [--skip-race] [--json]
-        [--fast-postgres] [--workdir DIR]
+    python -m bench.pipeline [--rate R] [--workers 1[,2]] [--dedupe-ids N] [--json] ...
 
-**Part 1, end to end.** ``sluice ingress`` alone first: a closed-loop burst of ``--burst``
-signed Stripe ``payment_intent.succeeded`` webhooks (one fresh payment each, after an
-unmeasured burst a tenth its size) with ``--burst-concurrency`` in flight and no worker
-running: what the front door accepts on its own. Then ``sluice worker`` starts (its group
-committed past those webhooks): a probe, a paced warm-up, then webhooks at ``--rate``
-(default: half the ingress-alone accepted/s, open loop) for ``--duration`` seconds.
-End-to-end latency = when the ``payments`` row is first visible (polled every 20 ms)
-minus when the HTTP 200 was read; rows never seen (lost); sustained rows/s; and, from the
-billing records' timestamps, its split between the normalise agent (200 -> billing
-record) and the billing projection (billing record -> row). Then the same burst end to
-end: the most the pipeline sustains, over what the ingress alone accepted. ``--workers
-1,2`` repeats the burst with ``sluice worker --processes 2``.
+**Part 1, end to end.** ``sluice ingress`` alone first: a closed-loop burst of signed
+Stripe ``payment_intent.succeeded`` webhooks with no worker running (after an unmeasured
+one a tenth its size): what the front door accepts on its own. Then ``sluice worker``
+starts: a probe, a paced warm-up, webhooks at ``--rate`` (default: half the ingress-alone
+accepted/s, open loop) for ``--duration`` seconds, then the same burst end to end. End-to-
+end latency = the ``payments`` row first visible (polled every 20 ms) minus the HTTP 200;
+rows never seen are lost. ``--workers 1,2`` repeats the burst with ``--processes 2``.
+**Part 2, agent throughput** (``bench._race``). **Part 3, dedupe memory**
+(``bench.dedupe_memory``; ``--dedupe-ids 0`` skips it).
 
-**Part 2, agent throughput** (``bench._race``): a bare confluent-kafka loop, Sluice's
-``normalise_webhooks`` agent and the same work in Quix Streams on one input.
-**Part 3, dedupe memory** (``bench.dedupe_memory``; ``--dedupe-ids 0`` skips it).
-
-Goals (issue 9), each a ratio of things measured in this run, in a table at the end:
-Sluice >= 1.0 x Quix Streams' events/s; Sluice's CPU per event <= 2 x the domain work's;
-end-to-end burst rows/s >= 0.8 x the ingress-alone accepted/s; paced at half the
-ingress-alone capacity, p99 <= 1 s and none lost; worker RSS flat from 100k to 1M ids.
-Reported, not enforced: the exit status is 1 only if webhooks were refused, a contender
-failed or the dedupe part failed. Loopback only; every wait is bounded.
+Goals (issue 9), each measured in this run: Sluice >= 1.0 x Quix Streams' events/s; its
+CPU per event <= 2 x the domain work's; burst rows/s >= 0.8 x the ingress-alone
+accepted/s; paced at half that, p99 <= 1 s and none lost; worker RSS flat from 100k to 1M
+ids. Reported, not enforced: exit status 1 only if webhooks were refused or a part failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import functools
 import math
 import os
@@ -43,11 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from bench import dedupe_memory as dedupe
-from bench._inputs import WEBHOOK, PaymentWebhook, signed_now
-from bench._load import CpuMeter, Log, post, send_closed, send_paced
+from bench._inputs import WEBHOOK, signed_now
+from bench._load import CpuMeter, Request, send_items
 from bench._race import (
     CONTENDERS,
     ContenderResult,
@@ -56,6 +41,7 @@ from bench._race import (
     run_contender,
 )
 from bench._report import (
+    BenchReport,
     Goal,
     Phase,
     cpu_line,
@@ -76,10 +62,10 @@ from bench._report import (
 )
 from bench._services import (
     POLL_EVERY_S,
-    Ingress,
     RowWatcher,
     Stack,
-    add_arguments,
+    bench_parser,
+    check_paced,
     end_offsets,
     ingress_process,
     stack,
@@ -101,6 +87,7 @@ _ROWS = (
     "SELECT 'row', provider_payment_id FROM payments "
     "WHERE provider = 'stripe' AND provider_payment_id = ANY(%(row)s)"
 )
+Items = list[tuple[str, list[Request]]]
 
 
 @dataclass
@@ -127,144 +114,113 @@ def worker_app_id(run_id: str, processes: int) -> str:
     return f"bench-worker-{run_id}" if processes == 1 else f"bench-worker{processes}-{run_id}"
 
 
-async def _send(url: str, webhooks: Sequence[PaymentWebhook], rate: float = 0, c: int = 1) -> Log:
-    """Paced at ``rate`` (latency from each one's schedule), else ``c`` in a closed loop."""
-    log = Log()
-
-    async def one(session: aiohttp.ClientSession, w: PaymentWebhook, at: float) -> None:
-        log.scheduled[w.payment_id] = log.sent[w.payment_id] = at
-        if await post(session, url, w.body, w.headers, 200):
-            log.acked[w.payment_id] = time.monotonic()
-        else:
-            log.refused[WEBHOOK] += 1
-
-    await (send_paced(webhooks, rate, one) if rate else send_closed(webhooks, c, one))
-    return log
-
-
-@dataclass
-class _Part1:
-    """Part 1's run: the ingress started, the phases measured into ``result``."""
-
-    args: argparse.Namespace
-    at: Stack
-    ingress: Ingress
-    result: EndToEnd = field(default_factory=EndToEnd)
-
-    @property
-    def url(self) -> str:
-        return self.ingress.url("/v1/webhooks/stripe")
-
-    def meter(self, *trees: str, **pids: int) -> CpuMeter:
-        named = {**self.at.pids(), "ingress": self.ingress.child.pid, "bench": os.getpid()}
-        return CpuMeter(named | pids, trees=("postgres", *trees))
-
-    async def ingress_alone(self) -> None:
-        """The closed-loop burst with no worker: the yardstick for the end-to-end one."""
-        c = self.args.burst_concurrency
-        # Unmeasured first: the first requests pay for connections, the producer's metadata
-        # and cold caches, which the end-to-end burst (it runs later) does not.
-        progress(f"ingress alone: warm-up, then {self.args.burst:,} webhooks, {c} in flight ...")
-        await _send(self.url, signed_now(max(1, self.args.burst // 10), SECRET), c=c)
-        webhooks, meter = signed_now(self.args.burst, SECRET), self.meter()
-        meter.start()
-        log = await _send(self.url, webhooks, c=c)
-        phase = log.phase(f"ingress alone c={c}", log.scheduled)
-        phase.cpu_percent, phase.cpu_wait_percent = meter.stop(), meter.waited
-        phase.concurrency, phase.workers = c, 0  # no worker, no rows
-        self.result.phases.append(phase)
-        self.result.ingress_alone_rps = phase.accepted_per_s
-        progress(f"ingress alone: {phase.accepted_per_s:,.0f} webhooks accepted/s")
-
-    async def with_worker(
-        self, watcher: RowWatcher, worker: ChildProcess, processes: int, rate: float
-    ) -> None:
-        """Probe (waits for the worker), then with ``rate`` a paced warm-up and the paced
-        run, then the burst."""
-        suffix, began = f", {processes} workers" if processes > 1 else "", time.monotonic()
-        probe = await self.sent(signed_now(1, SECRET), watcher, worker, timeout_s=_PROBE_TIMEOUT_S)
-        if probe.refused or watcher.outstanding():
-            raise RuntimeError(f"the probe webhook made no row in {_PROBE_TIMEOUT_S:g} s")
-        if math.isnan(self.result.worker_ready_s):
-            self.result.worker_ready_s = time.monotonic() - began
-        progress(f"worker ready: first row {time.monotonic() - began:.1f} s after the webhook")
-        if rate:
-            await self.sent(
-                signed_now(round(rate * self.args.warmup), SECRET), watcher, worker, rate
-            )
-        c, runs = self.args.burst_concurrency, []
-        if rate:
-            runs.append((f"paced {rate:,.0f}/s{suffix}", round(rate * self.args.duration), rate))
-        if self.args.burst:
-            runs.append((f"burst c={c}{suffix}", self.args.burst, 0.0))
-        for name, count, paced_rate in runs:
-            progress(f"{name}: {count:,} webhooks ...")
-            webhooks, meter = signed_now(count, SECRET), self.meter("worker", worker=worker.pid)
-            before = end_offsets(self.at.bootstrap, [BILLING_TOPIC])
-            meter.start()
-            log = await self.sent(webhooks, watcher, worker, paced_rate)
-            rows = watcher.seen()["row"]
-            phase = log.phase(name, log.scheduled, {"row": rows})
-            phase.cpu_percent, phase.cpu_wait_percent = meter.stop(), meter.waited
-            phase.workers, phase.target_rps = processes, paced_rate or None
-            phase.concurrency = None if paced_rate else c
-            if paced_rate:  # where the time goes, from the billing records' timestamps
-                after = end_offsets(self.at.bootstrap, [BILLING_TOPIC])
-                billed = written_at(self.at.bootstrap, BILLING_TOPIC, before, after, _payment_id)
-                phase.stages["200 -> billing record"] = hop(log.acked, billed)
-                phase.stages["billing record -> row"] = hop(billed, rows)
-            self.result.phases.append(phase)
-            e2e, lost = phase.latency["row"], phase.missing["row"]
-            progress(
-                f"{name}: {phase.done_per_s:.0f} rows/s, end to end p50 {e2e.p50_ms:.0f} ms, "
-                f"p99 {e2e.p99_ms:.0f} ms, {lost} missing, {phase.errors} errors"
-            )
-
-    async def sent(
-        self,
-        webhooks: list[PaymentWebhook],
-        watcher: RowWatcher,
-        worker: ChildProcess,
-        rate: float = 0,
-        *,
-        timeout_s: float = 0,
-    ) -> Log:
-        """Send, then wait for their rows: a minute plus what 250 rows/s (half the slowest
-        pipeline seen) needs."""
-        watcher.expect(w.payment_id for w in webhooks)
-        log = await _send(self.url, webhooks, rate, self.args.burst_concurrency)
-        await watcher.wait(worker, timeout_s or 60.0 + len(webhooks) / 250.0)
-        return log
+def _webhooks(url: str, count: int) -> Items:
+    """``count`` webhooks signed now, each paying for its own order, keyed by payment."""
+    return [
+        (w.payment_id, [Request(WEBHOOK, url, w.body, w.headers, 200)])
+        for w in signed_now(count, SECRET)
+    ]
 
 
 def _payment_id(record: Any) -> str | None:
     return record.get("paymentId") if isinstance(record.get("paymentId"), str) else None
 
 
+async def _ingress_alone(
+    args: argparse.Namespace, url: str, meter: CpuMeter, e2e: EndToEnd
+) -> None:
+    """The closed-loop burst with no worker: the yardstick for the end-to-end one."""
+    c = args.burst_concurrency
+    progress(f"ingress alone: warm-up, then {args.burst:,} webhooks, {c} in flight ...")
+    # Unmeasured first: the first requests pay for connections, the producer's metadata
+    # and cold caches, which the end-to-end burst (it runs later) does not.
+    await send_items(_webhooks(url, max(1, args.burst // 10)), 0, c)
+    items = _webhooks(url, args.burst)
+    meter.start()
+    log = await send_items(items, 0, c)
+    phase = log.phase(f"ingress alone c={c}", log.scheduled)
+    phase.cpu_percent, phase.cpu_wait_percent = meter.stop(), meter.waited
+    phase.concurrency, phase.workers = c, 0  # no worker, no rows
+    e2e.phases.append(phase)
+    e2e.ingress_alone_rps = phase.accepted_per_s
+    progress(f"ingress alone: {phase.accepted_per_s:,.0f} webhooks accepted/s")
+
+
+async def _with_worker(
+    args: argparse.Namespace,
+    at: Stack,
+    url: str,
+    e2e: EndToEnd,
+    watcher: RowWatcher,
+    worker: ChildProcess,
+    pids: dict[str, int | None],
+    processes: int,
+    rate: float,
+) -> None:
+    """The probe (waits for the worker), then with ``rate`` a paced warm-up and the paced
+    run, then the burst."""
+    began, c = time.monotonic(), args.burst_concurrency
+    _, probe = await watcher.phase(
+        "probe", _webhooks(url, 1), 0, 1, worker, CpuMeter({}), _PROBE_TIMEOUT_S
+    )
+    if probe.errors or probe.missing["row"]:
+        raise RuntimeError(f"the probe webhook made no row in {_PROBE_TIMEOUT_S:g} s")
+    if math.isnan(e2e.worker_ready_s):
+        e2e.worker_ready_s = time.monotonic() - began
+    progress(f"worker ready: first row {time.monotonic() - began:.1f} s after the webhook")
+    suffix = f", {processes} workers" if processes > 1 else ""
+    runs = [("warm-up", round(rate * args.warmup), rate)] if rate else []
+    runs += [(f"paced {rate:,.0f}/s{suffix}", round(rate * args.duration), rate)] if rate else []
+    runs += [(f"burst c={c}{suffix}", args.burst, 0.0)] if args.burst else []
+    for name, count, paced_rate in runs:
+        progress(f"{name}: {count:,} webhooks ...")
+        before, meter = (
+            end_offsets(at.bootstrap, [BILLING_TOPIC]),
+            CpuMeter(pids, ("postgres", "worker")),
+        )
+        # A minute plus what 250 rows/s (half the slowest pipeline seen) needs.
+        log, phase = await watcher.phase(
+            name, _webhooks(url, count), paced_rate, c, worker, meter, 60.0 + count / 250.0
+        )
+        if name == "warm-up":
+            continue
+        phase.workers = processes
+        if paced_rate:
+            billed = written_at(at.bootstrap, BILLING_TOPIC, before, _payment_id)
+            phase.stages["200 -> billing record"] = hop(log.acked, billed)
+            phase.stages["billing record -> row"] = hop(billed, watcher.seen()["row"])
+        e2e.phases.append(phase)
+        e2e_p, lost = phase.latency["row"], phase.missing["row"]
+        progress(
+            f"{name}: {phase.done_per_s:.0f} rows/s, end to end p50 {e2e_p.p50_ms:.0f} ms, "
+            f"p99 {e2e_p.p99_ms:.0f} ms, {lost} missing, {phase.errors} errors"
+        )
+
+
 def run_end_to_end(args: argparse.Namespace, at: Stack) -> EndToEnd:
     """Start the ingress; burst it alone; then per worker count start the worker(s) and
     run the phases. Blocks; bounded by time-outs."""
+    e2e = EndToEnd()
     with ingress_process(at, SECRET) as ingress:
-        part = _Part1(args, at, ingress)
-        asyncio.run(ingress.wait_ready())
+        url = ingress.url("/v1/webhooks/stripe")
+        pids = at.pids() | {"ingress": ingress.child.pid, "bench": os.getpid()}
         if args.burst:
-            asyncio.run(part.ingress_alone())
-        rate = args.rate if args.rate is not None else part.result.ingress_alone_rps / 2
+            asyncio.run(_ingress_alone(args, url, CpuMeter(pids, ("postgres",)), e2e))
+        rate = args.rate if args.rate is not None else e2e.ingress_alone_rps / 2
         if not rate > 0:
             raise RuntimeError("no paced rate: the ingress accepted nothing in its burst")
         for index, processes in enumerate(args.workers):
-            app_id = worker_app_id(at.run_id, processes)
-            with worker_process(at, app_id, processes=processes) as worker:
+            with worker_process(at, worker_app_id(at.run_id, processes), processes=processes) as w:
                 watcher = RowWatcher(at.postgres.url, _ROWS, ("row",))
-                first_rate = rate if index == 0 else 0.0
-                watcher.drive(
-                    functools.partial(part.with_worker, watcher, worker, processes, first_rate)
-                )
-    return part.result
+                named = pids | {"worker": w.pid}
+                first_rate = rate if index == 0 else 0.0  # paced once, with the first count
+                run = functools.partial(_with_worker, args, at, url, e2e, watcher, w, named)
+                watcher.drive(functools.partial(run, processes, first_rate))
+    return e2e
 
 
 @dataclass
-class Report:
+class Report(BenchReport):
     machine: dict[str, str]
     kafka: str = ""
     postgres: str = ""
@@ -306,23 +262,19 @@ class Report:
         """Issue 9's rows this bench measures (the orders row is ``bench.orders``')."""
         quix, sluice_cpu, quix_cpu = self.ratio("quix"), *map(self.domain_ratio, ("sluice", "quix"))
         skipped = (q := self.contender("quix")) is not None and q.skipped and math.isnan(quix)
-        cpu = ratio_text(sluice_cpu, "x") + (
-            f" (Quix: {ratio_text(quix_cpu, 'x')})" if not math.isnan(quix_cpu) else ""
-        )
+        measured = "skipped: Quix Streams not installed" if skipped else ratio_text(quix)
+        events = "normalise agent events/s / Quix Streams, same records"
+        cpu = ratio_text(sluice_cpu, "x")
+        cpu += f" (Quix: {ratio_text(quix_cpu, 'x')})" if not math.isnan(quix_cpu) else ""
         goals = [
-            goal(
-                "normalise agent events/s / Quix Streams, same records",
-                quix,
-                "skipped: Quix Streams not installed" if skipped else ratio_text(quix),
-                f">= {QUIX_RATIO_GOAL:g}",
-                lambda r: r >= QUIX_RATIO_GOAL,
-            ),
+            goal(events, measured, quix, ">=", QUIX_RATIO_GOAL),
             goal(
                 "normalise agent CPU per event / domain work alone",
-                sluice_cpu,
                 cpu,
-                f"<= {CPU_RATIO_GOAL:g}x",
-                lambda r: r <= CPU_RATIO_GOAL,
+                sluice_cpu,
+                "<=",
+                CPU_RATIO_GOAL,
+                "x",
             ),
         ]
         e2e = self.e2e or EndToEnd()
@@ -333,12 +285,11 @@ class Report:
             measured = (
                 "-"
                 if burst is None or math.isnan(ratio)
-                else (f"{ratio:.2f} ({num(burst.done_per_s)} / {num(e2e.ingress_alone_rps)})")
+                else f"{ratio:.2f} ({num(burst.done_per_s)} / {num(e2e.ingress_alone_rps)})"
             )
             workers = "1 worker" if processes == 1 else f"{processes} worker processes"
             measure = f"end-to-end rows/s / ingress-alone accepted/s, burst, {workers}"
-            target = f">= {CAPACITY_RATIO_GOAL:g}"
-            goals.append(goal(measure, ratio, measured, target, lambda r: r >= CAPACITY_RATIO_GOAL))
+            goals.append(goal(measure, measured, ratio, ">=", CAPACITY_RATIO_GOAL))
         goals.append(self._paced_goal())
         return goals + ([self.dedupe.goal()] if self.dedupe is not None else [])
 
@@ -359,8 +310,8 @@ class Report:
             e2e.p99_ms <= P99_GOAL_MS and not lost,
         )
 
-    def as_json(self) -> dict[str, Any]:
-        summary = {
+    def summary(self) -> dict[str, Any]:
+        return {
             "sluice_over_bare": self.ratio("bare"),
             "sluice_over_quix": self.ratio("quix"),
             "cpu_ratio_bare": self.cpu_ratio("bare"),
@@ -369,13 +320,13 @@ class Report:
             "quix_cpu_over_domain": self.domain_ratio("quix"),
             "capacity_ratio": self.e2e.capacity_ratio(1) if self.e2e else None,
         }
-        document = dataclasses.asdict(self) | {"summary": summary}
-        document["dedupe"] = self.dedupe.as_json() if self.dedupe else None
-        return document | {"goals": [g.as_json() for g in self.goals()]}
+
+    def as_json(self) -> dict[str, Any]:
+        return super().as_json() | {"dedupe": self.dedupe.as_json() if self.dedupe else None}
 
 
 def _render_e2e(e2e: EndToEnd) -> list[str]:
-    none = distribution([])
+    row = distribution([])
     columns: list[tuple[str, int, Any]] = [
         ("phase", -22, lambda p: p.name),
         ("sent", 7, lambda p: f"{p.sent:,}"),
@@ -383,9 +334,9 @@ def _render_e2e(e2e: EndToEnd) -> list[str]:
         ("200s/s", 7, lambda p: num(p.accepted_per_s)),
         ("rows/s", 7, lambda p: num(p.done_per_s)),
         ("http p99", 9, lambda p: ms(p.http[WEBHOOK].p99_ms)),
-        ("e2e p50", 8, lambda p: ms(p.latency.get("row", none).p50_ms)),
-        ("e2e p99", 8, lambda p: ms(p.latency.get("row", none).p99_ms)),
-        ("e2e max", 8, lambda p: ms(p.latency.get("row", none).max_ms)),
+        ("e2e p50", 8, lambda p: ms(p.latency.get("row", row).p50_ms)),
+        ("e2e p99", 8, lambda p: ms(p.latency.get("row", row).p99_ms)),
+        ("e2e max", 8, lambda p: ms(p.latency.get("row", row).max_ms)),
         ("drain", 7, lambda p: num(p.drain_s, 1) + " s"),
         ("missing", 7, lambda p: str(sum(p.missing.values()))),
     ]
@@ -413,23 +364,20 @@ def _render_race(report: Report) -> list[str]:
         ),
         (" CPU (% of one core)", -1, lambda c: " " + cpu_line(c.cpu_percent)),
     ]
-    ran = [c for c in report.race if not (c.skipped or c.error)]
     lines = [
         "",
         f"agent throughput on one input: {report.race_events:,} raw webhooks on webhooks.stripe "
         f"({report.race_unique:,} unique, {report.race_events - report.race_unique:,} retries)",
         "(events/s = input events between a contender's first and last output; CPU = its "
         "process's CPU time per input event over that window)",
-        *table(columns, ran),
+        *table(columns, [c for c in report.race if not (c.skipped or c.error)]),
     ]
     for c in report.race:
         if c.skipped or c.error:
             lines.append(f"{c.label:<32} skipped: {c.skipped or f'FAILED: {c.error}'}")
         elif c.rate is not None and c.rate.window_s < ROUGH_WINDOW_S:
-            lines.append(
-                f"  {c.name}: window under {ROUGH_WINDOW_S:g} s: the rate is rough; more "
-                "--events measure it better"
-            )
+            rough = f"window under {ROUGH_WINDOW_S:g} s: the rate is rough"
+            lines.append(f"  {c.name}: {rough}; more --events measure it better")
         if (waited := c.cpu_wait_percent.get("contender")) is not None:
             lines.append(f"  {c.name}: runnable but waiting for a CPU {waited:.0f}% of the time")
     over = [
@@ -455,14 +403,19 @@ def render(report: Report) -> str:
     return "\n".join([*lines, *render_goals(report.goals()), *noise_warning(runs)])
 
 
+def _worker_counts(text: str) -> tuple[int, ...]:
+    counts = tuple(int(part) for part in text.split(",") if part.strip().isdigit())
+    if len(counts) != len(text.split(",")) or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"need distinct counts >= 1: {text!r}")
+    return counts
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.pipeline",
-        description="Webhooks to Postgres rows end to end; the normalise agent against a "
-        "bare loop and Quix Streams.",
+    description = "Webhooks to Postgres rows end to end; the normalise agent against others."
+    parser = bench_parser(
+        "python -m bench.pipeline", description, rate=None, duration=60.0, burst=10_000
     )
     add = parser.add_argument
-    add("--rate", type=float, default=None, help="paced webhooks/s (half the burst's accepted/s)")
     add("--events", type=int, default=20_000, help="raw webhooks in the agent race (20000)")
     add(
         "--duplicate-every", type=int, default=10, help="every Nth race input a retry (10; 0: none)"
@@ -471,53 +424,34 @@ def _parser() -> argparse.ArgumentParser:
     add("--skip-e2e", action="store_true", help="only the agent race")
     add("--skip-race", action="store_true", help="only the end-to-end part")
     dedupe.add_dedupe_arguments(parser, skippable=True)
-    add_arguments(parser, duration=60.0, burst=10_000)
     return parser
-
-
-def _worker_counts(text: str) -> tuple[int, ...]:
-    counts = tuple(int(part) for part in text.split(",") if part.strip().isdigit())
-    if len(counts) != len(text.split(",")) or min(counts) < 1 or len(set(counts)) != len(counts):
-        raise argparse.ArgumentTypeError(f"need distinct counts >= 1: {text!r}")
-    return counts
 
 
 def _measure(args: argparse.Namespace) -> Report:
     report = Report(machine=machine_info(), rate_given=args.rate is not None)
-    with stack(args.workdir, "pipeline", fast_postgres=args.fast_postgres) as at:
+    with stack("pipeline") as at:
         report.kafka, report.postgres = at.kafka.description, at.postgres.description
-        try:
-            report.e2e = None if args.skip_e2e else run_end_to_end(args, at)
-            if not args.skip_race:
-                progress(f"race: producing {args.events:,} raw webhooks to webhooks.stripe ...")
-                given = prepare_race_input(at.bootstrap, args.events, args.duplicate_every)
-                report.race_events, report.race_unique = given.events, given.unique
-                report.race = [run_contender(name, given, at) for name in CONTENDERS]
-                progress("race: measuring the domain work alone ...")
-                report.domain_us_per_event = domain_cost_us(given)
-            report.dedupe = dedupe.run_dedupe_memory(args, at) if args.dedupe_ids else None
-        finally:
-            groups = [f"bench-{name}-{at.run_id}" for name in CONTENDERS]
-            groups += [worker_app_id(at.run_id, count) for count in args.workers]
-            at.clean_up([*groups, dedupe.dedupe_app_id(at.run_id)])
+        report.e2e = None if args.skip_e2e else run_end_to_end(args, at)
+        if not args.skip_race:
+            progress(f"race: producing {args.events:,} raw webhooks to webhooks.stripe ...")
+            given = prepare_race_input(at.bootstrap, args.events, args.duplicate_every)
+            report.race_events, report.race_unique = given.events, given.unique
+            report.race = [run_contender(name, given, at) for name in CONTENDERS]
+            progress("race: measuring the domain work alone ...")
+            report.domain_us_per_event = domain_cost_us(given)
+        report.dedupe = dedupe.run_dedupe_memory(args, at) if args.dedupe_ids else None
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if min(args.rate or 1.0, args.duration) <= 0 or args.warmup < 0 or args.burst < 0:
-        parser.error("--rate and --duration must be positive; --warmup and --burst >= 0")
+    check_paced(parser, args)
     if args.rate is None and not args.burst and not args.skip_e2e:
         parser.error("--burst 0 needs --rate: the paced rate is half the burst's")
     dedupe.check_arguments(parser, args, skippable=True)
-    if (
-        args.burst_concurrency < 1
-        or args.events < 2
-        or args.duplicate_every == 1
-        or args.duplicate_every < 0
-    ):
-        parser.error("need --burst-concurrency >= 1, --events >= 2, --duplicate-every 0 or > 1")
+    if args.events < 2 or args.duplicate_every == 1 or args.duplicate_every < 0:
+        parser.error("need --events >= 2, --duplicate-every 0 or > 1")
     return run_bench(lambda: _measure(args), render, args.json)
 
 

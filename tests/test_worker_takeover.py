@@ -161,6 +161,19 @@ async def test_survivor_takes_over_a_sigkilled_workers_partitions_exactly_once(
     )
 
     like = f"ord\\_{batch}\\_%"
+    # webhook_events rows come from the webhook outcomes, a hop parallel to the payments:
+    # every order PAID does not mean every row is written yet.
+    await wait_until(
+        "a webhook_events row for every webhook",
+        lambda: (
+            pipeline.scalar(
+                "SELECT count(*) FROM webhook_events WHERE event_id LIKE %s", f"evt_{like}"
+            )
+            >= everything
+        ),
+        timeout_s=60,
+        on_timeout=pair.logs,
+    )
     assert pipeline.query(
         "SELECT count(*), count(DISTINCT event_id) FROM webhook_events WHERE event_id LIKE %s",
         f"evt_{like}",

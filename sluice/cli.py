@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,9 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     topic_commands.add_parser("create", help="create missing catalog topics").set_defaults(
         run=_topics_create
     )
-    topic_commands.add_parser("list", help="list topics on the cluster").set_defaults(
-        run=_topics_list
-    )
+    topic_commands.add_parser(
+        "list", help="topics on the cluster: name, partitions, built|planned|internal"
+    ).set_defaults(run=_topics_list)
 
     worker = commands.add_parser("worker", help="run the stream-processing worker (faust)")
     worker.add_argument(
@@ -134,13 +133,12 @@ def _migrate(_args: argparse.Namespace) -> int:
 
 def _dlq_list(_args: argparse.Namespace) -> int:
     from schemas.codec import make_codec
-    from sluice.dlq import list_lines
+    from sluice.dlq import list_lines, print_dead_letters
 
     settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS"})
     codec = make_codec(settings.schema_registry_url)
     with contextlib.suppress(BrokenPipeError):
-        for line in list_lines(settings.kafka_bootstrap_servers, codec):
-            print(json.dumps(line), flush=True)
+        print_dead_letters(list_lines(settings.kafka_bootstrap_servers, codec), sys.stdout)
     return 0
 
 
@@ -185,10 +183,11 @@ def _topics_create(_args: argparse.Namespace) -> int:
 
 def _topics_list(_args: argparse.Namespace) -> int:
     from connectors.kafka_admin import list_topics
+    from sluice.topics import topic_lines, topics_in_use
 
     settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS"})
-    for state in list_topics(settings.kafka_bootstrap_servers):
-        print(f"{state.name}\t{state.partitions}")
+    for line in topic_lines(list_topics(settings.kafka_bootstrap_servers), topics_in_use()):
+        print(line)
     return 0
 
 

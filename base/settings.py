@@ -99,6 +99,12 @@ class Settings:
     # and how often held payments are checked.
     orphan_hold_s: float = 3600.0
     orphan_check_every_s: float = 30.0
+    # Retention of processed_events and webhook_events (connectors/postgres_retention.py):
+    # rows older than this are purged every interval, in batches (one commit each).
+    # Never below the dedupe window: the rows back it up.
+    postgres_retention_s: float = 35 * 24 * 3600.0
+    postgres_purge_every_s: float = 3600.0
+    postgres_purge_batch: int = 1000
     partners: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def redacted(self) -> dict[str, str]:
@@ -196,6 +202,13 @@ def load_settings(
         reply_timeout_s=parsed("SLUICE_REPLY_TIMEOUT", parse_duration, 5.0),
         orphan_hold_s=parsed("SLUICE_ORPHAN_HOLD", parse_duration, 3600.0),
         orphan_check_every_s=parsed("SLUICE_ORPHAN_CHECK_EVERY", parse_duration, 30.0),
+        postgres_retention_s=parsed(
+            "SLUICE_POSTGRES_RETENTION", parse_duration, Settings.postgres_retention_s
+        ),
+        postgres_purge_every_s=parsed(
+            "SLUICE_POSTGRES_PURGE_EVERY", parse_duration, Settings.postgres_purge_every_s
+        ),
+        postgres_purge_batch=parsed("SLUICE_POSTGRES_PURGE_BATCH", int, 1000),
         partners=_partners(env),
     )
     if settings.max_body_bytes <= 0:
@@ -226,6 +239,12 @@ def load_settings(
             "malformed setting SLUICE_BROKER_SESSION_TIMEOUT: "
             "must not exceed SLUICE_BROKER_REQUEST_TIMEOUT"
         )
+    if settings.postgres_retention_s < settings.dedupe_window_s:
+        raise ConfigError(
+            "malformed setting SLUICE_POSTGRES_RETENTION: must not be below SLUICE_DEDUPE_WINDOW"
+        )
+    if settings.postgres_purge_batch <= 0 or settings.postgres_purge_every_s <= 0:
+        raise ConfigError("malformed setting SLUICE_POSTGRES_PURGE_BATCH/_EVERY: must be positive")
     if (settings.internal_tls_cert is None) != (settings.internal_tls_key is None):
         raise ConfigError(
             "malformed setting INGRESS_INTERNAL_TLS_CERT: needs INGRESS_INTERNAL_TLS_KEY too"

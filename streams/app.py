@@ -21,6 +21,7 @@ from connectors.kafka_outbox import KafkaOutbox
 from connectors.postgres import PostgresProjection
 from schemas.catalog import topic_spec
 from schemas.codec import make_codec
+from streams import retention
 from streams.agents import (
     join_orders,
     normalise_webhooks,
@@ -49,6 +50,7 @@ AGENT_MODULES = (
     stripe_calls,
     project_orders,
     retry_delayed,
+    retention,  # not an agent: the leader's periodic purge of expired Postgres rows
 )
 
 

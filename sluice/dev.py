@@ -24,6 +24,7 @@ from base.settings import INGRESS_REQUIRED, load_settings
 from connectors.kafka_admin import create_topics
 from connectors.migrate import apply_migrations
 from devstack import DEFAULT_SERVICES, ELASTICSEARCH_SERVICE, EmbeddedStack, free_port
+from devstack.orphan_guard import start_guard, stop_guard
 from devstack.stack import STRIPE_SERVICE
 from devstack.stripe import LOCAL_STRIPE_API_KEY, LocalStripeServer
 from ingress.server import running_ingress
@@ -32,6 +33,9 @@ from schemas.catalog import all_topics
 __all__ = ["dev_secrets", "read_env_file", "run_dev", "write_env_file"]
 
 log = logging.getLogger(__name__)
+
+# The worker commits and leaves its group on SIGTERM; past this it is SIGKILLed.
+_WORKER_STOP_S = 30.0
 
 # Generated unless the environment (or an earlier dev.env) already has them.
 _SECRET_MAKERS: dict[str, Callable[[], str]] = {
@@ -85,6 +89,9 @@ async def run_dev(data_dir: Path, stop: asyncio.Event, *, with_search: bool = Fa
         worker = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sluice", "worker", env=worker_env
         )
+        # Stops the worker if this process dies without doing so (SIGKILL), like the
+        # servers' own guards (devstack/orphan_guard.py).
+        worker_guard = start_guard(worker.pid, signal.SIGTERM, _WORKER_STOP_S)
         try:
             async with running_ingress(settings) as ingress:
                 stripe = stack.started.get("STRIPE_API_BASE")
@@ -100,6 +107,7 @@ async def run_dev(data_dir: Path, stop: asyncio.Event, *, with_search: bool = Fa
                 await _until_stopped_or_exited(stop, worker)
         finally:
             await _stop_process(worker)
+            stop_guard(worker_guard)
     finally:
         await asyncio.to_thread(stack.stop)
 
@@ -116,7 +124,9 @@ async def _until_stopped_or_exited(stop: asyncio.Event, worker: asyncio.subproce
         exited.cancel()
 
 
-async def _stop_process(process: asyncio.subprocess.Process, timeout_s: float = 30.0) -> None:
+async def _stop_process(
+    process: asyncio.subprocess.Process, timeout_s: float = _WORKER_STOP_S
+) -> None:
     if process.returncode is not None:
         return
     process.send_signal(signal.SIGTERM)

@@ -62,6 +62,7 @@ class Settings:
     publish_timeout_s: float = 5.0
     state_dir: Path = Path(".data/state")
     log_level: str = "INFO"
+    log_format: str = "json"  # or "human": one readable line per record (base/logs.py)
     # Worker: at_least_once, the only guarantee accepted; exactly_once is refused (see
     # load_settings). Correctness never depends on it: sinks are idempotent.
     processing_guarantee: str = "at_least_once"
@@ -178,6 +179,7 @@ def load_settings(
         publish_timeout_s=parsed("SLUICE_PUBLISH_TIMEOUT_S", float, 5.0),
         state_dir=path("SLUICE_STATE_DIR") or Settings.state_dir,
         log_level=(text("SLUICE_LOG_LEVEL") or "INFO").upper(),
+        log_format=(text("SLUICE_LOG_FORMAT") or "json").lower(),
         processing_guarantee=text("SLUICE_PROCESSING_GUARANTEE") or "at_least_once",
         dedupe_window_s=parsed("SLUICE_DEDUPE_WINDOW", parse_duration, 30 * 24 * 3600.0),
         dedupe_purge_every_s=parsed("SLUICE_DEDUPE_PURGE_EVERY", parse_duration, 60.0),
@@ -211,6 +213,8 @@ def load_settings(
         postgres_purge_batch=parsed("SLUICE_POSTGRES_PURGE_BATCH", int, 1000),
         partners=_partners(env),
     )
+    if settings.log_format not in ("json", "human"):
+        raise ConfigError("malformed setting SLUICE_LOG_FORMAT: use json or human")
     if settings.max_body_bytes <= 0:
         raise ConfigError("malformed setting SLUICE_MAX_BODY_BYTES: must be positive")
     if settings.dedupe_purge_slice <= 0:

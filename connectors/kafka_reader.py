@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -11,10 +12,19 @@ from base.errors import TransientError
 
 __all__ = ["end_offsets", "read_to_end"]
 
+# librdkafka's own lines go through Python logging (one format per process), not stderr.
+_LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
 
 def end_offsets(bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0) -> dict[int, int]:
     """High watermark of each partition of ``topic``."""
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "sluice-offsets"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "sluice-offsets",
+            "logger": _LIBRDKAFKA_LOG,
+        }
+    )
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s)
         found = metadata.topics.get(topic)
@@ -65,6 +75,7 @@ def read_to_end(
             "bootstrap.servers": bootstrap_servers,
             "group.id": f"sluice-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
+            "logger": _LIBRDKAFKA_LOG,
         }
     )
     found: list[Message] = []

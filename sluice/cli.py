@@ -13,7 +13,7 @@ from pathlib import Path
 import uvloop
 
 from base.errors import ConfigError, SluiceError
-from base.logs import configure_logging
+from base.logs import LogFormat, configure_logging
 from base.settings import INGRESS_REQUIRED, WORKER_REQUIRED, load_settings
 
 __all__ = ["main"]
@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         "--with-search",
         action="store_true",
         help="also start Elasticsearch (ELASTICSEARCH_URL) unless that is set",
+    )
+    dev.add_argument(
+        "--log-format",
+        choices=("auto", "json", "human"),
+        default="auto",
+        help="every output line as JSON or human-readable; auto: human at a terminal",
     )
     dev.set_defaults(run=_dev)
 
@@ -97,7 +103,7 @@ def _ingress(_args: argparse.Namespace) -> int:
     from ingress.server import run_ingress
 
     settings = load_settings(require=INGRESS_REQUIRED)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # uvloop: libuv's event loop, cheaper per callback than asyncio's own (see
     # docs/decisions.md, Worker speed).
     uvloop.run(_until_signalled(lambda stop: run_ingress(settings, stop)))
@@ -110,7 +116,7 @@ def _worker(args: argparse.Namespace) -> int:
     # Validated here once, so a bad setting stops the supervisor with one line instead of
     # every child printing it.
     settings = load_settings(require=WORKER_REQUIRED)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.processes > 1:
         from sluice.supervise import run_worker_processes
 
@@ -162,9 +168,16 @@ def _dlq_replay(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from sluice.dev import run_dev
 
-    configure_logging("INFO")
+    log_format: LogFormat = args.log_format
+    if args.log_format == "auto":
+        log_format = "human" if sys.stderr.isatty() else "json"
+    configure_logging("INFO", log_format)
     asyncio.run(
-        _until_signalled(lambda stop: run_dev(args.data_dir, stop, with_search=args.with_search))
+        _until_signalled(
+            lambda stop: run_dev(
+                args.data_dir, stop, with_search=args.with_search, log_format=log_format
+            )
+        )
     )
     return 0
 

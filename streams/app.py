@@ -15,6 +15,7 @@ import faust
 import mode.loop
 
 from base.clock import Clock, SystemClock
+from base.logs import WORKER_READY_EVENT
 from base.settings import Settings
 from connectors.kafka_admin import create_changelog_topics, create_topics
 from connectors.kafka_outbox import KafkaOutbox
@@ -149,5 +150,15 @@ def run_worker(settings: Settings) -> None:
     mode.loop.use("uvloop")
     ctx = create_worker(settings)
     ensure_worker_topics(ctx)
-    worker = faust.Worker(ctx.topology.app, loglevel=settings.log_level.lower(), quiet=True)
+    # override_logging=False: faust keeps the process's own log handler (base/logs.py)
+    # instead of installing its plain-text one.
+    worker = _Worker(ctx.topology.app, quiet=True, override_logging=False)
     worker.execute_from_commandline()
+
+
+class _Worker(faust.Worker):
+    """faust's worker, saying when it consumes (``sluice dev`` waits for that line)."""
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()  # partitions assigned, tables recovered
+        log.info("worker ready", extra={"event": WORKER_READY_EVENT})

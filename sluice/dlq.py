@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import sys
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any, TextIO
@@ -97,6 +98,8 @@ def replay(
             # Java's partitioner, as the ingress and faust use: a replayed record goes back
             # to the partition its key belongs to (the join is co-partitioned by key).
             "partitioner": "murmur2_random",
+            # librdkafka's own lines go through Python logging, not raw onto stderr.
+            "logger": logging.getLogger("librdkafka"),
         }
     )
     failures: list[str] = []

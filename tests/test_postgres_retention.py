@@ -18,8 +18,16 @@ from base.errors import ConfigError
 from base.settings import load_settings
 from connectors.postgres_retention import purge_expired, purge_expired_at
 from streams.retention import purge_once
+from tests.fixtures.worker import Pipeline
 
 pytestmark = pytest.mark.integration
+
+# The running worker's purge, every second, with a two-day retention.
+PIPELINE_ENV = {
+    "SLUICE_DEDUPE_WINDOW": "1d",
+    "SLUICE_POSTGRES_RETENTION": "2d",
+    "SLUICE_POSTGRES_PURGE_EVERY": "1s",
+}
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -114,3 +122,22 @@ def test_retention_settings_default_to_35_days_and_never_undercut_the_dedupe_win
         load_settings({"SLUICE_POSTGRES_RETENTION": "7d"})
     with pytest.raises(ConfigError, match="SLUICE_POSTGRES_PURGE_BATCH"):
         load_settings({"SLUICE_POSTGRES_PURGE_BATCH": "0"})
+
+
+async def test_the_running_worker_purges_expired_rows_by_itself(pipeline: Pipeline) -> None:
+    now = datetime.now(UTC)
+    async with await psycopg.AsyncConnection.connect(pipeline.database_url, autocommit=True) as c:
+        for event_id, age in {"expired": 3 * DAY, "kept": DAY}.items():
+            await c.execute(
+                "INSERT INTO processed_events (consumer, event_id, processed_at) "
+                "VALUES ('retention_test', %s, %s)",
+                (event_id, now - age),
+            )
+
+    def expired_gone() -> bool:
+        rows = pipeline.query(
+            "SELECT event_id FROM processed_events WHERE consumer = 'retention_test'"
+        )
+        return {row[0] for row in rows} == {"kept"}
+
+    await pipeline.wait_for("the worker's purge of the expired row", expired_gone, 120)

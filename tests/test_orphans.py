@@ -16,9 +16,12 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+
+from devstack import PostgresServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +110,70 @@ def test_servers_stop_when_their_owner_is_sigkilled(tmp_path: Path) -> None:
     while (left := _live_members(groups) + _guards_of(owner.pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert left == [], f"still running after their owner died: {left}"
+
+
+def _children_of(parent: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(b")") + 2 :].split()[1]) == parent:
+            children.append(int(entry))
+    return children
+
+
+def _running(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def test_sluice_dev_sigkilled_leaves_neither_worker_nor_servers(
+    tmp_path: Path, catalog_topics: str, postgres_server: PostgresServer
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_TOKEN"))}
+    env |= {
+        "KAFKA_BOOTSTRAP_SERVERS": catalog_topics,
+        "DATABASE_URL": postgres_server.url,
+        "REDIS_URL": "redis://127.0.0.1:1/0",  # given, so not started; nothing uses it
+        "INGRESS_PUBLIC_PORT": str(free_port(0)),
+        "INGRESS_INTERNAL_PORT": str(free_port(0)),
+        "SLUICE_APP_ID": f"sluice-orphans-{uuid.uuid4().hex[:8]}",
+    }
+    dev = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sluice",
+            "dev",
+            "--data-dir",
+            str(tmp_path),
+            "--log-format",
+            "json",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert dev.stdout is not None
+        for line in dev.stdout:  # bounded by the test's timeout
+            if '"event": "dev.ready"' in line:
+                break
+        else:
+            raise AssertionError("sluice dev ended before it was ready")
+        # The worker, the local Stripe server and their orphan guards.
+        started = _children_of(dev.pid)
+        assert len(started) >= 4, started
+    finally:
+        dev.send_signal(signal.SIGKILL)
+        dev.wait()
+
+    deadline = time.monotonic() + 90
+    while (left := [pid for pid in started if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == [], f"still running after sluice dev was SIGKILLed: {left}"

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # The worker commits and leaves its group on SIGTERM; past this it is SIGKILLed.
 _WORKER_STOP_S = 30.0
+_MAX_WORKER_LINE = 16 * 1024 * 1024
 
 # Generated unless the environment (or an earlier dev.env) already has them.
 _SECRET_MAKERS: dict[str, Callable[[], str]] = {
@@ -110,6 +111,9 @@ async def run_dev(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            # Longest line read whole (asyncio's default is 64 KiB): a stalled reader
+            # would leave the worker blocked on a full pipe.
+            limit=_MAX_WORKER_LINE,
         )
         worker_ready = asyncio.Event()
         relay = asyncio.create_task(_relay_output(worker, worker_ready))

@@ -9,7 +9,7 @@ Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG)``) is not enough here: it
 when the *thread* that forked the child ends, and ``sluice dev`` starts its servers from
 a worker thread (``asyncio.to_thread``); it also reaches only the direct child, not the
 helpers a server forks. So each server gets one of these: a tiny process (standard
-library only, started with ``python -I -S``, a few MiB) that polls its own parent. When
+library only, started with ``python -I -S``, about 11 MiB) that polls its own parent. When
 its parent is gone (the guard has been re-parented), it sends the server's process group
 the server's clean-stop signal, waits up to a grace period, then SIGKILLs the group. It
 exits by itself as soon as the server's group is gone, and its owner kills it when it
@@ -88,9 +88,10 @@ def _signal(target: int, signum: int) -> None:
 
 
 def guard(owner: int, target: int, stop_signal: int, grace_s: float) -> int:
-    # The owner stops the guard with SIGTERM or SIGKILL when it stops the server itself.
+    # The owner kills the guard when it stops the server itself. Meanwhile only two cheap
+    # looks per poll (the parent id, the leader's stat), no walk over /proc.
     while os.getppid() == owner:
-        if not _alive(target):
+        if not _running(abs(target)):
             return 0
         time.sleep(POLL_S)
     _signal(target, stop_signal)

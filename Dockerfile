@@ -37,11 +37,13 @@ RUN uv sync --frozen --no-dev --no-install-project
 
 # Then the project itself (the package list mirrors [tool.hatch.build.targets.wheel]).
 COPY README.md ./
+COPY base ./base
 COPY ingress ./ingress
 COPY streams ./streams
 COPY connectors ./connectors
 COPY schemas ./schemas
 COPY sluice ./sluice
+COPY devstack ./devstack
 RUN uv sync --frozen --no-dev --no-editable \
     && /app/.venv/bin/sluice --help > /dev/null
 

@@ -5,13 +5,14 @@ UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test setup jars registry tools lint typecheck unit bench-ingress bench-orders clean
+.PHONY: dev test setup jars registry compose tools lint typecheck unit bench-ingress bench-orders clean
 
 dev: setup jars
 	$(BIN)/sluice dev $(if $(DATA_DIR),--data-dir $(DATA_DIR),) $(ARGS)
 
-test: setup jars registry tools lint typecheck
-	$(BIN)/pytest $(PYTEST_ARGS)
+# SLUICE_REQUIRE_COMPOSE: the compose tests fail, not skip, without the Compose built below.
+test: setup jars registry compose tools lint typecheck
+	SLUICE_REQUIRE_COMPOSE=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 # Python environment from the lock file (uv itself comes from the package index once).
 setup: $(VENV)/.synced
@@ -30,6 +31,11 @@ jars: setup
 # the tests need it, so `make dev` does not fetch it).
 registry: setup
 	$(BIN)/python -m devstack.registry --fetch
+
+# Docker Compose v2 for tests/test_compose.py, built once from its Go module into the
+# cache with the machine's Go (about 4.5 minutes cold; skipped once present).
+compose: setup
+	$(BIN)/python -m devstack.compose --fetch
 
 # Operator tools the tests also exercise; best effort, they need root and apt.
 tools:

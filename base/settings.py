@@ -21,7 +21,7 @@ import math
 import os
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -86,6 +86,10 @@ def _comma_list(value: Any) -> Any:
 
 def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
 
 
 def _retry_delays(value: Any) -> Any:
@@ -200,6 +204,10 @@ class Settings(BaseSettings):
 
     # -- Both processes ----------------------------------------------------------------
     log_level: Annotated[str, BeforeValidator(_upper)] = Field("INFO", alias="SLUICE_LOG_LEVEL")
+    # One JSON object per line, or one readable line per record (base/logs.py).
+    log_format: Annotated[Literal["json", "human"], BeforeValidator(_lower)] = Field(
+        "json", alias="SLUICE_LOG_FORMAT"
+    )
     replication_factor: PositiveInt = Field(1, alias="SLUICE_REPLICATION_FACTOR")
 
     # -- Worker ------------------------------------------------------------------------
@@ -248,6 +256,12 @@ class Settings(BaseSettings):
     # (schemas.catalog.RETRY_DELAYS) and one retry per delay.
     retry_delays: RetryDelays | None = Field(None, alias="SLUICE_RETRY_DELAYS")
     retry_max_attempts: NonNegativeInt | None = Field(None, alias="SLUICE_RETRY_MAX_ATTEMPTS")
+    # Retention of processed_events and webhook_events (connectors/postgres_retention.py):
+    # rows older than this are purged every interval, in batches (one commit each).
+    # Never below the dedupe window: the rows back it up.
+    postgres_retention_s: PositiveDuration = Field(35 * DAY_S, alias="SLUICE_POSTGRES_RETENTION")
+    postgres_purge_every_s: PositiveDuration = Field(3600.0, alias="SLUICE_POSTGRES_PURGE_EVERY")
+    postgres_purge_batch: PositiveInt = Field(1000, alias="SLUICE_POSTGRES_PURGE_BATCH")
     # Tests give each worker its own Elasticsearch indices on a shared node.
     search_index_prefix: str = Field("", alias="SLUICE_SEARCH_INDEX_PREFIX")
 
@@ -289,6 +303,12 @@ class Settings(BaseSettings):
             raise _Malformed(
                 "SLUICE_BROKER_SESSION_TIMEOUT", "must not exceed SLUICE_BROKER_REQUEST_TIMEOUT"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _retention_covers_dedupe(self) -> Settings:
+        if self.postgres_retention_s < self.dedupe_window_s:
+            raise _Malformed("SLUICE_POSTGRES_RETENTION", "must not be below SLUICE_DEDUPE_WINDOW")
         return self
 
     @model_validator(mode="after")

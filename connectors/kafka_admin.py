@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -13,6 +14,9 @@ from base.errors import TransientError
 from schemas.catalog import TopicSpec
 
 __all__ = ["TopicState", "create_changelog_topics", "create_topics", "list_topics"]
+
+# librdkafka's own lines go through Python logging (one format per process), not stderr.
+_LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def create_topics(
 
 
 def _create(bootstrap_servers: str, wanted: list[NewTopic], timeout_s: float) -> list[str]:
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers}, logger=_LIBRDKAFKA_LOG)
     if not wanted:
         return []
     futures = admin.create_topics(wanted, operation_timeout=timeout_s, request_timeout=timeout_s)
@@ -85,7 +89,7 @@ def create_changelog_topics(
 
 def list_topics(bootstrap_servers: str, *, timeout_s: float = 10.0) -> list[TopicState]:
     """Every non-internal topic on the cluster with its partition count."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers}, logger=_LIBRDKAFKA_LOG)
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:

@@ -4,6 +4,7 @@ topic (riding out a leader election), and a topic read from the beginning to its
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -31,10 +32,19 @@ _LEADER_PENDING = frozenset(
     }
 )
 
+# librdkafka's own lines go through Python logging (one format per process), not stderr.
+_LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
 
 def end_offsets(bootstrap_servers: str, topic: str, *, timeout_s: float = 10.0) -> dict[int, int]:
     """High watermark of each partition of ``topic`` (see :func:`high_watermarks`)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "sluice-offsets"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "sluice-offsets",
+            "logger": _LIBRDKAFKA_LOG,
+        }
+    )
     try:
         return high_watermarks(consumer, topic, timeout_s=timeout_s)
     finally:
@@ -103,6 +113,7 @@ def read_to_end(
             "bootstrap.servers": bootstrap_servers,
             "group.id": f"sluice-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
+            "logger": _LIBRDKAFKA_LOG,
         }
     )
     found: list[Message] = []

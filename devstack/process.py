@@ -9,7 +9,8 @@ Every child runs in its own session (process group). That keeps a terminal Ctrl-
 away from the servers, so ``sluice dev`` can stop them in order, and lets ``kill()``
 take a server down together with its helper processes (PostgreSQL backends), which is
 what a crash looks like. A last-resort ``atexit`` hook stops children that their owner
-forgot; it cannot help if the Python process itself is SIGKILLed.
+forgot; for an owner that is itself SIGKILLed (or loses its terminal), each server has an
+orphan guard (``devstack/orphan_guard.py``) that stops it once its owner is gone.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from types import TracebackType
 from typing import ClassVar, Self, TypedDict
 
 from base.errors import SluiceError
+from devstack.orphan_guard import start_guard, stop_guard
 from devstack.ports import free_port, is_port_free
 
 __all__ = [
@@ -149,12 +151,18 @@ class ChildProcess:
     """
 
     def __init__(
-        self, service: str, popen: subprocess.Popen[bytes], logs: Sequence[Path], pid_file: Path
+        self,
+        service: str,
+        popen: subprocess.Popen[bytes],
+        logs: Sequence[Path],
+        pid_file: Path,
+        guard: subprocess.Popen[bytes] | None = None,
     ) -> None:
         self.service = service
         self._popen = popen
         self._logs = tuple(logs)
         self._pid_file = pid_file
+        self._guard = guard
 
     @classmethod
     def spawn(
@@ -168,9 +176,13 @@ class ChildProcess:
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
         user: str | None = None,
+        orphan_signal: signal.Signals = signal.SIGTERM,
+        orphan_grace_s: float = 30.0,
     ) -> ChildProcess:
         """Start ``argv`` in a new session with stdout and stderr appended to ``log_path``.
 
+        If this process dies without stopping it, its orphan guard sends the new
+        session's group ``orphan_signal``, then SIGKILL after ``orphan_grace_s``.
         Returns at once (does not wait for readiness). Raises ``ServiceStartError`` if a
         process recorded in ``pid_file`` from an earlier run is still alive — two servers
         on one data directory corrupt it — or if the executable cannot be started.
@@ -193,7 +205,8 @@ class ChildProcess:
             except OSError as exc:
                 raise ServiceStartError(service, f"cannot run {argv[0]}: {exc}") from exc
         pid_file.write_text(f"{popen.pid}\n")
-        child = cls(service, popen, (log_path, *extra_logs), pid_file)
+        guard = start_guard(-popen.pid, orphan_signal, orphan_grace_s)
+        child = cls(service, popen, (log_path, *extra_logs), pid_file, guard)
         _live_children.add(child)
         return child
 
@@ -284,6 +297,8 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
         self._popen.wait()
+        if self._guard is not None:
+            stop_guard(self._guard)
         _live_children.discard(self)
         with contextlib.suppress(FileNotFoundError):
             self._pid_file.unlink()
@@ -393,6 +408,8 @@ class EmbeddedService(ABC):
             extra_logs=self._extra_logs(),
             cwd=self.data_dir,
             user=self._run_as(),
+            orphan_signal=self.stop_signal,
+            orphan_grace_s=self.stop_timeout,
         )
         try:
             child.wait_ready(

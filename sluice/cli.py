@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,7 +13,7 @@ from pathlib import Path
 import uvloop
 
 from base.errors import ConfigError, SluiceError
-from base.logs import configure_logging
+from base.logs import LogFormat, configure_logging
 from base.settings import INGRESS_REQUIRED, WORKER_REQUIRED, load_settings
 
 __all__ = ["main"]
@@ -46,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also start Elasticsearch (ELASTICSEARCH_URL) unless that is set",
     )
+    dev.add_argument(
+        "--log-format",
+        choices=("auto", "json", "human"),
+        default="auto",
+        help="every output line as JSON or human-readable; auto: human at a terminal",
+    )
     dev.set_defaults(run=_dev)
 
     ingress = commands.add_parser("ingress", help="run the webhook and internal HTTP listeners")
@@ -56,9 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     topic_commands.add_parser("create", help="create missing catalog topics").set_defaults(
         run=_topics_create
     )
-    topic_commands.add_parser("list", help="list topics on the cluster").set_defaults(
-        run=_topics_list
-    )
+    topic_commands.add_parser(
+        "list", help="topics on the cluster: name, partitions, built|planned|internal"
+    ).set_defaults(run=_topics_list)
 
     worker = commands.add_parser("worker", help="run the stream-processing worker (faust)")
     worker.add_argument(
@@ -98,7 +103,7 @@ def _ingress(_args: argparse.Namespace) -> int:
     from ingress.server import run_ingress
 
     settings = load_settings(require=INGRESS_REQUIRED)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # uvloop: libuv's event loop, cheaper per callback than asyncio's own (see
     # docs/decisions.md, Worker speed).
     uvloop.run(_until_signalled(lambda stop: run_ingress(settings, stop)))
@@ -111,7 +116,7 @@ def _worker(args: argparse.Namespace) -> int:
     # Validated here once, so a bad setting stops the supervisor with one line instead of
     # every child printing it.
     settings = load_settings(require=WORKER_REQUIRED)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.processes > 1:
         from sluice.supervise import run_worker_processes
 
@@ -136,13 +141,12 @@ def _migrate(_args: argparse.Namespace) -> int:
 
 def _dlq_list(_args: argparse.Namespace) -> int:
     from schemas.codec import make_codec
-    from sluice.dlq import list_lines
+    from sluice.dlq import list_lines, print_dead_letters
 
     settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS"})
     codec = make_codec(settings.schema_registry_url)
     with contextlib.suppress(BrokenPipeError):
-        for line in list_lines(settings.kafka_bootstrap_servers, codec):
-            print(json.dumps(line), flush=True)
+        print_dead_letters(list_lines(settings.kafka_bootstrap_servers, codec), sys.stdout)
     return 0
 
 
@@ -166,9 +170,16 @@ def _dlq_replay(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from sluice.dev import run_dev
 
-    configure_logging("INFO")
+    log_format: LogFormat = args.log_format
+    if args.log_format == "auto":
+        log_format = "human" if sys.stderr.isatty() else "json"
+    configure_logging("INFO", log_format)
     asyncio.run(
-        _until_signalled(lambda stop: run_dev(args.data_dir, stop, with_search=args.with_search))
+        _until_signalled(
+            lambda stop: run_dev(
+                args.data_dir, stop, with_search=args.with_search, log_format=log_format
+            )
+        )
     )
     return 0
 
@@ -187,10 +198,11 @@ def _topics_create(_args: argparse.Namespace) -> int:
 
 def _topics_list(_args: argparse.Namespace) -> int:
     from connectors.kafka_admin import list_topics
+    from sluice.topics import topic_lines, topics_in_use
 
     settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS"})
-    for state in list_topics(settings.kafka_bootstrap_servers):
-        print(f"{state.name}\t{state.partitions}")
+    for line in topic_lines(list_topics(settings.kafka_bootstrap_servers), topics_in_use()):
+        print(line)
     return 0
 
 

@@ -19,18 +19,25 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from base.logs import LogFormat
 from base.settings import INGRESS_REQUIRED, load_settings
 from connectors.kafka_admin import create_topics
 from connectors.migrate import apply_migrations
 from devstack import DEFAULT_SERVICES, ELASTICSEARCH_SERVICE, EmbeddedStack, free_port
+from devstack.orphan_guard import start_guard, stop_guard
 from devstack.stack import STRIPE_SERVICE
 from devstack.stripe import LOCAL_STRIPE_API_KEY, LocalStripeServer
 from ingress.server import running_ingress
 from schemas.catalog import all_topics
+from sluice.dev_output import is_ready, is_shown, to_record
 
-__all__ = ["dev_secrets", "read_env_file", "run_dev", "write_env_file"]
+__all__ = ["DEV_READY_EVENT", "dev_secrets", "read_env_file", "run_dev", "write_env_file"]
 
 log = logging.getLogger(__name__)
+
+# The worker commits and leaves its group on SIGTERM; past this it is SIGKILLed.
+_WORKER_STOP_S = 30.0
+_MAX_WORKER_LINE = 16 * 1024 * 1024
 
 # Generated unless the environment (or an earlier dev.env) already has them.
 _SECRET_MAKERS: dict[str, Callable[[], str]] = {
@@ -41,10 +48,18 @@ _SECRET_MAKERS: dict[str, Callable[[], str]] = {
 }
 
 
-async def run_dev(data_dir: Path, stop: asyncio.Event, *, with_search: bool = False) -> None:
+async def run_dev(
+    data_dir: Path,
+    stop: asyncio.Event,
+    *,
+    with_search: bool = False,
+    log_format: LogFormat = "json",
+) -> None:
     """Run everything until ``stop`` is set; ``with_search`` adds Elasticsearch.
 
-    Without it, ``ELASTICSEARCH_URL`` reaches the worker only if it is set already.
+    Without it, ``ELASTICSEARCH_URL`` reaches the worker only if it is set already. The
+    banner (every URL and secret) comes once the ingress serves and the worker consumes,
+    and is the last line of start-up.
     """
     data_dir, earlier = await asyncio.to_thread(_prepare, data_dir)
     env_file = data_dir / "dev.env"
@@ -81,10 +96,30 @@ async def run_dev(data_dir: Path, stop: asyncio.Event, *, with_search: bool = Fa
         applied = await asyncio.to_thread(apply_migrations, settings.database_url)
         log.info("migrations applied", extra={"migrations": applied})
 
-        worker_env = {**os.environ, **effective, "SLUICE_STATE_DIR": str(data_dir / "state")}
+        worker_env = {
+            **os.environ,
+            **effective,
+            "SLUICE_STATE_DIR": str(data_dir / "state"),
+            "SLUICE_LOG_FORMAT": "json",  # parsed and re-emitted here (sluice/dev_output.py)
+        }
         worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sluice", "worker", env=worker_env
+            sys.executable,
+            "-m",
+            "sluice",
+            "worker",
+            env=worker_env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            # Longest line read whole (asyncio's default is 64 KiB): a stalled reader
+            # would leave the worker blocked on a full pipe.
+            limit=_MAX_WORKER_LINE,
         )
+        worker_ready = asyncio.Event()
+        relay = asyncio.create_task(_relay_output(worker, worker_ready))
+        # Stops the worker if this process dies without doing so (SIGKILL), like the
+        # servers' own guards (devstack/orphan_guard.py).
+        worker_guard = start_guard(worker.pid, signal.SIGTERM, _WORKER_STOP_S)
         try:
             async with running_ingress(settings) as ingress:
                 stripe = stack.started.get("STRIPE_API_BASE")
@@ -96,12 +131,50 @@ async def run_dev(data_dir: Path, stop: asyncio.Event, *, with_search: bool = Fa
                         f"{ingress.public_url}/v1/webhooks/stripe",
                         effective["STRIPE_WEBHOOK_SECRET"].split(",")[0],
                     )
-                _print_banner(env_file, effective, ingress.public_url, ingress.internal_url)
-                await _until_stopped_or_exited(stop, worker)
+                if await _until_ready(stop, worker, worker_ready):
+                    _print_banner(
+                        env_file, effective, ingress.public_url, ingress.internal_url, log_format
+                    )
+                    await _until_stopped_or_exited(stop, worker)
         finally:
             await _stop_process(worker)
+            stop_guard(worker_guard)
+            await relay  # the worker's last lines (its shutdown) are shown too
     finally:
         await asyncio.to_thread(stack.stop)
+
+
+async def _relay_output(worker: asyncio.subprocess.Process, ready: asyncio.Event) -> None:
+    """Show the worker's lines in this process's format; set ``ready`` when it consumes."""
+    assert worker.stdout is not None
+    async for raw in worker.stdout:
+        line = raw.decode(errors="replace").rstrip("\n")
+        if not line.strip():
+            continue
+        record = to_record(line)
+        if is_ready(record):
+            ready.set()
+        if is_shown(record):
+            logging.getLogger(record.name).handle(record)
+
+
+async def _until_ready(
+    stop: asyncio.Event, worker: asyncio.subprocess.Process, ready: asyncio.Event
+) -> bool:
+    """Wait until the worker consumes; False if Ctrl-C or the worker's exit came first."""
+    waits = {
+        asyncio.create_task(ready.wait()),
+        asyncio.create_task(stop.wait()),
+        asyncio.create_task(worker.wait()),
+    }
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
+    if ready.is_set():
+        return True
+    if worker.returncode is not None:
+        log.error("worker exited before it was ready", extra={"returncode": worker.returncode})
+    return False
 
 
 async def _until_stopped_or_exited(stop: asyncio.Event, worker: asyncio.subprocess.Process) -> None:
@@ -116,7 +189,9 @@ async def _until_stopped_or_exited(stop: asyncio.Event, worker: asyncio.subproce
         exited.cancel()
 
 
-async def _stop_process(process: asyncio.subprocess.Process, timeout_s: float = 30.0) -> None:
+async def _stop_process(
+    process: asyncio.subprocess.Process, timeout_s: float = _WORKER_STOP_S
+) -> None:
     if process.returncode is not None:
         return
     process.send_signal(signal.SIGTERM)
@@ -160,10 +235,34 @@ def write_env_file(path: Path, values: Mapping[str, str]) -> None:
     path.chmod(0o600)  # it holds secrets
 
 
-def _print_banner(env_file: Path, values: Mapping[str, str], public: str, internal: str) -> None:
-    print("\nSluice dev stack is up. Ctrl-C stops everything.\n", flush=True)
+#: The ``event`` field of the banner's JSON line.
+DEV_READY_EVENT = "dev.ready"
+
+
+def _print_banner(
+    env_file: Path, values: Mapping[str, str], public: str, internal: str, log_format: LogFormat
+) -> None:
+    webhooks = [f"{public}/v1/webhooks/stripe", f"{public}/v1/webhooks/razorpay"]
+    probes = [f"{internal}/healthz", f"{internal}/readyz", f"{internal}/metrics"]
+    load = f"set -a; . {env_file}; set +a"
+    if log_format == "json":
+        # One line like every other, with what a developer copies from it.
+        log.info(
+            "Sluice dev stack is up. Ctrl-C stops everything.",
+            extra={
+                "event": DEV_READY_EVENT,
+                "settings": [f"{name}={value}" for name, value in sorted(values.items())],
+                "webhooks": webhooks,
+                "internal": probes,
+                "env_file": str(env_file),
+                "load_env": load,
+            },
+        )
+        return
+    sys.stderr.flush()  # every log line before the banner
+    print("\nSluice dev stack is up. Ctrl-C stops everything.\n")
     for name, value in sorted(values.items()):
         print(f"  {name}={value}")
-    print(f"\n  webhooks:  {public}/v1/webhooks/stripe  {public}/v1/webhooks/razorpay")
-    print(f"  internal:  {internal}/healthz  {internal}/readyz  {internal}/metrics")
-    print(f"  env file:  {env_file}   (load it with: set -a; . {env_file}; set +a)\n", flush=True)
+    print(f"\n  webhooks:  {'  '.join(webhooks)}")
+    print(f"  internal:  {'  '.join(probes)}")
+    print(f"  env file:  {env_file}   (load it with: {load})\n", flush=True)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Collection, Iterator
-from typing import Any
+import json
+import logging
+import sys
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any, TextIO
 
 from confluent_kafka import Producer
 
@@ -13,24 +16,30 @@ from connectors.kafka_reader import read_to_end
 from schemas.codec import Codec
 from streams.domain.dlq import replay_target
 
-__all__ = ["dead_letters", "list_lines", "replay"]
+__all__ = ["DLQ_TOPIC", "dead_letters", "list_lines", "print_dead_letters", "replay"]
+
+DLQ_TOPIC = "dlq"
 
 
-def dead_letters(bootstrap_servers: str, codec: Codec) -> Iterator[dict[str, Any]]:
-    """Every decodable record now on ``dlq``, oldest first within each partition."""
-    for message in read_to_end(bootstrap_servers, "dlq"):
+def dead_letters(
+    bootstrap_servers: str, codec: Codec, topic: str = DLQ_TOPIC
+) -> Iterator[dict[str, Any]]:
+    """Every decodable record now on ``topic``, oldest first within each partition."""
+    for message in read_to_end(bootstrap_servers, topic):
         value = message.value()
         if not isinstance(value, bytes):
             continue
         try:
-            yield codec.decode(value, topic="dlq").record
+            yield codec.decode(value, topic=DLQ_TOPIC).record
         except InvalidEvent:
             continue  # not ours to interpret; `sluice tail dlq` shows it raw
 
 
-def list_lines(bootstrap_servers: str, codec: Codec) -> Iterator[dict[str, Any]]:
+def list_lines(
+    bootstrap_servers: str, codec: Codec, topic: str = DLQ_TOPIC
+) -> Iterator[dict[str, Any]]:
     """One JSON-ready summary per dead letter (the value as base64)."""
-    for record in dead_letters(bootstrap_servers, codec):
+    for record in dead_letters(bootstrap_servers, codec, topic):
         yield {
             "eventId": record["eventId"],
             "originTopic": record["originTopic"],
@@ -43,6 +52,28 @@ def list_lines(bootstrap_servers: str, codec: Codec) -> Iterator[dict[str, Any]]
             "failedAt": record["failedAt"],
             "valueBase64": base64.b64encode(record["value"]).decode(),
         }
+
+
+def print_dead_letters(
+    lines: Iterable[dict[str, Any]],
+    out: TextIO,
+    *,
+    topic: str = DLQ_TOPIC,
+    err: TextIO | None = None,
+) -> int:
+    """Write each summary as a JSON line on ``out``; returns how many.
+
+    An empty DLQ says so on ``err`` (stderr), so a person sees an answer while ``out``
+    stays pure JSON lines for scripts.
+    """
+    count = 0
+    for line in lines:
+        out.write(json.dumps(line) + "\n")
+        out.flush()
+        count += 1
+    if count == 0:
+        print(f"no dead letters on {topic}", file=err if err is not None else sys.stderr)
+    return count
 
 
 def replay(
@@ -67,6 +98,8 @@ def replay(
             # Java's partitioner, as the ingress and faust use: a replayed record goes back
             # to the partition its key belongs to (the join is co-partitioned by key).
             "partitioner": "murmur2_random",
+            # librdkafka's own lines go through Python logging, not raw onto stderr.
+            "logger": logging.getLogger("librdkafka"),
         }
     )
     failures: list[str] = []

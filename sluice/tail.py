@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +41,8 @@ def tail(
             "group.id": f"sluice-tail-{uuid.uuid4().hex[:12]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest" if from_beginning else "latest",
+            # librdkafka's own lines go through Python logging, not raw onto stderr.
+            "logger": logging.getLogger("librdkafka"),
         }
     )
     printed = 0

@@ -15,6 +15,7 @@ import mode.loop
 
 from base.clock import Clock, SystemClock
 from base.errors import ConfigError
+from base.logs import WORKER_READY_EVENT
 from base.metrics import MetricsServer
 from base.settings import Settings
 from connectors.kafka_admin import create_changelog_topics, create_topics
@@ -22,6 +23,7 @@ from connectors.kafka_outbox import KafkaOutbox
 from connectors.postgres import PostgresProjection
 from schemas.catalog import topic_spec
 from schemas.codec import make_codec
+from streams import retention
 from streams.agents import (
     join_orders,
     normalise_webhooks,
@@ -50,6 +52,7 @@ AGENT_MODULES = (
     stripe_calls,
     project_orders,
     retry_delayed,
+    retention,  # not an agent: the leader's periodic purge of expired Postgres rows
 )
 
 
@@ -186,10 +189,20 @@ def run_worker(settings: Settings) -> None:
     ctx = create_worker(settings)
     ensure_worker_topics(ctx)
     resolve_schemas(ctx)
-    worker = faust.Worker(ctx.topology.app, loglevel=settings.log_level.lower(), quiet=True)
+    # override_logging=False: faust keeps the process's own log handler (base/logs.py)
+    # instead of installing its plain-text one.
+    worker = _Worker(ctx.topology.app, quiet=True, override_logging=False)
     metrics_server = _serve_metrics(ctx, settings)
     try:
         worker.execute_from_commandline()
     finally:
         if metrics_server is not None:
             metrics_server.close()
+
+
+class _Worker(faust.Worker):
+    """faust's worker, saying when it consumes (``sluice dev`` waits for that line)."""
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()  # partitions assigned, tables recovered
+        log.info("worker ready", extra={"event": WORKER_READY_EVENT})

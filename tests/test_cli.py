@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
 import shutil
@@ -12,7 +14,10 @@ import uuid
 
 import pytest
 
-from schemas.catalog import all_topics
+from connectors.kafka_admin import create_topics
+from schemas.catalog import all_topics, topic_spec
+from schemas.codec import make_codec
+from sluice.dlq import list_lines, print_dead_letters
 from tests.fixtures.ingress import STRIPE_SECRET, IngressUnderTest
 from tests.payloads.stripe import signed_stripe_request, stripe_event
 
@@ -35,11 +40,42 @@ def test_topics_create_is_idempotent_and_list_shows_the_catalog(catalog_topics: 
     created = _sluice(catalog_topics, "topics", "create")
     assert f"0 created, {len(all_topics())} already present" in created.stdout
 
-    listed = dict(
+    rows = [
         line.split("\t") for line in _sluice(catalog_topics, "topics", "list").stdout.splitlines()
-    )
+    ]
+    listed = {name: partitions for name, partitions, _status in rows}
     for spec in all_topics():
         assert listed[spec.name] == str(spec.partitions)
+    # Catalog topics nothing reads or writes yet are marked planned, not passed off as built.
+    status = {name: state for name, _partitions, state in rows}
+    assert status["webhooks.stripe"] == status["orders"] == status["dlq"] == "built"
+    assert status["leads.received"] == status["config.runtime"] == "planned"
+    assert {spec.name for spec in all_topics() if status[spec.name] == "planned"} == {
+        "leads.received",
+        "commands.search.index",
+        "config.runtime",
+    }
+
+
+def test_dlq_list_says_so_when_the_dlq_is_empty(catalog_topics: str) -> None:
+    # A fresh topic stands in for an empty dlq (the session's dlq holds other tests' letters).
+    empty = f"dlq.empty.{uuid.uuid4().hex[:8]}"
+    create_topics(catalog_topics, [dataclasses.replace(topic_spec("dlq"), name=empty)])
+    out, err = io.StringIO(), io.StringIO()
+    lines = list_lines(catalog_topics, make_codec(None), empty)
+    assert print_dead_letters(lines, out, topic=empty, err=err) == 0
+    assert out.getvalue() == ""  # stdout stays JSON lines only
+    assert err.getvalue() == f"no dead letters on {empty}\n"
+
+
+def test_dlq_list_prints_one_json_line_per_dead_letter() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert print_dead_letters([{"eventId": "a"}, {"eventId": "b"}], out, err=err) == 2
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [
+        {"eventId": "a"},
+        {"eventId": "b"},
+    ]
+    assert err.getvalue() == ""
 
 
 async def _post_stripe(ingress: IngressUnderTest) -> tuple[str, bytes]:

@@ -24,18 +24,17 @@ $(VENV)/.synced: pyproject.toml uv.lock
 # Apache Kafka's jars and the Elasticsearch distribution, resolved by Maven into the
 # cache (skipped once present).
 jars: setup
-	$(BIN)/python -m devstack.kafka --fetch
-	$(BIN)/python -m devstack.elasticsearch --fetch
+	$(BIN)/python -m devstack.fetch kafka elasticsearch
 
 # Apicurio Registry, the real schema registry the registry-mode tests run against (only
 # the tests need it, so `make dev` does not fetch it).
 registry: setup
-	$(BIN)/python -m devstack.registry --fetch
+	$(BIN)/python -m devstack.fetch registry
 
 # Docker Compose v2 for tests/test_compose.py, built once from its Go module into the
 # cache with the machine's Go (about 4.5 minutes cold; skipped once present).
 compose: setup
-	$(BIN)/python -m devstack.compose --fetch
+	$(BIN)/python -m devstack.fetch compose
 
 # Operator tools the tests also exercise; best effort, they need root and apt.
 tools:

@@ -5,7 +5,7 @@ Used by ``sluice dev`` and by the pytest session fixtures (``tests/fixtures/serv
 Every service is synchronous; async callers wrap calls in ``asyncio.to_thread``.
 
 Names are imported lazily (PEP 562), so ``import devstack`` stays cheap and
-``python -m devstack.kafka --fetch`` does not import its own module twice.
+``python -m devstack.fetch kafka`` imports only the Kafka launcher.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ parses and resolves the file; no Docker engine needed). A fresh machine has the
 ``docker`` client without the Compose plugin, and Debian ships only Compose v1 (no JSON
 output), so ``make test`` builds Compose v2 from source with the machine's Go::
 
-    python -m devstack.compose --fetch [--cache-dir DIR]
+    python -m devstack.fetch compose [--cache-dir DIR]
 
 The binary lands in ``<cache>/compose-<version>/docker-compose``; a marker makes later
 calls return at once. A cold build downloads ~500 MB of modules and compiles for about
@@ -15,7 +15,6 @@ calls return at once. A cold build downloads ~500 MB of modules and compiles for
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -126,23 +125,3 @@ def _go(go: str, args: list[str], env: dict[str, str], cwd: Path | None = None) 
         tail = "\n".join(result.stderr.splitlines()[-30:])
         raise EmbeddedServiceError(f"go {args[0]} failed (exit {result.returncode}):\n{tail}")
     return result.stdout
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``--fetch``: build Compose into the cache (once) and print the binary's path."""
-    parser = argparse.ArgumentParser(prog="python -m devstack.compose")
-    parser.add_argument("--fetch", action="store_true", help="build Compose v2 if not cached")
-    parser.add_argument(
-        "--cache-dir", type=Path, default=None, help="default: $SLUICE_CACHE_DIR or ~/.cache/sluice"
-    )
-    args = parser.parse_args(argv)
-    if not args.fetch:
-        parser.print_help()
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(ensure_compose(args.cache_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

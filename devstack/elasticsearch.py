@@ -30,12 +30,11 @@ core; the production compose stack runs the full distribution.
 
 Fetch the distribution ahead of time (a Makefile step, CI cache warm-up)::
 
-    python -m devstack.elasticsearch --fetch [--cache-dir DIR]
+    python -m devstack.fetch elasticsearch [--cache-dir DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import logging
@@ -389,23 +388,3 @@ class ElasticsearchServer(EmbeddedService):
             conn.close()
         # 408 means "not yellow within the timeout": not ready yet.
         return response.status == 200 and json.loads(body)["status"] in ("yellow", "green")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``--fetch``: resolve the distribution into the cache and print its directory."""
-    parser = argparse.ArgumentParser(prog="python -m devstack.elasticsearch")
-    parser.add_argument("--fetch", action="store_true", help="download the distribution")
-    parser.add_argument(
-        "--cache-dir", type=Path, default=None, help="default: $SLUICE_CACHE_DIR or ~/.cache/sluice"
-    )
-    args = parser.parse_args(argv)
-    if not args.fetch:
-        parser.print_help()
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(ensure_elasticsearch(args.cache_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

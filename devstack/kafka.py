@@ -9,12 +9,11 @@ aiokafka (and so faust) still speaks.
 
 Fetch the jars ahead of time (a Makefile step, CI cache warm-up)::
 
-    python -m devstack.kafka --fetch [--cache-dir DIR]
+    python -m devstack.fetch kafka [--cache-dir DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import logging
@@ -406,23 +405,3 @@ class KafkaBroker(EmbeddedService):
         """
         futures = admin.describe_consumer_groups([READY_TOPIC], request_timeout=5)
         futures[READY_TOPIC].result(timeout=10)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``--fetch``: resolve the jars into the cache and print the Kafka home directory."""
-    parser = argparse.ArgumentParser(prog="python -m devstack.kafka")
-    parser.add_argument("--fetch", action="store_true", help="download the broker jars")
-    parser.add_argument(
-        "--cache-dir", type=Path, default=None, help="default: $SLUICE_CACHE_DIR or ~/.cache/sluice"
-    )
-    args = parser.parse_args(argv)
-    if not args.fetch:
-        parser.print_help()
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(ensure_kafka_jars(args.cache_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,12 +17,11 @@ so tests can start from an empty registry (:meth:`SchemaRegistry.delete_all_subj
 
 Fetch the application ahead of time (a CI cache warm-up)::
 
-    python -m devstack.registry --fetch [--cache-dir DIR]
+    python -m devstack.fetch registry [--cache-dir DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -217,17 +216,3 @@ def _quote(subject: str) -> str:
     from urllib.parse import quote
 
     return quote(subject, safe="")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack.registry")
-    parser.add_argument("--fetch", action="store_true", help="fetch the application and exit")
-    parser.add_argument("--cache-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
-    if args.fetch:
-        print(ensure_registry_app(args.cache_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,7 +7,7 @@ is then checked for the properties operators rely on: health checks, start-up or
 internal listener kept off the host, named volumes for state, the Kafka version.
 
 ``config`` only parses and resolves; it needs no Docker engine. ``make test`` builds
-Compose v2 once into the cache (``python -m devstack.compose --fetch``) and sets
+Compose v2 once into the cache (``python -m devstack.fetch compose``) and sets
 ``SLUICE_REQUIRE_COMPOSE=1``, so there a missing Compose fails these tests; elsewhere,
 with no Compose installed or cached, they are skipped, saying why. The Dockerfile and
 .dockerignore checks need nothing and always run.

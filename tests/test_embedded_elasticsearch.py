@@ -43,9 +43,9 @@ def _request(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
 
 
 def _fetch_cli(*args: str, path: str) -> subprocess.CompletedProcess[str]:
-    """``python -m devstack.elasticsearch`` with only ``path`` as ``PATH``."""
+    """``python -m devstack.fetch elasticsearch`` with only ``path`` as ``PATH``."""
     return subprocess.run(
-        [sys.executable, "-m", "devstack.elasticsearch", *args],
+        [sys.executable, "-m", "devstack.fetch", "elasticsearch", *args],
         cwd=ROOT,
         env={**os.environ, "PATH": path},
         capture_output=True,
@@ -61,7 +61,7 @@ def test_fetch_is_idempotent_when_present(elasticsearch_server: ElasticsearchSer
     marker = home / ".complete"
     before = marker.stat().st_mtime_ns
     # No mvn on PATH: the command can only succeed by finding the cache complete.
-    result = _fetch_cli("--fetch", path=str(ROOT / "no-such-dir"))
+    result = _fetch_cli(path=str(ROOT / "no-such-dir"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(home)
     assert ensure_elasticsearch() == home
@@ -69,7 +69,7 @@ def test_fetch_is_idempotent_when_present(elasticsearch_server: ElasticsearchSer
 
 
 def test_fetch_without_maven_fails_and_leaves_nothing_half_done(tmp_path: Path) -> None:
-    result = _fetch_cli("--fetch", "--cache-dir", str(tmp_path), path=str(tmp_path / "nothing"))
+    result = _fetch_cli("--cache-dir", str(tmp_path), path=str(tmp_path / "nothing"))
     assert result.returncode != 0
     assert "`mvn` is not installed" in result.stderr
     leftovers = [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")]

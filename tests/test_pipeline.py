@@ -50,7 +50,10 @@ def _domain_events(pipeline: Pipeline, topic: str, raw_event_id: str) -> list[ob
     from ingress.records import event_id_for
 
     wanted = derived_event_id(event_id_for("stripe", raw_event_id), topic)
-    return [m for m in read_topic(pipeline.bootstrap, topic) if header_map(m)["event-id"] == wanted]
+    # .get: the topic is shared, and other tests write records without this header.
+    return [
+        m for m in read_topic(pipeline.bootstrap, topic) if header_map(m).get("event-id") == wanted
+    ]
 
 
 @pytest.mark.parametrize("event_type", STRIPE_EVENT_TYPES)
@@ -275,7 +278,7 @@ async def test_a_signed_razorpay_body_replayed_under_a_fresh_event_id_is_a_dupli
     [partition] = [
         m.partition()
         for m in read_topic(pipeline.bootstrap, "webhooks.razorpay")
-        if header_map(m)["event-id"] == event_id_for("razorpay", replay)
+        if header_map(m).get("event-id") == event_id_for("razorpay", replay)
     ]
     # A marker on the replay's partition, posted after it: once the marker is normalised,
     # so is the replay (one partition is read in order).
@@ -286,7 +289,7 @@ async def test_a_signed_razorpay_body_replayed_under_a_fresh_event_id_is_a_dupli
         [message] = [
             m
             for m in read_topic(pipeline.bootstrap, "webhooks.razorpay")
-            if header_map(m)["event-id"] == event_id_for("razorpay", marker_id)
+            if header_map(m).get("event-id") == event_id_for("razorpay", marker_id)
         ]
         if message.partition() == partition:
             break
@@ -296,7 +299,7 @@ async def test_a_signed_razorpay_body_replayed_under_a_fresh_event_id_is_a_dupli
         return [
             m
             for m in read_topic(pipeline.bootstrap, "billing.payment.succeeded")
-            if header_map(m)["event-id"] == wanted
+            if header_map(m).get("event-id") == wanted
         ]
 
     await pipeline.wait_for("the marker's billing event", lambda: len(succeeded(marker_id)) == 1)

@@ -16,7 +16,6 @@ picks up the process's environment by surprise.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from collections.abc import Collection, Iterable, Mapping
@@ -40,7 +39,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from base.durations import parse_duration
+from base.durations import check_retry_schedule, parse_duration
 from base.errors import ConfigError
 
 __all__ = [
@@ -98,28 +97,6 @@ def _retry_delays(value: Any) -> Any:
     return value
 
 
-def _check_retry_delays(delays: tuple[float, ...]) -> tuple[float, ...]:
-    """The schedule rules ``RetryPolicy`` enforces too, checked at start-up with the
-    variable's name (``base`` cannot import the catalog; its rule is whole milliseconds)."""
-    if not delays:
-        raise ValueError("the retry schedule needs at least one delay")
-    for delay in delays:
-        if not math.isfinite(delay) or delay <= 0:
-            raise ValueError(f"retry delay {delay!r}s is not a positive number of seconds")
-        millis = delay * 1000
-        if abs(millis - round(millis)) > 1e-6:
-            raise ValueError(
-                f"retry delay {delay!r}s has no catalog retry topic: retry.<delay> topics "
-                "need a whole number of milliseconds"
-            )
-    for shorter, longer in itertools.pairwise(delays):
-        if longer <= shorter:
-            raise ValueError(
-                f"retry delays must be strictly increasing, got {shorter:g}s then {longer:g}s"
-            )
-    return delays
-
-
 def _non_negative(value: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError("must be a finite number of seconds, 0 or more")
@@ -141,7 +118,10 @@ Secrets = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), Fie
 """Comma-separated: several values let a secret rotate without downtime (old and new both
 accepted until the old one is removed). Left out of ``repr``."""
 RetryDelays = Annotated[
-    tuple[float, ...], NoDecode, BeforeValidator(_retry_delays), AfterValidator(_check_retry_delays)
+    tuple[float, ...],
+    NoDecode,
+    BeforeValidator(_retry_delays),
+    AfterValidator(check_retry_schedule),
 ]
 """Comma-separated durations, shortest first: ``5s,30s,5m,30m``."""
 

@@ -28,13 +28,13 @@ earlier head; it is never released early.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
+from base.durations import check_retry_schedule
 from base.errors import ConfigError, InvalidEvent, PermanentError, TransientError
 from base.http_status import classify_http_status, parse_retry_after
 from schemas.catalog import RETRY_DELAYS, UnknownTopic, retry_topic_name, topic_spec
@@ -180,21 +180,16 @@ class RetryPolicy:
 
 
 def _check_schedule(delays: tuple[float, ...]) -> None:
-    if not delays:
-        raise ConfigError("the retry schedule needs at least one delay")
+    try:
+        check_retry_schedule(delays)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     for delay in delays:
-        if not math.isfinite(delay) or delay <= 0:
-            raise ConfigError(f"retry delay {delay!r}s is not a positive number of seconds")
         try:
             # Each delay needs its own delay topic: one topic holds records of one delay.
             topic_spec(retry_topic_name(delay))
         except (ValueError, UnknownTopic) as exc:
             raise ConfigError(f"retry delay {delay!r}s has no catalog retry topic: {exc}") from None
-    for shorter, longer in itertools.pairwise(delays):
-        if longer <= shorter:
-            raise ConfigError(
-                f"retry delays must be strictly increasing, got {shorter:g}s then {longer:g}s"
-            )
 
 
 # --------------------------------------------------------------------------------------

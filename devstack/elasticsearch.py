@@ -42,7 +42,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tempfile
 import time
 import zipfile
@@ -54,6 +53,7 @@ from devstack.host import (
     exclusive_lock,
     make_traversable,
     read_text,
+    run_maven,
 )
 from devstack.kafka import default_cache_dir, find_java
 from devstack.ports import LOOPBACK, is_port_free
@@ -77,7 +77,6 @@ _ARTIFACT = (
     f"org.elasticsearch.distribution.integ-test-zip:elasticsearch:{ELASTICSEARCH_VERSION}:zip"
 )
 _MARKER = ".complete"
-_FETCH_TIMEOUT = 900.0  # a cold Maven cache downloads ~100 MB
 _PROBE_TIMEOUT = 2.0
 _RELEASE_TIMEOUT = 15.0  # a SIGKILLed 512 MiB JVM is gone in well under a second
 # Distribution files copied into each node's own configuration directory. The security
@@ -110,44 +109,19 @@ def ensure_elasticsearch(cache_dir: Path | None = None) -> Path:
 
 
 def _fetch_distribution(home: Path, stamp: str) -> None:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise EmbeddedServiceError(
-            f"Elasticsearch {ELASTICSEARCH_VERSION} is not cached in {home} "
-            "and `mvn` is not installed"
-        )
     staging = Path(tempfile.mkdtemp(prefix=f".{home.name}.", dir=home.parent))
     try:
         _log.info("fetching Elasticsearch %s into %s", ELASTICSEARCH_VERSION, home)
+        archive = staging / f"elasticsearch-{ELASTICSEARCH_VERSION}.zip"
         # Standalone goal, run in an empty directory: no pom.xml, so no project of the
         # caller's can get in the way.
-        cmd = [
-            mvn,
-            "-q",
-            "-B",
-            "-Dstyle.color=never",
-            "dependency:copy",
-            f"-Dartifact={_ARTIFACT}",
-            f"-DoutputDirectory={staging}",
-        ]
-        try:
-            result = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                timeout=_FETCH_TIMEOUT,
-                check=False,
-                cwd=staging,
-            )
-        except subprocess.TimeoutExpired:
-            raise EmbeddedServiceError(f"mvn did not finish within {_FETCH_TIMEOUT:.0f}s") from None
-        archive = staging / f"elasticsearch-{ELASTICSEARCH_VERSION}.zip"
-        if result.returncode != 0 or not archive.is_file():
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
-            raise EmbeddedServiceError(
-                f"mvn could not fetch Elasticsearch {ELASTICSEARCH_VERSION} "
-                f"(exit {result.returncode}):\n{tail}"
-            )
+        run_maven(
+            ["dependency:copy", f"-Dartifact={_ARTIFACT}", f"-DoutputDirectory={staging}"],
+            what=f"Elasticsearch {ELASTICSEARCH_VERSION}",
+            home=home,
+            produced=archive.is_file,
+            cwd=staging,
+        )
         unpacked = _unpack(archive, staging / "unpacked")
         (unpacked / _MARKER).write_text(stamp)
         # Swap in whole. A directory without the marker is an interrupted older attempt.

@@ -1,6 +1,7 @@
 """Host chores the embedded services share: reading a marker file, a cross-process lock
-on a cache directory, and running a server as an unprivileged system user when started
-as root (PostgreSQL and Elasticsearch both refuse to run as root)."""
+on a cache directory, fetching an artifact with Maven, and running a server as an
+unprivileged system user when started as root (PostgreSQL and Elasticsearch both refuse
+to run as root)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,21 @@ import pwd
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from devstack.process import EmbeddedServiceError
 
-__all__ = ["chown_tree", "ensure_system_user", "exclusive_lock", "make_traversable", "read_text"]
+__all__ = [
+    "chown_tree",
+    "ensure_system_user",
+    "exclusive_lock",
+    "make_traversable",
+    "read_text",
+    "run_maven",
+]
+
+MAVEN_TIMEOUT_S = 900.0  # a cold Maven cache downloads up to ~100 MB
 
 
 def read_text(path: Path) -> str | None:
@@ -34,6 +44,38 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_maven(
+    args: Sequence[str],
+    *,
+    what: str,
+    home: Path,
+    produced: Callable[[], bool],
+    cwd: Path | None = None,
+) -> None:
+    """Run ``mvn -q -B <args>`` to fetch ``what`` into the cache entry ``home``, and check
+    with ``produced`` that it left what was asked for (Maven can exit 0 having fetched
+    nothing).
+
+    :raises EmbeddedServiceError: Maven is not installed, did not finish within
+        :data:`MAVEN_TIMEOUT_S`, failed, or produced nothing (with its last 30 lines).
+    """
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise EmbeddedServiceError(f"no {what} in the cache ({home}) and `mvn` is not installed")
+    cmd = [mvn, "-q", "-B", "-Dstyle.color=never", *args]
+    try:
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=MAVEN_TIMEOUT_S, check=False, cwd=cwd
+        )
+    except subprocess.TimeoutExpired:
+        raise EmbeddedServiceError(f"mvn did not finish within {MAVEN_TIMEOUT_S:.0f}s") from None
+    if result.returncode != 0 or not produced():
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        raise EmbeddedServiceError(
+            f"mvn could not fetch {what} (exit {result.returncode}):\n{tail}"
+        )
 
 
 def ensure_system_user(name: str, server: str) -> pwd.struct_passwd:

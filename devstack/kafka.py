@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # where it is defined; .admin does not export it
 
-from devstack.host import exclusive_lock, read_text
+from devstack.host import exclusive_lock, read_text, run_maven
 from devstack.ports import LOOPBACK, free_port
 from devstack.process import EmbeddedService, EmbeddedServiceError, run_logged
 
@@ -51,7 +50,6 @@ READY_TOPIC = "__sluice_ready"
 
 _POM = Path(__file__).with_name("kafka-pom.xml")
 _MARKER = ".complete"
-_FETCH_TIMEOUT = 900.0  # a cold Maven cache downloads ~50 MB
 _FORMAT_TIMEOUT = 120.0
 _MIB = 1024 * 1024
 _MAX_INITIAL_HEAP = 128 * _MIB
@@ -105,40 +103,24 @@ def ensure_kafka_jars(cache_dir: Path | None = None) -> Path:
 
 
 def _fetch_jars(home: Path, pom: bytes) -> None:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise EmbeddedServiceError(
-            f"Kafka {KAFKA_VERSION} jars are not cached in {home} and `mvn` is not installed"
-        )
-    # Maven runs on a copy in the cache so it never writes next to the source tree.
-    (home / "pom.xml").write_bytes(pom)
     staging = home / "libs.partial"
+    # Maven runs on a copy in the cache so it never writes next to the source tree.
+    home.joinpath("pom.xml").write_bytes(pom)
     shutil.rmtree(staging, ignore_errors=True)
     _log.info("fetching Kafka %s jars into %s", KAFKA_VERSION, home)
-    cmd = [
-        mvn,
-        "-q",
-        "-B",
-        "-Dstyle.color=never",
-        "-f",
-        str(home / "pom.xml"),
-        f"-Dkafka.version={KAFKA_VERSION}",
-        "dependency:copy-dependencies",
-        f"-DoutputDirectory={staging}",
-        "-DincludeScope=runtime",
-    ]
-    try:
-        result = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=_FETCH_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise EmbeddedServiceError(f"mvn did not finish within {_FETCH_TIMEOUT:.0f}s") from None
-    if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
-        raise EmbeddedServiceError(
-            f"mvn could not fetch the Kafka {KAFKA_VERSION} jars "
-            f"(exit {result.returncode}):\n{tail}"
-        )
+    run_maven(
+        [
+            "-f",
+            str(home / "pom.xml"),
+            f"-Dkafka.version={KAFKA_VERSION}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
+        what=f"Kafka {KAFKA_VERSION} jars",
+        home=home,
+        produced=lambda: any(staging.glob("kafka_2.13-*.jar")),
+    )
     # Swap in whole: a broker never sees a half-copied libs/ directory.
     libs = home / "libs"
     shutil.rmtree(libs, ignore_errors=True)

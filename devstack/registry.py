@@ -25,14 +25,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
 import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from devstack.host import exclusive_lock, read_text
+from devstack.host import exclusive_lock, read_text, run_maven
 from devstack.kafka import default_cache_dir, find_java
 from devstack.ports import LOOPBACK
 from devstack.process import EmbeddedService, EmbeddedServiceError
@@ -43,7 +42,6 @@ APICURIO_VERSION = "3.0.9"
 _ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
 _RUNNER = f"apicurio-registry-app-{APICURIO_VERSION}-runner.jar"
 _MARKER = ".complete"
-_FETCH_TIMEOUT = 900.0
 _CCOMPAT = "/apis/ccompat/v7"
 _JSON = "application/vnd.schemaregistry.v1+json"
 
@@ -70,12 +68,6 @@ def ensure_registry_app(cache_dir: Path | None = None) -> Path:
 
 
 def _fetch(home: Path) -> None:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise EmbeddedServiceError(
-            f"Apicurio Registry {APICURIO_VERSION} is not cached in {home} and `mvn` is not "
-            "installed"
-        )
     staging = home.with_name(home.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -85,34 +77,24 @@ def _fetch(home: Path) -> None:
     # plugin 2.8's ``get`` without dependencies does not. The local repository is named
     # so the file is found where Maven put it.
     repository = Path.home() / ".m2" / "repository"
-    cmd = [
-        mvn,
-        "-q",
-        "-B",
-        "-Dstyle.color=never",
-        f"-Dmaven.repo.local={repository}",
-        "org.apache.maven.plugins:maven-dependency-plugin:2.8:get",
-        f"-Dartifact={_ARTIFACT}",
-        "-Dtransitive=false",
-    ]
-    try:
-        result = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=_FETCH_TIMEOUT, check=False, cwd=staging
-        )
-    except subprocess.TimeoutExpired:
-        raise EmbeddedServiceError(f"mvn did not finish within {_FETCH_TIMEOUT:.0f}s") from None
     archive_path = (
         repository
         / "io/apicurio/apicurio-registry-app"
         / APICURIO_VERSION
         / f"apicurio-registry-app-{APICURIO_VERSION}-all.tar.gz"
     )
-    if result.returncode != 0 or not archive_path.is_file():
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
-        raise EmbeddedServiceError(
-            f"mvn could not fetch Apicurio Registry {APICURIO_VERSION} "
-            f"(exit {result.returncode}):\n{tail}"
-        )
+    run_maven(
+        [
+            f"-Dmaven.repo.local={repository}",
+            "org.apache.maven.plugins:maven-dependency-plugin:2.8:get",
+            f"-Dartifact={_ARTIFACT}",
+            "-Dtransitive=false",
+        ],
+        what=f"Apicurio Registry {APICURIO_VERSION}",
+        home=home,
+        produced=archive_path.is_file,
+        cwd=staging,
+    )
     with tarfile.open(archive_path) as archive:
         archive.extractall(staging, filter="data")
     if not (staging / _RUNNER).is_file():

@@ -236,7 +236,7 @@ class Settings(BaseSettings):
     # (schemas.catalog.RETRY_DELAYS) and one retry per delay.
     retry_delays: RetryDelays | None = Field(None, alias="SLUICE_RETRY_DELAYS")
     retry_max_attempts: NonNegativeInt | None = Field(None, alias="SLUICE_RETRY_MAX_ATTEMPTS")
-    # Retention of processed_events and webhook_events (connectors/postgres_retention.py):
+    # Retention of processed_events and webhook_events (connectors/postgres/retention.py):
     # rows older than this are purged every interval, in batches (one commit each).
     # Never below the dedupe window: the rows back it up.
     postgres_retention_s: PositiveDuration = Field(35 * DAY_S, alias="SLUICE_POSTGRES_RETENTION")

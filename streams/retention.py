@@ -1,4 +1,4 @@
-"""The worker's periodic purge of expired bookkeeping rows (connectors/postgres_retention.py).
+"""The worker's periodic purge of expired bookkeeping rows (connectors/postgres/retention.py).
 
 A faust timer on the group's leader only: one purge per interval for the whole group,
 however many worker processes run. A failed purge is logged and tried again next
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from connectors.postgres_retention import purge_expired_at
+from connectors.postgres.retention import purge_expired_at
 from streams.context import WorkerContext
 
 __all__ = ["purge_once", "register"]

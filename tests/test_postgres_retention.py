@@ -16,7 +16,7 @@ import pytest
 from base.clock import FrozenClock
 from base.errors import ConfigError
 from base.settings import load_settings
-from connectors.postgres_retention import purge_expired, purge_expired_at
+from connectors.postgres.retention import purge_expired, purge_expired_at
 from streams.retention import purge_once
 from tests.fixtures.worker import Pipeline
 

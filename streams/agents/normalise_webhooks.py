@@ -92,8 +92,6 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
             reason=result.reason or "invalid provider payload",
             error_class="InvalidEvent",
         )
-    else:
-        ctx.runner.passed(AGENT)
     traceparent = header_value(record.headers, TRACEPARENT)
     # The outcome carries the status to webhook_events (project_webhooks), so that agent
     # neither decodes the raw webhook nor normalises it again.
@@ -106,6 +104,7 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
         for key in remember:
             seen[key] = remembered_entry(decision.remember_ms, record.position)
     if result.outcome != "invalid":
+        ctx.runner.passed(AGENT)
         ctx.runner.metrics.inc(MetricName.EVENTS_PROCESSED, agent=AGENT)
 
 

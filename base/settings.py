@@ -41,6 +41,7 @@ from pydantic_settings import (
 
 from base.durations import check_retry_schedule, parse_duration
 from base.errors import ConfigError
+from base.partners import env_partner_fields
 
 __all__ = [
     "INGRESS_REQUIRED",
@@ -158,9 +159,10 @@ class Settings(BaseSettings):
     razorpay_webhook_secrets: Secrets = Field((), alias="RAZORPAY_WEBHOOK_SECRET")
     internal_api_tokens: Secrets = Field((), alias="INTERNAL_API_TOKEN")
     admin_api_tokens: Secrets = Field((), alias="ADMIN_API_TOKEN")
-    # PARTNER_<ID>_SECRET / _TOKEN / _DELIVERY_URL, grouped by partner id (lower-cased) by
-    # load_settings; kept raw here, the leads issue gives them shape.
+    # PARTNER_<ID>_* variables grouped by partner id (lower-cased) by load_settings;
+    # base.partners.load_partners validates them with the partners file.
     partners: Mapping[str, Mapping[str, str]] = Field(default_factory=dict, repr=False)
+    partners_file: Path | None = Field(None, alias="SLUICE_PARTNERS_FILE")
 
     # -- Ingress -----------------------------------------------------------------------
     # The public listener is meant to face the internet.
@@ -336,7 +338,7 @@ def load_settings(
     values = _GivenEnvironment(Settings, env)()
     settings: Settings | None = None
     try:
-        settings = Settings(**values, partners=_partners(env))
+        settings = Settings(**values, partners=env_partner_fields(env))
     except ValidationError as exc:
         problems.extend(_describe(exc))
     if problems or settings is None:
@@ -359,16 +361,3 @@ def _describe(exc: ValidationError) -> Iterable[str]:
         why = str(cause) if isinstance(cause, ValueError) else error["msg"]
         shown = "" if name.endswith(_SECRET_SUFFIXES) else f"{error['input']!r}: "
         yield f"malformed setting {name}: {shown}{why}"
-
-
-def _partners(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """Group ``PARTNER_<ID>_<FIELD>`` variables by partner id (lower-cased)."""
-    partners: dict[str, dict[str, str]] = {}
-    for name, value in env.items():
-        if not name.startswith("PARTNER_"):
-            continue
-        for suffix in ("_SECRET", "_TOKEN", "_DELIVERY_URL"):
-            if name.endswith(suffix) and len(name) > len("PARTNER_") + len(suffix):
-                partner = name[len("PARTNER_") : -len(suffix)].lower()
-                partners.setdefault(partner, {})[suffix[1:].lower()] = value
-    return partners

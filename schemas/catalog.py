@@ -62,6 +62,9 @@ __all__ = [
     "INVENTORY_RELEASE_SUBJECT",
     "JOIN_PARTITIONS",
     "JOIN_TOPICS",
+    "LEAD_DELIVERY_COMMAND_SUBJECT",
+    "LEAD_PARTITIONS",
+    "LEAD_RECEIVED_SUBJECT",
     "ORDER_EVENT_SUBJECT",
     "ORDER_LIFECYCLE_SUBJECT",
     "PAYMENT_COMMAND_SUBJECT",
@@ -113,6 +116,11 @@ PAYMENT_COMMAND_SUBJECT = "sluice.payments.PaymentCommand"
 PAYMENT_SETUP_SUBJECT = "sluice.payments.PaymentSetupEvent"
 REPLY_SUBJECT = "sluice.commands.Reply"
 INVENTORY_RELEASE_SUBJECT = "sluice.commands.InventoryRelease"
+LEAD_RECEIVED_SUBJECT = "sluice.leads.LeadReceived"
+LEAD_DELIVERY_COMMAND_SUBJECT = "sluice.leads.LeadDeliveryCommand"
+LEAD_PARTITIONS = 3
+"""Partitions of ``leads.received`` and ``commands.leads.deliver``: both keyed by lead id,
+so a lead's deliveries and the commands about it meet in one partition."""
 
 
 def _avro(name: str) -> str:
@@ -408,12 +416,27 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(
         name="leads.received",
-        subject=None,
-        key="partnerId:externalLeadId",
-        partitions=3,
+        subject=LEAD_RECEIVED_SUBJECT,
+        key="leadId",
+        partitions=LEAD_PARTITIONS,
         retention_ms=WEBHOOK_RETENTION_MS,
         compacted=False,
-        doc="Partner leads accepted by ingress (schema to come).",
+        doc="Partner leads accepted by the ingress (POST /v1/webhooks/partner/leads), "
+        "verified and mapped to the canonical lead, the partner's payload kept; keyed by "
+        "the deterministic lead id, so every copy of a lead lands in one partition. The "
+        "lead delivery agent stores and delivers them.",
+        content_type=_avro("lead-received"),
+    ),
+    TopicSpec(
+        name="commands.leads.deliver",
+        subject=LEAD_DELIVERY_COMMAND_SUBJECT,
+        key="leadId",
+        partitions=LEAD_PARTITIONS,
+        retention_ms=7 * DAY_MS,
+        compacted=False,
+        doc="Deliver-now commands from POST /internal/v1/leads/deliver, keyed by lead id "
+        "(co-partitioned with leads.received); answered on replies.",
+        content_type=_avro("lead-delivery-command"),
     ),
     TopicSpec(
         name="commands.search.index",

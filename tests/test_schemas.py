@@ -89,6 +89,14 @@ PUBLISHED: dict[tuple[str, int], tuple[int, str]] = {
         1011,
         "3436d277572188f951360300d4d0951b485d4bfec744e74aaa9ea9cba9c8094c",
     ),
+    ("sluice.leads.LeadReceived", 1): (
+        1012,
+        "d034e085db8848358291df5c737416c619ed46528fb4fd9f3370fdf831049338",
+    ),
+    ("sluice.leads.LeadDeliveryCommand", 1): (
+        1013,
+        "fe1554b897d636bc054edb712946b5768134d271bc20e8de53ee00274c90d873",
+    ),
 }
 
 ENVELOPE: list[tuple[str, Any]] = [
@@ -142,6 +150,7 @@ def test_design_topics_are_declared() -> None:
         "replies",
         "commands.inventory.release",
         "leads.received",
+        "commands.leads.deliver",
         "commands.search.index",
         "config.runtime",
         "dlq",

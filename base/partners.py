@@ -123,8 +123,11 @@ def _whsec(value: str) -> str:
     """A Standard Webhooks secret: ``whsec_`` and base64 of at least 24 bytes."""
     if not value.startswith(_WHSEC):
         raise ValueError("a standard-webhooks secret starts with whsec_")
+    # Padding made exact: strict decoding refuses both missing and excess "=", and
+    # secrets are pasted with and without it.
+    encoded = value[len(_WHSEC) :].rstrip("=")
     try:
-        key = base64.b64decode(value[len(_WHSEC) :] + "==", validate=True)
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("a standard-webhooks secret is whsec_ and base64") from None
     if len(key) < 24:

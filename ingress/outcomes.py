@@ -13,12 +13,13 @@ from aiohttp import web
 from base.errors import InvalidEvent, TransientError
 from ingress.publisher import NotDurable
 from ingress.responses import json_response
-from ingress.verify.errors import SignatureError
+from ingress.verify.errors import ForeignToken, SignatureError
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
     "BodyTooLarge",
     "ClientAborted",
+    "Forbidden",
     "NotFound",
     "ReadTimedOut",
     "RequestRejected",
@@ -55,6 +56,12 @@ class Unauthorized(RequestRejected):
     status = 401
 
 
+class Forbidden(RequestRejected):
+    """Authenticated, or known, but not allowed (a disabled partner)."""
+
+    status = 403
+
+
 class NotFound(RequestRejected):
     status = 404
 
@@ -88,6 +95,8 @@ def error_response(exc: BaseException) -> web.Response:
     """The response for an exception raised while handling a request."""
     if isinstance(exc, SignatureError):
         return _json(401, "unauthorized", str(exc))
+    if isinstance(exc, ForeignToken):
+        return _json(403, "forbidden", str(exc))
     if isinstance(exc, InvalidEvent):
         return _json(400, "invalid", str(exc), field=exc.field)
     if isinstance(exc, RequestRejected):

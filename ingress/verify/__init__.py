@@ -1,4 +1,4 @@
-"""Pure webhook verifiers, one module per provider (``stripe``, ``razorpay``).
+"""Pure webhook verifiers, one module per provider (``stripe``, ``razorpay``, ``partner``).
 
 Every verifier has the same contract::
 
@@ -21,7 +21,9 @@ plain dict. Each module also has a ``sign()`` helper that builds a valid signatu
 tests.
 
 This package holds the shared pieces; the verifiers are ``ingress.verify.stripe.verify``
-and ``ingress.verify.razorpay.verify``.
+and ``ingress.verify.razorpay.verify``. Partner leads (``ingress.verify.partner``) follow
+the same rules but take the partner (its mode and secrets) instead of a secrets list,
+and return nothing: the lead's identity is in the body, checked by the route.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Why a webhook was refused: one class per failed check.
 
 ``SignatureError`` and its subclasses mean the request is not authentic (HTTP 401);
+``ForeignToken`` means it carries a valid credential of someone else (HTTP 403);
 ``InvalidPayload`` means it is authentic but unusable (HTTP 400, naming the field). The
 class decides the reaction; the message is only for people. Every message is short,
 fixed per class and free of secrets, signatures and body content, so it is safe to put
@@ -14,13 +15,16 @@ from typing import ClassVar
 from base.errors import InvalidEvent, SluiceError
 
 __all__ = [
+    "ForeignToken",
     "InvalidPayload",
     "MalformedSignatureHeader",
     "MissingSignature",
+    "MissingToken",
     "NoExpectedScheme",
     "SignatureError",
     "SignatureMismatch",
     "StaleTimestamp",
+    "UnknownToken",
 ]
 
 
@@ -71,6 +75,34 @@ class StaleTimestamp(SignatureError):
 
     reason = "stale_timestamp"
     message = "signature timestamp is outside the tolerance window"
+
+
+class MissingToken(SignatureError):
+    """No ``Authorization: Bearer <token>`` header (absent, empty, or another scheme)."""
+
+    reason = "missing_token"
+    message = "bearer token is missing"
+
+
+class UnknownToken(SignatureError):
+    """The bearer token is nobody's: no partner of the registry has it."""
+
+    reason = "unknown_token"
+    message = "bearer token is not valid"
+
+
+class ForeignToken(SluiceError):
+    """A valid bearer token of another partner than the one the body names (HTTP 403).
+
+    Not a ``SignatureError``: the caller did authenticate, as someone else. The message
+    never says whose token it is.
+    """
+
+    reason: ClassVar[str] = "foreign_token"
+    message: ClassVar[str] = "token belongs to another partner"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.message)
 
 
 class InvalidPayload(InvalidEvent):

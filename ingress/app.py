@@ -17,10 +17,12 @@ from aiohttp.typedefs import Middleware
 
 from base.clock import Clock
 from base.metrics import CONTENT_TYPE, INGRESS_METRICS, Metrics
+from base.partners import PartnerRegistry, load_partners
 from base.settings import Settings
 from connectors.payment_status import PaymentStatusStore
 from ingress.auth import internal_token_middleware
 from ingress.events import events_handler
+from ingress.leads import lead_handler
 from ingress.middleware import METRICS_KEY, outcome_middleware
 from ingress.payments import (
     PAYMENT_ROUTES,
@@ -79,10 +81,17 @@ def create_apps(
     clock: Clock,
     replies: ReplyWaiter | None = None,
     payment_status: PaymentStatusSource | None = None,
+    partners: PartnerRegistry | None = None,
 ) -> IngressApps:
     """Both applications. ``replies`` and ``payment_status`` default to ones built from
     ``settings`` (no payment status reader without ``DATABASE_URL``: that route answers
-    503); whichever are used, the internal app starts and stops them."""
+    503); whichever are used, the internal app starts and stops them. ``partners``
+    defaults to the registry of the partners file and ``PARTNER_<ID>_*`` settings.
+
+    :raises ConfigError: the partner registry is invalid (one line per bad entry).
+    """
+    if partners is None:
+        partners = load_partners(settings.partners_file, settings.partners)
     metrics = Metrics(INGRESS_METRICS)
     public = _application(settings, metrics)
     for source in webhook_sources(settings):
@@ -97,6 +106,18 @@ def create_apps(
         public.router.add_post(
             f"/v1/webhooks/{source.provider}", handler, name=f"webhook.{source.provider}"
         )
+    public.router.add_post(
+        "/v1/webhooks/partner/leads",
+        lead_handler(
+            registry=partners,
+            publisher=publisher,
+            codec=codec,
+            clock=clock,
+            metrics=metrics,
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        name="webhook.partner.leads",
+    )
 
     # The token check sits inside outcome_middleware, which turns its 401 into JSON.
     internal = _application(

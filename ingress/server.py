@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from base.clock import Clock, SystemClock
+from base.partners import load_partners
 from base.settings import Settings
 from ingress.app import IngressApps, create_apps
 from ingress.listener import Listener, ListenerLimits, listen
@@ -35,7 +36,11 @@ async def running_ingress(
     """Start both listeners; on exit stop taking requests, then flush the producer.
 
     A port of 0 picks a free port; the URLs in the yielded value carry the real ones.
+
+    :raises ConfigError: the partner registry is invalid; raised before anything
+        connects, so a bad partners file stops the ingress at start-up.
     """
+    partners = load_partners(settings.partners_file, settings.partners)
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers, timeout_s=settings.publish_timeout_s
     )
@@ -52,6 +57,7 @@ async def running_ingress(
         publisher=publisher,
         codec=codec,
         clock=clock or SystemClock(),
+        partners=partners,
     )
     limits = ListenerLimits(
         header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections

@@ -4,26 +4,17 @@
 lifecycle events keep current and the ``payments`` rows linked to it by ``order_id``
 (DESIGN §6). Two queries, read-only: the order first, its payments only if it exists.
 
-The pool is opened on first use, not at start-up: the ingress's one essential job is
-webhooks into Kafka, and it must start (and keep serving them) whether or not Postgres
-is up. A failed open holds nothing and is tried again on the next call. Driver errors
-come out as ``TransientError`` (the route answers 503) via
-:func:`connectors.postgres.errors.translate_error`; its messages name no row values.
+Connections come from a :class:`connectors.postgres.read_pool.ReadPool`: opened on first
+use, so the ingress starts without Postgres; driver errors come out as ``TransientError``
+(the route answers 503).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from dataclasses import dataclass, field
 
-import psycopg
-from psycopg import AsyncConnection
-from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
-
-from base.errors import TransientError
-from connectors.postgres.errors import translate_error
+from connectors.postgres.read_pool import ReadPool
 
 __all__ = ["OrderPayment", "OrderPaymentStatus", "PaymentStatusStore"]
 
@@ -74,47 +65,23 @@ class OrderPaymentStatus:
 
 
 class PaymentStatusStore:
-    """Reads order payment status through a small lazily opened connection pool.
+    """Reads order payment status through a small lazily opened connection pool."""
 
-    :param timeout: seconds to wait for a connection (and for the first one, when the
-        pool opens) before the call fails with ``TransientError``. Short: a caller is
-        waiting on the other end, and 503 tells it to come back.
-    """
-
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        max_size: int = 4,
-        timeout: float = 3.0,
-        statement_timeout: float = 5.0,
-        name: str = "sluice-ingress",
-    ) -> None:
-        self._dsn = dsn
-        self._max_size = max_size
-        self._timeout = timeout
-        self._statement_timeout_ms = max(1, round(statement_timeout * 1000))
-        self._name = name
-        self._pool: AsyncConnectionPool[AsyncConnection[TupleRow]] | None = None
-        self._opening = asyncio.Lock()
+    def __init__(self, dsn: str) -> None:
+        self._pool = ReadPool(dsn)
 
     async def order_status(self, order_id: str) -> OrderPaymentStatus | None:
         """The order's status and payments, or ``None`` when there is no such order.
 
         :raises TransientError: Postgres is unreachable or too slow.
         """
-        pool = await self._open()
-        try:
-            async with pool.connection(timeout=self._timeout) as conn:
-                cursor = await conn.execute(_ORDER, (order_id,))
-                order = await cursor.fetchone()
-                if order is None:
-                    return None
-                cursor = await conn.execute(_PAYMENTS, (order_id,))
-                payments = await cursor.fetchall()
-        except (psycopg.Error, PoolTimeout, TooManyRequests) as exc:
-            _raise_transient(exc)
-            raise
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_ORDER, (order_id,))
+            order = await cursor.fetchone()
+            if order is None:
+                return None
+            cursor = await conn.execute(_PAYMENTS, (order_id,))
+            payments = await cursor.fetchall()
         return OrderPaymentStatus(
             order_id=order[0],
             status=order[1],
@@ -141,44 +108,4 @@ class PaymentStatusStore:
 
     async def close(self) -> None:
         """Close the pool, if it was ever opened. Idempotent; a later call reopens."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close(timeout=5.0)
-
-    async def _open(self) -> AsyncConnectionPool[AsyncConnection[TupleRow]]:
-        async with self._opening:  # one open at a time; the rest wait for its outcome
-            if self._pool is not None:
-                return self._pool
-            pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
-                self._dsn,
-                min_size=1,
-                max_size=self._max_size,
-                open=False,
-                check=AsyncConnectionPool.check_connection,
-                timeout=self._timeout,
-                reconnect_timeout=self._timeout,
-                name=self._name,
-                kwargs={
-                    "autocommit": True,
-                    "application_name": self._name,
-                    "connect_timeout": max(1, round(self._timeout)),
-                    "options": f"-c statement_timeout={self._statement_timeout_ms}",
-                },
-            )
-            try:
-                await pool.open(wait=True, timeout=self._timeout)
-            except BaseException as exc:
-                await pool.close()
-                _raise_transient(exc)
-                raise
-            self._pool = pool
-            return pool
-
-
-def _raise_transient(exc: BaseException) -> None:
-    """Raise the ``TransientError`` ``exc`` stands for, if it is one (server down, pool
-    timeout). Anything else (a missing table: migrations not applied) is left to crash
-    loudly, as in :mod:`connectors.postgres`; reading two tables is never bad input."""
-    error = translate_error(exc)
-    if isinstance(error, TransientError):
-        raise error from exc
+        await self._pool.close()

@@ -2,10 +2,11 @@
 
 Nothing connects at import time; the publisher, codec and clock are passed in, so a test
 can hand in a publisher against its own broker and a frozen clock. The internal app also
-holds a reply waiter (request/reply routes) and, when ``DATABASE_URL`` is set, a payment
-status reader; both are built from settings unless passed in, and the internal app's
-lifecycle starts and stops them (``on_startup``/``on_cleanup``), so whoever runs the
-app (``ingress.server``, a test client) gets them running without extra steps.
+holds a reply waiter (request/reply routes), the partner registry and, when
+``DATABASE_URL`` is set, the payment status and lead readers; each is built from
+settings unless passed in, and the internal app's lifecycle starts and stops them
+(``on_startup``/``on_cleanup``), so whoever runs the app (``ingress.server``, a test
+client) gets them running without extra steps.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from base.clock import Clock
 from base.metrics import CONTENT_TYPE, INGRESS_METRICS, Metrics
 from base.partners import PartnerRegistry, load_partners
 from base.settings import Settings
+from connectors.lead_status import LeadStatusStore
 from connectors.payment_status import PaymentStatusStore
 from ingress.auth import internal_token_middleware
+from ingress.commands import CommandSender
 from ingress.events import events_handler
+from ingress.lead_api import LeadSource, lead_deliver_handler, lead_status_handler
 from ingress.leads import lead_handler
 from ingress.middleware import METRICS_KEY, outcome_middleware
 from ingress.payments import (
@@ -50,6 +54,7 @@ class IngressApps:
     metrics: Metrics
     replies: ReplyWaiter | None = None
     payment_status: PaymentStatusSource | None = None
+    lead_status: LeadSource | None = None
 
 
 def webhook_sources(settings: Settings) -> list[WebhookSource]:
@@ -81,14 +86,15 @@ def create_apps(
     clock: Clock,
     replies: ReplyWaiter | None = None,
     payment_status: PaymentStatusSource | None = None,
+    lead_status: LeadSource | None = None,
     partners: PartnerRegistry | None = None,
 ) -> IngressApps:
-    """Both applications. ``replies`` and ``payment_status`` default to ones built from
-    ``settings`` (no payment status reader without ``DATABASE_URL``: that route answers
-    503); whichever are used, the internal app starts and stops them. ``partners``
-    defaults to the registry of the partners file and ``PARTNER_<ID>_*`` settings.
+    """Both applications. ``replies``, ``payment_status``, ``lead_status`` and
+    ``partners`` default to ones built from ``settings`` (no readers without
+    ``DATABASE_URL``: those routes answer 503); whichever are used, the internal app
+    starts and stops them.
 
-    :raises ConfigError: the partner registry is invalid (one line per bad entry).
+    :raises ConfigError: the partners file or ``PARTNER_<ID>_…`` settings are invalid.
     """
     if partners is None:
         partners = load_partners(settings.partners_file, settings.partners)
@@ -132,6 +138,8 @@ def create_apps(
         replies = ReplyWaiter(settings.kafka_bootstrap_servers, codec)
     if payment_status is None and settings.database_url:
         payment_status = PaymentStatusStore(settings.database_url)
+    if lead_status is None and settings.database_url:
+        lead_status = LeadStatusStore(settings.database_url)
     _internal_api(
         internal,
         settings,
@@ -141,6 +149,8 @@ def create_apps(
         metrics=metrics,
         replies=replies,
         payment_status=payment_status,
+        lead_status=lead_status,
+        partners=partners,
     )
     return IngressApps(
         public=public,
@@ -148,6 +158,7 @@ def create_apps(
         metrics=metrics,
         replies=replies,
         payment_status=payment_status,
+        lead_status=lead_status,
     )
 
 
@@ -161,8 +172,11 @@ def _internal_api(
     metrics: Metrics,
     replies: ReplyWaiter,
     payment_status: PaymentStatusSource | None,
+    lead_status: LeadSource | None,
+    partners: PartnerRegistry,
 ) -> None:
     """The ``/internal/v1`` routes and the lifecycle of what they use."""
+    sender = CommandSender(publisher, codec, metrics, replies, settings.reply_timeout_s)
     app.router.add_post(
         "/internal/v1/events",
         events_handler(
@@ -178,14 +192,7 @@ def _internal_api(
         app.router.add_post(
             f"/internal/v1/payments/{route.path}",
             payment_command_handler(
-                route,
-                publisher=publisher,
-                codec=codec,
-                clock=clock,
-                metrics=metrics,
-                replies=replies,
-                max_body_bytes=settings.max_body_bytes,
-                reply_timeout_s=settings.reply_timeout_s,
+                route, sender=sender, clock=clock, max_body_bytes=settings.max_body_bytes
             ),
             name=f"internal.payments.{route.path}",
         )
@@ -194,14 +201,27 @@ def _internal_api(
         payment_status_handler(payment_status),
         name="internal.payments.status",
     )
+    app.router.add_post(
+        "/internal/v1/leads/deliver",
+        lead_deliver_handler(
+            sender=sender, partners=partners, clock=clock, max_body_bytes=settings.max_body_bytes
+        ),
+        name="internal.leads.deliver",
+    )
+    app.router.add_get(
+        "/internal/v1/leads/{leadId}",
+        lead_status_handler(lead_status),
+        name="internal.leads.status",
+    )
 
     async def start(_app: web.Application) -> None:
         await replies.start()
 
     async def stop(_app: web.Application) -> None:
         await replies.stop()
-        if payment_status is not None:
-            await payment_status.close()
+        for reader in (payment_status, lead_status):
+            if reader is not None:
+                await reader.close()
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)

@@ -17,7 +17,8 @@ Each command is a ``sluice.payments.PaymentCommand`` on ``commands.payments``, k
 order id, with ``eventId = taskId`` (a fresh uuid4), ``replyTo`` the reply topic and
 ``requestId`` the caller's ``Idempotency-Key`` (else the task id), from which the Stripe
 idempotency key of a refund is derived. The handler registers the reply expectation,
-publishes (durable, or 503), then waits up to ``SLUICE_REPLY_TIMEOUT``: a reply is
+publishes (durable, or 503), then waits up to ``SLUICE_REPLY_TIMEOUT``
+(``ingress.commands.CommandSender``, shared with the other request/reply routes): a reply is
 answered with its own status and body (200 intent, 201 session/refund, 404 unknown
 order, 409 not payable, 502 Stripe refused, ...); no reply in time is 202
 ``{"accepted": true, "taskId"}`` — the command is durable and will still be carried out.
@@ -33,8 +34,6 @@ below them are the glue.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import re
 import uuid
@@ -47,24 +46,19 @@ from aiohttp import web
 
 from base.clock import Clock
 from base.errors import InvalidEvent, TransientError
-from base.metrics import Metrics
 from connectors.payment_status import OrderPaymentStatus
+from ingress.commands import CommandSender
 from ingress.domain_events import (
     check_identifier,
     parse_json,
     positive_minor_units,
     reject_unknown_fields,
 )
-from ingress.events import publish_counted
 from ingress.middleware import correlation_id
 from ingress.outcomes import NotFound, Unavailable
-from ingress.publisher import Publisher
-from ingress.replies import Reply, ReplyWaiter
 from ingress.requests import read_json_body, traceparent_of
-from ingress.responses import json_response
+from ingress.responses import iso_time, json_response
 from schemas.catalog import PAYMENT_COMMAND_SUBJECT
-from schemas.codec import Codec
-from schemas.headers import record_headers
 
 __all__ = [
     "CHECKOUT_CREATE",
@@ -82,7 +76,6 @@ __all__ = [
     "parse_refund",
     "payment_command_handler",
     "payment_status_handler",
-    "reply_response",
     "request_id_from",
     "status_body",
 ]
@@ -211,7 +204,7 @@ def status_body(status: OrderPaymentStatus) -> dict[str, Any]:
         "paymentIntentId": status.payment_intent_id,
         # For the client to confirm the intent with (Stripe.js); only ever sent here.
         "clientSecret": status.client_secret,
-        "updatedAt": _iso(status.updated_at),
+        "updatedAt": iso_time(status.updated_at),
         "payments": [
             {
                 "provider": payment.provider,
@@ -220,7 +213,7 @@ def status_body(status: OrderPaymentStatus) -> dict[str, Any]:
                 "amount": payment.amount_minor,
                 "currency": payment.currency,
                 "refunded": payment.refunded_minor,
-                "updatedAt": _iso(payment.updated_at),
+                "updatedAt": iso_time(payment.updated_at),
             }
             for payment in status.payments
         ],
@@ -253,10 +246,6 @@ def _url(value: Any, name: str) -> str:
     return value
 
 
-def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 # -- handlers ----------------------------------------------------------------------------
 
 
@@ -286,68 +275,32 @@ class PaymentStatusSource(Protocol):
 def payment_command_handler(
     route: PaymentRoute,
     *,
-    publisher: Publisher,
-    codec: Codec,
+    sender: CommandSender,
     clock: Clock,
-    metrics: Metrics,
-    replies: ReplyWaiter,
     max_body_bytes: int,
-    reply_timeout_s: float,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     # The version the codec writes with (the subject's latest), read without the codec
     # so that a registry is not asked at build time.
-    version = codec.resolver.catalog.latest_version(PAYMENT_COMMAND_SUBJECT)
+    version = sender.codec.resolver.catalog.latest_version(PAYMENT_COMMAND_SUBJECT)
 
     async def handle(request: web.Request) -> web.Response:
         raw_body = await read_json_body(request, max_body_bytes)
         payment = route.parse(parse_json(raw_body))
         request_id = request_id_from(request.headers.get(IDEMPOTENCY_HEADER))
-        task_id = str(uuid.uuid4())
         record = command_record(
             payment,
-            task_id=task_id,
+            task_id=str(uuid.uuid4()),
             request_id=request_id,
-            reply_to=replies.topic,
+            reply_to=sender.reply_topic,
             correlation_id=correlation_id(request),
             now_ms=int(clock.time() * 1000),
             version=version,
         )
-        value = codec.encode(COMMAND_TOPIC, record)
-        headers = record_headers(COMMAND_TOPIC, record, traceparent=traceparent_of(request))
-        # Expect before publishing: the reply may come back before publish() returns.
-        with replies.expect(task_id) as pending:
-            await publish_counted(
-                publisher, metrics, COMMAND_TOPIC, payment.order_id, value, headers
-            )
-            reply = await pending.wait(reply_timeout_s)
-        if reply is None:
-            log.info(
-                "no reply in time; answered 202",
-                extra={"task_id": task_id, "event_type": payment.event_type},
-            )
-            return json_response({"accepted": True, "taskId": task_id}, status=202)
-        return reply_response(reply)
+        return await sender.send(
+            COMMAND_TOPIC, payment.order_id, record, traceparent=traceparent_of(request)
+        )
 
     return handle
-
-
-def reply_response(reply: Reply) -> web.Response:
-    """Answer with the reply's status and JSON body; 502 if the worker wrote nonsense."""
-    if 200 <= reply.status <= 599 and reply.status not in (204, 205, 304):
-        try:
-            body = json.loads(reply.body)
-        except ValueError:
-            pass
-        else:
-            # Written again in the ingress's one format, whatever the worker's was.
-            return json_response(body, status=reply.status)
-    log.error(
-        "malformed reply",
-        extra={"task_id": reply.task_id, "reply_status": reply.status, "event_id": reply.event_id},
-    )
-    return json_response(
-        {"error": "bad_gateway", "detail": "the worker's reply could not be used"}, status=502
-    )
 
 
 def payment_status_handler(

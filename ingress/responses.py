@@ -6,13 +6,14 @@ whichever route (or the worker's reply) produced them.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["json_bytes", "json_response"]
+__all__ = ["iso_time", "json_bytes", "json_response"]
 
 
 def json_bytes(body: Any) -> bytes:
@@ -29,3 +30,8 @@ def json_response(
         headers=headers,
         content_type="application/json",
     )
+
+
+def iso_time(moment: dt.datetime) -> str:
+    """A timestamp as every answer writes it: UTC, milliseconds, ``Z``."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

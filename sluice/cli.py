@@ -96,6 +96,26 @@ def _parser() -> argparse.ArgumentParser:
         "--idle-timeout", type=float, default=None, help="stop after S seconds without records"
     )
     tail.set_defaults(run=_tail)
+
+    leads = commands.add_parser("leads", help="try the partner leads route by hand")
+    lead_commands = leads.add_subparsers(required=True, metavar="ACTION")
+    send = lead_commands.add_parser(
+        "send", help="post a lead as a partner, signed with its registry entry"
+    )
+    send.add_argument("--partner", required=True, metavar="ID", help="a partner of the registry")
+    send.add_argument(
+        "--body",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the request body, sent as it is (default: a demo lead with a fresh id)",
+    )
+    send.add_argument(
+        "--url",
+        default=None,
+        help="the partner leads route (default: loopback, INGRESS_PUBLIC_PORT)",
+    )
+    send.set_defaults(run=_leads_send)
     return parser
 
 
@@ -222,6 +242,26 @@ def _tail(args: argparse.Namespace) -> int:
             idle_timeout_s=args.idle_timeout,
         )
     return 0
+
+
+def _leads_send(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from base.partners import load_partners
+    from sluice.lead_send import LEADS_PATH, demo_lead, expected_lead_id, send_lead
+
+    settings = load_settings()
+    partner = load_partners(settings.partners_file, settings.partners).get(args.partner)
+    if partner is None:
+        raise ConfigError(f"leads send: no partner {args.partner!r} in the registry")
+    body = args.body.read_bytes() if args.body else demo_lead(partner.id)
+    url = args.url or f"http://127.0.0.1:{settings.public_port}{LEADS_PATH}"
+    status, answer = send_lead(url, partner, body, dt.datetime.now(dt.UTC))
+    print(answer)
+    lead = expected_lead_id(body)
+    if lead is not None:
+        print(f"lead id {lead}  (GET /internal/v1/leads/{lead})", file=sys.stderr)
+    return 0 if 200 <= status < 300 else 1
 
 
 async def _until_signalled(start: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -16,19 +16,23 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from base.logs import LogFormat
 from base.settings import INGRESS_REQUIRED, load_settings
 from connectors.kafka_admin import create_topics
 from connectors.migrate import apply_migrations
 from devstack import DEFAULT_SERVICES, ELASTICSEARCH_SERVICE, EmbeddedStack, free_port
+from devstack.crm import LocalCrm, running_crm
 from devstack.orphan_guard import start_guard, stop_guard
 from devstack.stack import STRIPE_SERVICE
 from devstack.stripe import LOCAL_STRIPE_API_KEY, LocalStripeServer
 from ingress.server import running_ingress
 from schemas.catalog import all_topics
+from sluice.dev_leads import demo_partners, lead_commands, read_partners_file, write_partners_file
 from sluice.dev_output import is_ready, is_shown, to_record
 
 __all__ = ["DEV_READY_EVENT", "dev_secrets", "read_env_file", "run_dev", "write_env_file"]
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 # The worker commits and leaves its group on SIGTERM; past this it is SIGKILLed.
 _WORKER_STOP_S = 30.0
 _MAX_WORKER_LINE = 16 * 1024 * 1024
+_CRM_PORT = 8090  # the local CRM's port when free (else any)
 
 # Generated unless the environment (or an earlier dev.env) already has them.
 _SECRET_MAKERS: dict[str, Callable[[], str]] = {
@@ -76,70 +81,83 @@ async def run_dev(
     stack = EmbeddedStack(data_dir, env=os.environ, services=services)
     urls = await asyncio.to_thread(stack.start)
     try:
-        effective = {**urls, **dev_secrets(env)}
-        if local_stripe:
-            effective["STRIPE_API_KEY"] = LOCAL_STRIPE_API_KEY
-        effective["INGRESS_PUBLIC_PORT"] = env.get("INGRESS_PUBLIC_PORT") or str(free_port(8080))
-        effective["INGRESS_INTERNAL_PORT"] = env.get("INGRESS_INTERNAL_PORT") or str(
-            free_port(8081)
-        )
-        write_env_file(env_file, effective)
-        # The dev ingress listens on loopback only, whatever INGRESS_PUBLIC_HOST says.
-        dev_env = {**env, **effective, "INGRESS_PUBLIC_HOST": "127.0.0.1"}
-        settings = load_settings(dev_env, require=INGRESS_REQUIRED)
+        # The demo partners' CRM: up before the partners file names its URL.
+        async with running_crm(data_dir / "crm", free_port(_CRM_PORT)) as crm:
+            effective = {**urls, **dev_secrets(env)}
+            if local_stripe:
+                effective["STRIPE_API_KEY"] = LOCAL_STRIPE_API_KEY
+            demo = await asyncio.to_thread(_demo_partners, data_dir, crm)
+            if demo is not None:
+                effective["SLUICE_PARTNERS_FILE"] = str(data_dir / "partners.json")
+            effective["INGRESS_PUBLIC_PORT"] = env.get("INGRESS_PUBLIC_PORT") or str(
+                free_port(8080)
+            )
+            effective["INGRESS_INTERNAL_PORT"] = env.get("INGRESS_INTERNAL_PORT") or str(
+                free_port(8081)
+            )
+            write_env_file(env_file, effective)
+            # The dev ingress listens on loopback only, whatever INGRESS_PUBLIC_HOST says.
+            dev_env = {**env, **effective, "INGRESS_PUBLIC_HOST": "127.0.0.1"}
+            settings = load_settings(dev_env, require=INGRESS_REQUIRED)
 
-        created = await asyncio.to_thread(
-            create_topics, settings.kafka_bootstrap_servers, all_topics()
-        )
-        log.info("topics ready", extra={"topics_created": len(created)})
-        assert settings.database_url is not None
-        applied = await asyncio.to_thread(apply_migrations, settings.database_url)
-        log.info("migrations applied", extra={"migrations": applied})
+            created = await asyncio.to_thread(
+                create_topics, settings.kafka_bootstrap_servers, all_topics()
+            )
+            log.info("topics ready", extra={"topics_created": len(created)})
+            assert settings.database_url is not None
+            applied = await asyncio.to_thread(apply_migrations, settings.database_url)
+            log.info("migrations applied", extra={"migrations": applied})
 
-        worker_env = {
-            **os.environ,
-            **effective,
-            "SLUICE_STATE_DIR": str(data_dir / "state"),
-            "SLUICE_LOG_FORMAT": "json",  # parsed and re-emitted here (sluice/dev_output.py)
-        }
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sluice",
-            "worker",
-            env=worker_env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            # Longest line read whole (asyncio's default is 64 KiB): a stalled reader
-            # would leave the worker blocked on a full pipe.
-            limit=_MAX_WORKER_LINE,
-        )
-        worker_ready = asyncio.Event()
-        relay = asyncio.create_task(_relay_output(worker, worker_ready))
-        # Stops the worker if this process dies without doing so (SIGKILL), like the
-        # servers' own guards (devstack/orphan_guard.py).
-        worker_guard = start_guard(worker.pid, signal.SIGTERM, _WORKER_STOP_S)
-        try:
-            async with running_ingress(settings) as ingress:
-                stripe = stack.started.get("STRIPE_API_BASE")
-                if isinstance(stripe, LocalStripeServer):
-                    # The local server's events (a paid intent, an expired session) reach
-                    # the ingress signed like Stripe's, so the whole flow runs locally.
-                    await asyncio.to_thread(
-                        stripe.register_webhook,
-                        f"{ingress.public_url}/v1/webhooks/stripe",
-                        effective["STRIPE_WEBHOOK_SECRET"].split(",")[0],
-                    )
-                if await _until_ready(stop, worker, worker_ready):
-                    _print_banner(
-                        env_file, effective, ingress.public_url, ingress.internal_url, log_format
-                    )
-                    await _until_stopped_or_exited(stop, worker)
-        finally:
-            await _stop_process(worker)
-            stop_guard(worker_guard)
-            await relay  # the worker's last lines (its shutdown) are shown too
+            worker_env = {
+                **os.environ,
+                **effective,
+                "SLUICE_STATE_DIR": str(data_dir / "state"),
+                "SLUICE_LOG_FORMAT": "json",  # parsed and re-emitted here (sluice/dev_output.py)
+            }
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sluice",
+                "worker",
+                env=worker_env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                # Longest line read whole (asyncio's default is 64 KiB): a stalled reader
+                # would leave the worker blocked on a full pipe.
+                limit=_MAX_WORKER_LINE,
+            )
+            worker_ready = asyncio.Event()
+            relay = asyncio.create_task(_relay_output(worker, worker_ready))
+            # Stops the worker if this process dies without doing so (SIGKILL), like the
+            # servers' own guards (devstack/orphan_guard.py).
+            worker_guard = start_guard(worker.pid, signal.SIGTERM, _WORKER_STOP_S)
+            try:
+                async with running_ingress(settings) as ingress:
+                    stripe = stack.started.get("STRIPE_API_BASE")
+                    if isinstance(stripe, LocalStripeServer):
+                        # The local server's events (a paid intent, an expired session) reach
+                        # the ingress signed like Stripe's, so the whole flow runs locally.
+                        await asyncio.to_thread(
+                            stripe.register_webhook,
+                            f"{ingress.public_url}/v1/webhooks/stripe",
+                            effective["STRIPE_WEBHOOK_SECRET"].split(",")[0],
+                        )
+                    if await _until_ready(stop, worker, worker_ready):
+                        commands = demo and lead_commands(ingress.public_url, env_file, demo)
+                        _print_banner(
+                            env_file,
+                            effective,
+                            ingress.public_url,
+                            ingress.internal_url,
+                            log_format,
+                            _LeadHints(commands or [], crm.directory),
+                        )
+                        await _until_stopped_or_exited(stop, worker)
+            finally:
+                await _stop_process(worker)
+                stop_guard(worker_guard)
+                await relay  # the worker's last lines (its shutdown) are shown too
     finally:
         await asyncio.to_thread(stack.stop)
 
@@ -202,6 +220,18 @@ async def _stop_process(
         await process.wait()
 
 
+def _demo_partners(data_dir: Path, crm: LocalCrm) -> dict[str, Any] | None:
+    """Write the demo partners to ``DIR/partners.json`` and return them; ``None`` (and
+    nothing written) when the developer set a partners file of their own."""
+    if os.environ.get("SLUICE_PARTNERS_FILE"):
+        return None
+    path = data_dir / "partners.json"
+    content = demo_partners(crm.url_for, read_partners_file(path))
+    write_partners_file(path, content)
+    partners: dict[str, Any] = content["partners"]
+    return partners
+
+
 def _prepare(data_dir: Path) -> tuple[Path, dict[str, str]]:
     """Create the data directory; return it absolute, with an earlier run's dev.env."""
     data_dir = data_dir.resolve()
@@ -239,12 +269,29 @@ def write_env_file(path: Path, values: Mapping[str, str]) -> None:
 DEV_READY_EVENT = "dev.ready"
 
 
+@dataclass(frozen=True, slots=True)
+class _LeadHints:
+    """How to send a lead (one command per demo partner) and where it arrives."""
+
+    commands: Sequence[str]
+    crm_dir: Path
+
+
 def _print_banner(
-    env_file: Path, values: Mapping[str, str], public: str, internal: str, log_format: LogFormat
+    env_file: Path,
+    values: Mapping[str, str],
+    public: str,
+    internal: str,
+    log_format: LogFormat,
+    leads: _LeadHints,
 ) -> None:
     webhooks = [f"{public}/v1/webhooks/stripe", f"{public}/v1/webhooks/razorpay"]
     probes = [f"{internal}/healthz", f"{internal}/readyz", f"{internal}/metrics"]
     load = f"set -a; . {env_file}; set +a"
+    arrive = (
+        f"each lead arrives in {leads.crm_dir}/<partnerId>.jsonl;"
+        f" status: GET {internal}/internal/v1/leads/<leadId>; records: sluice tail leads.received"
+    )
     if log_format == "json":
         # One line like every other, with what a developer copies from it.
         log.info(
@@ -256,6 +303,8 @@ def _print_banner(
                 "internal": probes,
                 "env_file": str(env_file),
                 "load_env": load,
+                "send_lead": list(leads.commands),
+                "leads_arrive": arrive,
             },
         )
         return
@@ -265,4 +314,11 @@ def _print_banner(
         print(f"  {name}={value}")
     print(f"\n  webhooks:  {'  '.join(webhooks)}")
     print(f"  internal:  {'  '.join(probes)}")
-    print(f"  env file:  {env_file}   (load it with: {load})\n", flush=True)
+    print(f"  env file:  {env_file}   (load it with: {load})\n")
+    if leads.commands:
+        print("  send a partner lead (demo partners: hmac, bearer, standard webhooks):")
+        for command in leads.commands:
+            print(f"    {command}")
+    else:
+        print("  send a partner lead: .venv/bin/sluice leads send --partner ID")
+    print(f"  {arrive}\n", flush=True)

@@ -26,12 +26,17 @@ def topics_in_use() -> frozenset[str]:
     """Every topic the worker's wiring or the ingress reads or writes."""
     # Imported here: the worker's topology pulls in faust, which only this command needs.
     from ingress.domain_events import EVENT_ROUTES
+    from ingress.lead_api import DELIVER_COMMAND_TOPIC
     from ingress.leads import LEAD_TOPIC
     from ingress.payments import COMMAND_TOPIC
     from streams.topology import WIRING
 
     worker = {name for wire in WIRING for name in (*wire.reads, *wire.writes)}
-    ingress = {route.topic for route in EVENT_ROUTES.values()} | {COMMAND_TOPIC, LEAD_TOPIC}
+    ingress = {route.topic for route in EVENT_ROUTES.values()} | {
+        COMMAND_TOPIC,
+        DELIVER_COMMAND_TOPIC,
+        LEAD_TOPIC,
+    }
     return frozenset(worker | ingress | set(WEBHOOK_TOPICS))
 
 

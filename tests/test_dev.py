@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from base.partners import load_partners
 from devstack import PostgresServer, RedisServer, free_port
 from sluice.dev import dev_secrets, read_env_file, write_env_file
 from tests.fixtures.kafka import read_topic
@@ -94,12 +96,28 @@ def test_sluice_dev_serves_webhooks_and_stops_on_ctrl_c(
         assert len(read_topic(catalog_topics, "webhooks.stripe", key=str(event["id"]))) == 1
         # The banner with every setting comes once the worker consumes too.
         lines.wait_for(lambda line: '"event": "dev.ready"' in line, timeout_s=240)
+        # Three demo partners, delivering to the local CRM, which is up.
+        assert written["SLUICE_PARTNERS_FILE"] == str(tmp_path / "partners.json")
+        partners = load_partners(Path(written["SLUICE_PARTNERS_FILE"]), {})
+        assert sorted(p.id for p in partners) == ["demo-bearer", "demo-hmac", "demo-sw"]
+        crm_url = partners.get("demo-hmac").delivery.url  # type: ignore[union-attr]
+        assert crm_url is not None
+        assert crm_url.startswith("http://127.0.0.1:")
+        delivery = urllib.request.Request(crm_url, data=b'{"leadId": "l-1"}')  # noqa: S310
+        with urllib.request.urlopen(delivery, timeout=30) as response:  # noqa: S310 - loopback
+            assert response.status == 200
+        assert "l-1" in (tmp_path / "crm" / "demo-hmac.jsonl").read_text()
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
     output = "\n".join(lines.join())
     assert process.returncode == 0, output
     assert "STRIPE_WEBHOOK_SECRET=" in output
+    assert "sluice leads send --partner demo-sw" in output
+    assert "X-Partner-Signature" in output
+    # The CRM stopped with the rest.
+    with pytest.raises(urllib.error.URLError, match="refused"):
+        urllib.request.urlopen(crm_url, data=b"{}", timeout=5)  # noqa: S310 - loopback
 
 
 def _wait_for(url: str, process: subprocess.Popen[str], timeout_s: float = 90) -> None:

@@ -18,8 +18,8 @@ import uvloop
 from aiohttp import web
 
 from base.metrics import MetricName
+from ingress.commands import reply_response
 from ingress.listener import ListenerLimits, listen
-from ingress.payments import reply_response
 from ingress.replies import Reply
 from tests.fixtures.ingress import (
     STRIPE_SECRET,

@@ -1,8 +1,9 @@
 """The payments API and request/reply, through the real ingress, broker and PostgreSQL.
 
 The worker side (the join, the Stripe agent) is played by the test itself, over the real
-broker: :class:`PlayedWorker` reads the command from ``commands.payments`` and writes a
-``sluice.commands.Reply`` with the command's task id, as they do.
+broker: ``tests.fixtures.replies.PlayedWorker`` reads the command from
+``commands.payments`` and writes a ``sluice.commands.Reply`` with the command's task id,
+as they do.
 """
 
 from __future__ import annotations
@@ -10,16 +11,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
 from multidict import CIMultiDict
 
 from base.errors import InvalidEvent
@@ -32,7 +29,6 @@ from ingress.payments import (
 )
 from ingress.replies import ReplyWaiter
 from schemas.codec import make_codec
-from streams.domain.replies import reply_record
 from tests.fixtures.ingress import (
     REPLY_TIMEOUT_S,
     IngressUnderTest,
@@ -40,7 +36,8 @@ from tests.fixtures.ingress import (
     internal_headers,
     started_ingress,
 )
-from tests.fixtures.kafka import end_offsets, key_of, read_topic, value_of
+from tests.fixtures.kafka import end_offsets, read_topic, value_of
+from tests.fixtures.replies import played_worker, produce, reply_value
 
 CODEC = make_codec(None)
 COMMANDS = "commands.payments"
@@ -48,98 +45,6 @@ COMMANDS = "commands.payments"
 
 def _order_id() -> str:
     return f"ord_{uuid.uuid4().hex[:16]}"
-
-
-def _reply(task_id: str, status: int, body: Any) -> dict[str, Any]:
-    record = reply_record(
-        task_id=task_id,
-        status=status,
-        body=body if isinstance(body, dict) else {},
-        cause_event_id=task_id,
-        correlation_id="test",
-        now_ms=int(time.time() * 1000),
-        source="test-worker",
-    )
-    if isinstance(body, str):
-        record["body"] = body  # deliberately not JSON
-    return record
-
-
-def _produce(bootstrap: str, topic: str, key: str, value: bytes) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
-    producer.produce(topic, key=key.encode(), value=value)
-    assert producer.flush(10) == 0
-
-
-class PlayedWorker:
-    """Answers the next command for ``order_id`` on ``commands.payments`` with a reply.
-
-    Reads from the end of the topic as it was when started (so start it before the
-    request), on a thread, and writes the reply to the command's ``replyTo``.
-    """
-
-    def __init__(self, bootstrap: str, order_id: str, status: int, body: Any) -> None:
-        self.bootstrap = bootstrap
-        self.order_id = order_id
-        self.status = status
-        self.body = body
-        self.command: dict[str, Any] | None = None
-        self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._consumer: Any = None
-
-    def start(self) -> None:
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"played-worker-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-            }
-        )
-        ends = end_offsets(self.bootstrap, COMMANDS)
-        self._consumer.assign([TopicPartition(COMMANDS, p, o) for p, o in ends.items()])
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                message = self._consumer.poll(0.2)
-                if message is None or message.error() is not None:
-                    continue
-                if key_of(message) != self.order_id:
-                    continue
-                command = CODEC.decode(value_of(message), topic=COMMANDS).record
-                self.command = command
-                reply = _reply(command["taskId"], self.status, self.body)
-                _produce(
-                    self.bootstrap,
-                    command["replyTo"],
-                    command["taskId"],
-                    CODEC.encode("replies", reply),
-                )
-                return
-            raise AssertionError(f"no command for {self.order_id} on {COMMANDS}")
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self._consumer.close()
-
-    def result(self) -> dict[str, Any]:
-        assert self._thread is not None
-        self._thread.join(30)
-        if self.error is not None:
-            raise self.error
-        assert self.command is not None
-        return self.command
-
-
-@contextmanager
-def _played_worker(bootstrap: str, order_id: str, status: int, body: Any) -> Iterator[PlayedWorker]:
-    worker = PlayedWorker(bootstrap, order_id, status, body)
-    worker.start()
-    yield worker
 
 
 async def _post(
@@ -246,12 +151,12 @@ async def test_reply_waiter_delivers_ignores_strangers_and_times_out(catalog_top
             # A reply nobody waits for, garbage under the awaited key, then the real
             # reply and a repeat of it: only the first real one is delivered.
             for key, value in (
-                (stranger, CODEC.encode("replies", _reply(stranger, 200, {"x": 1}))),
+                (stranger, CODEC.encode("replies", reply_value(stranger, 200, {"x": 1}))),
                 (task, b"\x00garbage"),
-                (task, CODEC.encode("replies", _reply(task, 201, {"n": 1}))),
-                (task, CODEC.encode("replies", _reply(task, 500, {"n": 2}))),
+                (task, CODEC.encode("replies", reply_value(task, 201, {"n": 1}))),
+                (task, CODEC.encode("replies", reply_value(task, 500, {"n": 2}))),
             ):
-                await asyncio.to_thread(_produce, catalog_topics, "replies", key, value)
+                await asyncio.to_thread(produce, catalog_topics, "replies", key, value)
             reply = await pending.wait(10)
         assert reply is not None
         assert (reply.task_id, reply.status, json.loads(reply.body)) == (task, 201, {"n": 1})
@@ -268,8 +173,8 @@ async def test_reply_waiter_delivers_ignores_strangers_and_times_out(catalog_top
 @pytest.mark.integration
 async def test_reply_written_before_start_is_not_read(catalog_topics: str) -> None:
     task = str(uuid.uuid4())
-    value = CODEC.encode("replies", _reply(task, 200, {}))
-    await asyncio.to_thread(_produce, catalog_topics, "replies", task, value)
+    value = CODEC.encode("replies", reply_value(task, 200, {}))
+    await asyncio.to_thread(produce, catalog_topics, "replies", task, value)
     waiter = ReplyWaiter(catalog_topics, CODEC)
     await waiter.start()
     try:
@@ -335,7 +240,7 @@ async def test_the_workers_reply_is_the_answer(
     event_type: str,
 ) -> None:
     order_id = _order_id()
-    with _played_worker(ingress.bootstrap, order_id, status, reply_body) as worker:
+    with played_worker(ingress.bootstrap, COMMANDS, order_id, status, reply_body) as worker:
         started = time.monotonic()
         got_status, got_body, headers = await _post(ingress, path, {"orderId": order_id, **body})
         elapsed = time.monotonic() - started
@@ -360,7 +265,7 @@ async def test_the_workers_reply_is_the_answer(
 @pytest.mark.integration
 async def test_idempotency_key_becomes_the_request_id(ingress: IngressUnderTest) -> None:
     order_id = _order_id()
-    with _played_worker(ingress.bootstrap, order_id, 201, {"refundId": "re_9"}) as worker:
+    with played_worker(ingress.bootstrap, COMMANDS, order_id, 201, {"refundId": "re_9"}) as worker:
         status, _, _ = await _post(
             ingress, "refunds", {"orderId": order_id}, **{"Idempotency-Key": "refund-ord-9-a"}
         )
@@ -375,7 +280,7 @@ async def test_idempotency_key_becomes_the_request_id(ingress: IngressUnderTest)
 @pytest.mark.integration
 async def test_a_reply_that_is_not_json_is_a_502(ingress: IngressUnderTest) -> None:
     order_id = _order_id()
-    with _played_worker(ingress.bootstrap, order_id, 200, "not json {") as worker:
+    with played_worker(ingress.bootstrap, COMMANDS, order_id, 200, "not json {") as worker:
         status, body, _ = await _post(ingress, "intents", {"orderId": order_id})
         await asyncio.to_thread(worker.result)
 

@@ -16,6 +16,7 @@ Credentials in the URL (``https://user:secret@host/…``) are sent as HTTP Basic
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -56,18 +57,18 @@ class NotifyHttpClient:
             raise ConfigError(f"{name} URL is malformed") from None
         if parts.scheme not in ("http", "https") or not host:
             raise ConfigError(f"{name} URL must be http(s)://host/...")
-        self._auth = (
-            aiohttp.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
-            if parts.username is not None
-            else None
-        )
         netloc = f"[{host}]" if ":" in host else host
         if port is not None:
             netloc += f":{port}"
         self.url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
         """The endpoint without its credentials."""
         self._name = name
-        self._headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else {}
+        self._headers: dict[str, str] = {}
+        if bearer_token:
+            self._headers["Authorization"] = f"Bearer {bearer_token}"
+        elif parts.username is not None:
+            login = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self._headers["Authorization"] = "Basic " + base64.b64encode(login.encode()).decode()
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
@@ -101,7 +102,6 @@ class NotifyHttpClient:
                 self.url,
                 data=dict(form) if form is not None else None,
                 json=json_body,
-                auth=self._auth,
                 headers=headers,
                 allow_redirects=False,
             ) as response:

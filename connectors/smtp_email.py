@@ -96,7 +96,7 @@ def parse_smtp_url(url: str) -> SmtpTarget:
         raise ConfigError("SMTP_URL has no host")
     query = parse_qs(parts.query)
     sender = query.get("from", [DEFAULT_SENDER])[-1]
-    if not email.utils.parseaddr(sender)[1]:
+    if "@" not in email.utils.parseaddr(sender)[1]:
         raise ConfigError(f"SMTP_URL from={sender!r} is not an address")
     return SmtpTarget(
         host=parts.hostname,
@@ -228,7 +228,9 @@ def translate_smtp_error(exc: BaseException) -> SluiceError:
         if exc.code >= 500:
             return PermanentError(message)
         return TransientError(message)
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+    if isinstance(exc, aiosmtplib.SMTPNotSupported) or type(exc) is aiosmtplib.SMTPException:
+        # aiosmtplib raises the bare base class for what the server cannot do at all
+        # ("STARTTLS extension not supported by server"): the URL asks for the impossible.
         return PermanentError(f"smtp: {_short(str(exc))}")
     return TransientError(f"smtp: {type(exc).__name__}: {_short(str(exc))}")
 

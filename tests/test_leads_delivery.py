@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -447,3 +449,37 @@ def _new(partner: str) -> tuple[str, str]:
     """A fresh external lead id of ``partner`` and its lead id (to script before sending)."""
     external = uuid.uuid4().hex[:12]
     return external, lead_id(partner, external)
+
+
+def test_a_bad_partner_entry_stops_the_worker_with_clear_lines(tmp_path: Path) -> None:
+    partners = tmp_path / "partners.json"
+    partners.write_text(
+        json.dumps(
+            {
+                "partners": {
+                    "acme": {
+                        "auth": "hmac",
+                        "secrets": ["s"],
+                        "delivery": {"url": "ftp://crm", "max_attempts": 0},
+                    }
+                }
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLUICE_", "PARTNER_"))}
+    env |= {
+        "SLUICE_PARTNERS_FILE": str(partners),
+        "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "sluice", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "partner acme: delivery.url: must be an http:// or https:// URL" in done.stderr
+    assert "partner acme: delivery.max_attempts:" in done.stderr

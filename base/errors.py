@@ -4,6 +4,8 @@ How the pipeline reacts is decided by the class, never by the message:
 
 - ``InvalidEvent`` / ``PermanentError``: the record goes to ``dlq`` at once.
 - ``TransientError``: the record goes to the next ``retry.<delay>`` topic.
+- ``Held`` (a ``TransientError``): the effect is switched off for now; the record waits
+  on the longest delay topic and its attempt is not counted.
 
 Anything else is a bug: the worker stops, and the record is consumed again after the
 restart (``streams/app.py``). There is no backpressure error: a saturated downstream
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "Held",
     "InvalidEvent",
     "PermanentError",
     "SluiceError",
@@ -38,7 +41,15 @@ class InvalidEvent(SluiceError):
 
 
 class PermanentError(SluiceError):
-    """A side effect failed in a way retrying cannot fix (a 4xx other than 429, say)."""
+    """A side effect failed in a way retrying cannot fix (a 4xx other than 429, say).
+
+    :param alert: dead-letter it with an ``alerts`` record too: a refusal someone must
+        look at (a partner CRM refusing a lead), not just bad input.
+    """
+
+    def __init__(self, message: str, *, alert: bool = False) -> None:
+        super().__init__(message)
+        self.alert = alert
 
 
 class TransientError(SluiceError):
@@ -47,3 +58,9 @@ class TransientError(SluiceError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Held(TransientError):
+    """The side effect is switched off for now (a partner's delivery disabled): the
+    record waits on the longest delay topic and comes back, without using up an attempt,
+    until it is switched back on. Never dead-lettered for being held."""

@@ -17,6 +17,7 @@ from base.clock import Clock, SystemClock
 from base.errors import ConfigError
 from base.logs import WORKER_READY_EVENT
 from base.metrics import MetricsServer
+from base.partners import load_partners
 from base.settings import Settings
 from connectors.kafka_admin import create_changelog_topics, create_topics
 from connectors.kafka_outbox import KafkaOutbox
@@ -25,6 +26,7 @@ from schemas.catalog import topic_spec
 from schemas.codec import make_codec
 from streams import retention
 from streams.agents import (
+    deliver_leads,
     join_orders,
     normalise_webhooks,
     project_billing,
@@ -50,6 +52,7 @@ AGENT_MODULES = (
     project_billing,
     join_orders,
     stripe_calls,
+    deliver_leads,
     project_orders,
     retry_delayed,
     retention,  # not an agent: the leader's periodic purge of expired Postgres rows
@@ -73,6 +76,8 @@ def create_worker(
     if not settings.database_url:
         raise ConfigError("missing required setting DATABASE_URL")
     policy = retry_policy(settings)
+    # Before anything else: a bad partner entry stops the worker with one line per problem.
+    partners = load_partners(settings.partners_file, settings.partners)
     app = SluiceApp(
         app_id or settings.app_id,
         fetch_max_wait_s=settings.consumer_fetch_wait_s,
@@ -118,6 +123,7 @@ def create_worker(
         runner=EffectRunner(outbox=outbox, codec=codec, policy=policy, clock=clock),
         projection=PostgresProjection(settings.database_url),
         search_index_prefix=settings.search_index_prefix,
+        partners=partners,
     )
     for module in AGENT_MODULES:
         module.register(ctx)

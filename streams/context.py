@@ -1,7 +1,9 @@
 """What every agent is given: codec, clock, connectors, the effect runner, the topology.
 
 Connectors start lazily, on first use, inside the worker's event loop: Postgres always,
-Elasticsearch when ``ELASTICSEARCH_URL`` is set, the Stripe API when ``STRIPE_API_KEY`` is.
+Elasticsearch when ``ELASTICSEARCH_URL`` is set, the Stripe API when ``STRIPE_API_KEY`` is,
+the partner CRM client when the first lead is delivered. The partner registry is loaded
+before (``streams.app.create_worker``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from dataclasses import dataclass, field
 
 from base.clock import Clock
 from base.errors import PermanentError
+from base.partners import PartnerRegistry
 from base.settings import Settings
+from connectors.crm import CrmClient
 from connectors.elasticsearch import SearchProjection
 from connectors.postgres import PostgresProjection
+from connectors.postgres.leads import LeadStore
 from connectors.stripe_api import StripeApi
 from schemas.codec import Codec
 from streams.effects import EffectRunner, Outbox
@@ -37,11 +42,14 @@ class WorkerContext:
     # Prefix of every Elasticsearch index name (``SLUICE_SEARCH_INDEX_PREFIX``), so
     # tests and side-by-side deployments share one cluster without sharing indices.
     search_index_prefix: str = ""
+    # The partners the worker delivers leads for (SLUICE_PARTNERS_FILE, PARTNER_<ID>_*).
+    partners: PartnerRegistry = field(default_factory=PartnerRegistry)
     _started: bool = field(default=False, init=False)
     _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _search: SearchProjection | None = field(default=None, init=False, repr=False)
     _search_off_logged: bool = field(default=False, init=False, repr=False)
     _stripe: StripeApi | None = field(default=None, init=False, repr=False)
+    _crm: CrmClient | None = field(default=None, init=False, repr=False)
 
     async def connectors(self) -> PostgresProjection:
         """The started projection; started on first use, from inside the worker's loop.
@@ -94,10 +102,23 @@ class WorkerContext:
             self._stripe = StripeApi(key, self.settings.stripe_api_base)
         return self._stripe
 
+    async def leads(self) -> LeadStore:
+        """The lead store, over the started projection's pool."""
+        return LeadStore(await self.connectors())
+
+    def crm(self) -> CrmClient:
+        """The partner CRM client (one HTTP session for every partner)."""
+        if self._crm is None:
+            self._crm = CrmClient(now=self.clock.time)
+        return self._crm
+
     async def close(self) -> None:
         """Close every connector that was started. Idempotent."""
         search, self._search = self._search, None
         stripe, self._stripe = self._stripe, None
+        crm, self._crm = self._crm, None
+        if crm is not None:
+            await crm.close()
         if search is not None:
             await search.close()
         if stripe is not None:

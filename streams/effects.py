@@ -4,8 +4,14 @@ An *effect* is an async function over a batch of records (a Postgres write, say)
 runner calls it; on failure it asks the pure policy (``streams.domain.retry``) what to
 do with each record and carries that out through an ``Outbox``: the next
 ``retry.<delay>`` topic with attempt/due/origin/reason headers, or ``dlq`` (plus an
-``alerts`` record when retries were exhausted). Agents never sleep and never retry
-inline, so one bad record or one slow downstream never holds up fresh records.
+``alerts`` record when retries were exhausted or the failure asked for one). Agents
+never sleep and never retry inline, so one bad record or one slow downstream never holds
+up fresh records.
+
+An effect may choose the retry policy per record (``register(..., policy=...)``): the
+lead deliveries retry as often as the lead's partner allows. Such a policy must keep the
+worker's delays (the retry agents and topics are the worker's); only ``max_attempts``
+and the jitter may differ.
 
 Every dead letter of the worker goes through :meth:`EffectRunner.dead_letter`, also for
 agents that run no effect (a record that does not decode, say): it counts the record in
@@ -28,6 +34,7 @@ from schemas.codec import Codec
 from schemas.headers import TRACEPARENT, record_headers
 from streams.domain.dlq import DeadLetterGuard, alert_record, dead_letter_record, encode_alert
 from streams.domain.retry import (
+    ALERT_RETRIES_EXHAUSTED,
     DeadLetter,
     Retry,
     RetryHeaders,
@@ -38,11 +45,13 @@ from streams.domain.retry import (
 )
 from streams.records import Inbound, header_value
 
-__all__ = ["Effect", "EffectRunner", "Outbox"]
+__all__ = ["Effect", "EffectRunner", "Outbox", "PolicyOf"]
 
 log = logging.getLogger(__name__)
 
 Effect = Callable[[Sequence[Inbound]], Awaitable[None]]
+PolicyOf = Callable[[Inbound], RetryPolicy]
+"""The retry policy of one record of an effect (its retries, not its delays, may vary)."""
 
 
 class Outbox(Protocol):
@@ -74,9 +83,34 @@ class EffectRunner:
     # Counts, per effect name: processed, retried, dead-lettered.
     metrics: Metrics = field(default_factory=lambda: Metrics(WORKER_METRICS))
     guards: dict[str, DeadLetterGuard] = field(default_factory=dict)
+    policies: dict[str, PolicyOf] = field(default_factory=dict)
 
-    def register(self, name: str, effect: Effect) -> None:
+    def register(self, name: str, effect: Effect, *, policy: PolicyOf | None = None) -> None:
+        """Register ``effect`` under ``name``.
+
+        :param policy: the retry policy of each failed record of this effect (read from
+            the record, e.g. its partner's attempts); default: the runner's ``policy``.
+            It must keep the runner's delays: :meth:`policy_of` refuses another schedule.
+        """
         self.effects[name] = effect
+        if policy is not None:
+            self.policies[name] = policy
+        else:
+            self.policies.pop(name, None)
+
+    def policy_of(self, name: str, record: Inbound) -> RetryPolicy:
+        """The retry policy for ``record`` of effect ``name``.
+
+        :raises ValueError: the effect's policy chose delays other than the runner's (a
+            bug: its delay topics might not exist, nor their agents).
+        """
+        choose = self.policies.get(name)
+        if choose is None:
+            return self.policy
+        policy = choose(record)
+        if policy.delays != self.policy.delays:
+            raise ValueError(f"effect {name!r} chose delays {policy.delays}, not the worker's")
+        return policy
 
     def guard(self, name: str) -> DeadLetterGuard:
         """The dead-letter guard of agent or effect ``name``."""
@@ -100,9 +134,11 @@ class EffectRunner:
         attempts: int = 1,
         retry: RetryHeaders | None = None,
         alert: bool = False,
+        alert_type: str = ALERT_RETRIES_EXHAUSTED,
     ) -> None:
         """Send ``record`` to ``dlq`` for agent or effect ``name`` (and an ``alerts``
-        record when ``alert``), naming its origin, stamped with the injected clock.
+        record of ``alert_type`` when ``alert``), naming its origin, stamped with the
+        injected clock.
 
         :raises TooManyDeadLetters: ``name``'s guard tripped: nothing is produced, and
             the exception must stop the worker so the record is not committed.
@@ -122,6 +158,7 @@ class EffectRunner:
             now=self.clock.time(),
             retry=retry,
             alert=alert,
+            alert_type=alert_type,
         )
 
     async def run(self, name: str, records: Sequence[Inbound]) -> None:
@@ -164,7 +201,7 @@ class EffectRunner:
         decision = decide_failure(
             exc,
             attempt=retry.attempt if retry else 0,
-            policy=self.policy,
+            policy=self.policy_of(name, record),
             now=self.clock.time(),
             rand=self.rand,
             origin=origin,
@@ -206,6 +243,7 @@ class EffectRunner:
             attempts=decision.attempts,
             retry=retry,
             alert=decision.alert,
+            alert_type=decision.alert_type,
         )
 
     async def _dead_letter_unknown(
@@ -233,6 +271,7 @@ async def _send_dead_letter(
     now: float,
     retry: RetryHeaders | None,
     alert: bool,
+    alert_type: str = ALERT_RETRIES_EXHAUSTED,
 ) -> None:
     """Produce the ``dlq`` record (and the alert); only :meth:`EffectRunner.dead_letter`
     calls this, after its guard."""
@@ -260,6 +299,6 @@ async def _send_dead_letter(
     headers = record_headers("dlq", dead, traceparent=traceparent)
     await outbox.send("dlq", record.key, codec.encode("dlq", dead), headers)
     if alert:
-        notice = alert_record(dead)
+        notice = alert_record(dead, alert_type)
         alert_headers = record_headers("alerts", notice, traceparent=traceparent)
         await outbox.send("alerts", dead["eventId"].encode(), encode_alert(notice), alert_headers)

@@ -16,6 +16,8 @@ agents take their handles from the ``Topology`` built here.
                                    · replies · dlq
     commands.stripe
         └─► stripe_calls        (Stripe API) ─► payments.setup · replies · retry.* · dlq
+    leads.received, commands.leads.deliver
+        └─► deliver_leads       (Postgres leads, partner CRMs) ─► replies · retry.* · dlq · alerts
     orders.lifecycle
         └─► project_orders      (Postgres orders, Elasticsearch orders) ─► retry.* · dlq
     retry.<delay>  (one agent per delay topic; waits for the head record's due time)
@@ -78,6 +80,11 @@ def wiring(policy: RetryPolicy) -> tuple[Wire, ...]:
             "stripe_calls",
             reads=("commands.stripe",),
             writes=("payments.setup", "replies", *failures),
+        ),
+        Wire(
+            "deliver_leads",
+            reads=("leads.received", "commands.leads.deliver"),
+            writes=("replies", *failures),
         ),
         Wire("project_orders", reads=("orders.lifecycle",), writes=failures),
         *(

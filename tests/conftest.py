@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.worker",
     "tests.fixtures.stripe",
     "tests.fixtures.registry",
+    "tests.fixtures.crm",
 ]

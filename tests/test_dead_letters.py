@@ -4,11 +4,15 @@ the real broker (the worker's ``KafkaOutbox``)."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 from base.clock import FrozenClock
+from base.errors import Held, PermanentError, TransientError
 from connectors.kafka_outbox import KafkaOutbox
 from schemas.codec import make_codec
 from streams.domain.dlq import DeadLetterGuard, TooManyDeadLetters
@@ -80,3 +84,70 @@ async def test_dead_letters_use_the_agents_guard_and_the_injected_clock(
             "traceparent": TRACEPARENT,
             "content-type": "application/vnd.sluice.dead-letter+avro",
         }
+
+
+async def test_an_effect_chooses_each_records_policy_and_may_ask_for_alerts(
+    catalog_topics: str,
+) -> None:
+    """``register(..., policy=...)`` (a partner's attempts), ``PermanentError(alert=True)``
+    (a refusal someone must see) and ``Held`` (switched off: wait, attempt not counted)."""
+    run = uuid.uuid4().hex[:10]
+    base = uuid.uuid4().int % 10**9
+    outbox = KafkaOutbox(catalog_topics)
+    runner = EffectRunner(outbox=outbox, codec=CODEC, policy=RetryPolicy(), clock=FrozenClock(NOW))
+    failures: dict[bytes | None, Exception] = {
+        f"{run}-no-retries".encode(): TransientError("crm down"),
+        f"{run}-default".encode(): TransientError("crm down"),
+        f"{run}-refused".encode(): PermanentError("crm refused: HTTP 400", alert=True),
+        f"{run}-held".encode(): Held("delivery disabled"),
+    }
+
+    async def effect(records: Sequence[Inbound]) -> None:
+        raise failures[records[0].key]
+
+    def policy(record: Inbound) -> RetryPolicy:
+        no_retries = record.key == f"{run}-no-retries".encode()
+        return RetryPolicy(max_attempts=0) if no_retries else runner.policy
+
+    runner.register("deliver", effect, policy=policy)
+    try:
+        for n, key in enumerate(failures):
+            await runner.run("deliver", [_record(key.decode(), base + n)])  # type: ignore[union-attr]
+        await outbox.flush(30)
+    finally:
+        await outbox.close()
+
+    def letters(suffix: str) -> list[dict[str, Any]]:
+        found = read_topic(catalog_topics, "dlq", key=f"{run}-{suffix}")
+        return [CODEC.decode(m.value() or b"", topic="dlq").record for m in found]
+
+    def alert_types(letter: dict[str, Any]) -> list[str]:
+        found = read_topic(catalog_topics, "alerts", key=letter["eventId"])
+        return [json.loads(m.value() or b"{}")["eventType"] for m in found]
+
+    [exhausted] = letters("no-retries")
+    assert alert_types(exhausted) == ["alert.retries_exhausted"]
+    [refused] = letters("refused")
+    assert alert_types(refused) == ["alert.permanent_failure"]
+    assert letters("default") == letters("held") == []
+    [retried] = read_topic(catalog_topics, "retry.5s", key=f"{run}-default")
+    assert header_map(retried)["sluice-attempt"] == "1"
+    [held] = read_topic(catalog_topics, "retry.30m", key=f"{run}-held")
+    assert header_map(held)["sluice-attempt"] == "0"
+
+
+def test_an_effects_policy_must_keep_the_workers_delays() -> None:
+    runner = EffectRunner(
+        outbox=None,  # type: ignore[arg-type]
+        codec=CODEC,
+        policy=RetryPolicy(),
+        clock=FrozenClock(NOW),
+    )
+
+    async def effect(records: Sequence[Inbound]) -> None:
+        return None
+
+    runner.register("deliver", effect, policy=lambda _: RetryPolicy((5.0,)))
+    with pytest.raises(ValueError, match="not the worker's"):
+        runner.policy_of("deliver", _record("k", 0))
+    assert runner.policy_of("other", _record("k", 0)) is runner.policy

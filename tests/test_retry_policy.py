@@ -9,6 +9,7 @@ import pytest
 
 from base.errors import (
     ConfigError,
+    Held,
     InvalidEvent,
     PermanentError,
     TransientError,
@@ -18,6 +19,7 @@ from schemas.catalog import RETRY_DELAYS, retry_topic_name
 from streams.app import retry_policy
 from streams.domain.dlq import TooManyDeadLetters
 from streams.domain.retry import (
+    ALERT_PERMANENT_FAILURE,
     ATTEMPT_HEADER,
     DUE_AT_HEADER,
     FIRST_FAILED_AT_HEADER,
@@ -338,6 +340,27 @@ def test_permanent_and_invalid_go_straight_to_dlq(
     assert decision == DeadLetter(
         reason=str(exc), error_class=type(exc).__name__, attempts=attempts, alert=False
     )
+
+
+def test_a_refusal_that_asks_for_an_alert_is_dead_lettered_with_one() -> None:
+    decision = _decide(PermanentError("crm refused: HTTP 400", alert=True), 1, rand=_never)
+    assert decision == DeadLetter(
+        reason="crm refused: HTTP 400",
+        error_class="PermanentError",
+        attempts=2,
+        alert=True,
+        alert_type=ALERT_PERMANENT_FAILURE,
+    )
+
+
+@pytest.mark.parametrize("attempt", [0, 3, 4, 40])
+def test_a_held_record_waits_on_the_longest_delay_without_using_an_attempt(attempt: int) -> None:
+    # Even past max_attempts (4): being held never exhausts a record's retries.
+    retry = _retry(Held("delivery disabled"), attempt, rand=_const(0.5))
+    assert retry.topic == POLICY.topics[-1]
+    assert retry.attempt == attempt
+    assert retry.due_at == pytest.approx(NOW + POLICY.delays[-1])
+    assert retry.headers.reason == "delivery disabled"
 
 
 def test_decision_headers_carry_origin_and_history() -> None:

@@ -3,7 +3,10 @@
 -- lead_id is deterministic (uuid5 of partner_id and external_lead_id, schemas/leads.py),
 -- so every copy of a lead finds the same row; the unique (partner_id, external_lead_id)
 -- is the second line of that. status moves RECEIVED → RETRYING → DELIVERED or
--- DELIVERY_FAILED; attempts counts lead_delivery_attempts rows.
+-- DELIVERY_FAILED; attempts counts lead_delivery_attempts rows. DELIVERED is final: a
+-- late failure of an older copy never moves a lead back (connectors/postgres/leads.py).
+-- An attempt's number is taken under the lead row's lock, in the transaction that
+-- records it, so attempts are numbered 1, 2, … without gaps or collisions.
 
 CREATE TABLE leads (
     lead_id            text        NOT NULL,
@@ -40,6 +43,11 @@ CREATE TABLE lead_delivery_attempts (
     -- What caused the attempt: delivery (the lead's own), retry, or request (deliver-now).
     trigger            text        NOT NULL,
     metadata           jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    -- The record that caused it (the lead's eventId, or the deliver-now command's), so a
+    -- redelivered command finds the attempt it already made.
+    event_id           text,
     attempted_at       timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT lead_delivery_attempts_pkey PRIMARY KEY (lead_id, attempt)
 );
+
+CREATE INDEX lead_delivery_attempts_event_idx ON lead_delivery_attempts (lead_id, event_id);

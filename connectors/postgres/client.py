@@ -26,7 +26,7 @@ seconds; the pool reconnects by itself once it is back.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Final, Literal, Self, TypeVar, get_args
 
@@ -189,6 +189,11 @@ class PostgresProjection:
             if error is None:
                 raise
             raise error from exc
+
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection[TupleRow]]:
+        """A pooled autocommit connection whose driver errors come out translated, for
+        the sibling stores of this package (``leads.py``), which share this pool."""
+        return self._connection()
 
     async def ping(self) -> None:
         """Run one trivial query. Raises ``TransientError`` when the server is unusable."""

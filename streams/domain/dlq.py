@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
 from base.errors import SluiceError
-from streams.domain.retry import RETRY_HEADER_NAMES, HeadersLike, clean_reason, normalise_headers
+from streams.domain.retry import (
+    ALERT_RETRIES_EXHAUSTED,
+    RETRY_HEADER_NAMES,
+    HeadersLike,
+    clean_reason,
+    normalise_headers,
+)
 
 __all__ = [
     "ALERT_RETRIES_EXHAUSTED",
@@ -37,7 +43,6 @@ __all__ = [
 DLQ_EVENT_TYPE: Final = "dlq.record"
 DEAD_LETTER_VERSION: Final = 1
 DLQ_SOURCE: Final = "sluice.streams"
-ALERT_RETRIES_EXHAUSTED: Final = "alert.retries_exhausted"
 
 REPLAY_HEADER: Final = "sluice-replay"
 """Set to ``b"1"`` on replayed records: dedupe lets them through on purpose."""
@@ -138,21 +143,25 @@ def dead_letter_record(
     }
 
 
-def alert_record(dead_letter: Mapping[str, Any]) -> dict[str, Any]:
+def alert_record(
+    dead_letter: Mapping[str, Any], alert_type: str = ALERT_RETRIES_EXHAUSTED
+) -> dict[str, Any]:
     """The ``alerts`` record announcing that ``dead_letter`` (a :func:`dead_letter_record`
-    whose retries were exhausted) went to ``dlq``; produce it keyed by its ``eventId``.
+    whose retries were exhausted, or whose refusal asked for an alert) went to ``dlq``;
+    produce it keyed by its ``eventId``.
 
     ``alerts`` has no schema in the catalog yet, so alerts are JSON (:func:`encode_alert`)
     until one lands. Fields: ``eventId`` (uuid5 of the dead letter's id and the alert
-    type, so a re-run reproduces it), ``eventType`` (:data:`ALERT_RETRIES_EXHAUSTED`),
+    type, so a re-run reproduces it), ``eventType`` (``alert_type``:
+    :data:`ALERT_RETRIES_EXHAUSTED` or ``ALERT_PERMANENT_FAILURE``),
     ``occurredAt`` (epoch ms), ``correlationId``, ``source``, ``origin`` (topic),
     ``originPartition``, ``originOffset``, ``reason``, ``errorClass``, ``attempts``,
     ``dlqEventId``. Never holds the record's key, value or headers.
     """
     dlq_event_id = str(dead_letter["eventId"])
     return {
-        "eventId": str(uuid.uuid5(_DLQ_NAMESPACE, f"{dlq_event_id}:{ALERT_RETRIES_EXHAUSTED}")),
-        "eventType": ALERT_RETRIES_EXHAUSTED,
+        "eventId": str(uuid.uuid5(_DLQ_NAMESPACE, f"{dlq_event_id}:{alert_type}")),
+        "eventType": alert_type,
         "occurredAt": int(dead_letter["failedAt"]),
         "correlationId": str(dead_letter["correlationId"]),
         "source": str(dead_letter["source"]),

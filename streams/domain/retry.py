@@ -7,7 +7,16 @@ the :data:`Decision`:
 - :class:`Retry`: produce the record (key and value bytes unchanged) to ``Retry.topic``
   with ``merge_headers(original_headers, decision.headers)``;
 - :class:`DeadLetter`: produce a ``dlq`` record (``streams.domain.dlq``) and, when
-  ``alert`` is set (retries exhausted), an ``alerts`` record.
+  ``alert`` is set (retries exhausted, or a ``PermanentError(alert=True)``), an
+  ``alerts`` record of type ``alert_type``.
+
+A :class:`~base.errors.Held` failure (the effect is switched off for now) is a
+:class:`Retry` to the *longest* delay topic at the *same* attempt: the record waits and
+comes back for as long as it is held, and never runs out of attempts for it.
+
+An effect may retry on a policy of its own per record (``EffectRunner.register(...,
+policy=...)``: a partner's ``max_attempts``); such a policy keeps the worker's delays, so
+every delay topic it names exists.
 
 A retry agent per ``retry.<delay>`` topic reads :meth:`RetryHeaders.from_kafka`, waits
 :func:`due_in` seconds on the injected clock, re-runs the effect and, on failure, calls
@@ -35,11 +44,13 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 from base.durations import check_retry_schedule
-from base.errors import ConfigError, InvalidEvent, PermanentError, TransientError
+from base.errors import ConfigError, Held, InvalidEvent, PermanentError, TransientError
 from base.http_status import classify_http_status, parse_retry_after
 from schemas.catalog import RETRY_DELAYS, UnknownTopic, retry_topic_name, topic_spec
 
 __all__ = [
+    "ALERT_PERMANENT_FAILURE",
+    "ALERT_RETRIES_EXHAUSTED",
     "ATTEMPT_HEADER",
     "DUE_AT_HEADER",
     "EFFECT_HEADER",
@@ -108,6 +119,11 @@ RETRY_HEADER_NAMES: Final = frozenset(
 """Every header this module owns; :func:`merge_headers` replaces them, replays strip them."""
 
 REASON_MAX_CHARS: Final = 500
+
+ALERT_RETRIES_EXHAUSTED: Final = "alert.retries_exhausted"
+"""``alerts`` type of a record whose transient failure never cleared."""
+ALERT_PERMANENT_FAILURE: Final = "alert.permanent_failure"
+"""``alerts`` type of a record refused for good by a ``PermanentError(alert=True)``."""
 
 _DEFAULT_DELAYS: Final = tuple(seconds for _, seconds in RETRY_DELAYS)
 _INT = re.compile(rb"-?[0-9]{1,19}")
@@ -411,13 +427,16 @@ class DeadLetter:
     :param error_class: class name of the last failure.
     :param attempts: deliveries made, the failed one included (``1`` on a first-try
         permanent failure).
-    :param alert: retries were exhausted (a transient failure that never cleared).
+    :param alert: retries were exhausted (a transient failure that never cleared), or
+        the failure asked for one (``PermanentError(alert=True)``).
+    :param alert_type: the ``alerts`` record's type when ``alert``.
     """
 
     reason: str
     error_class: str
     attempts: int
     alert: bool
+    alert_type: str = ALERT_RETRIES_EXHAUSTED
 
 
 Decision: TypeAlias = Retry | DeadLetter
@@ -450,7 +469,11 @@ def decide_failure(
       a ``retry_after`` beyond the longest delay is capped at the longest delay for the
       same reason (the downstream is called early; if it refuses again the record moves
       on to the next retry, and exhaustion dead-letters it with an alert);
-    - transient, retries used up: ``DeadLetter(alert=True)``.
+    - transient, retries used up: ``DeadLetter(alert=True)``;
+    - permanent with ``alert`` set: ``DeadLetter(alert=True,
+      alert_type=ALERT_PERMANENT_FAILURE)``;
+    - :class:`~base.errors.Held`: ``Retry`` to the longest delay topic at the same
+      ``attempt`` (not counted: a held record never runs out of retries).
 
     :param attempt: retry number of the record that failed (``RetryHeaders.attempt``;
         ``0`` for a record from its origin topic).
@@ -470,7 +493,16 @@ def decide_failure(
     if attempt < 0:
         raise ValueError(f"attempt must be 0 or more, got {attempt}")
     reason = failure_reason(exc)
-    if kind != "transient" or attempt >= policy.max_attempts:
+    held = isinstance(exc, Held)
+    if kind == "permanent" and getattr(exc, "alert", False):
+        return DeadLetter(
+            reason=reason,
+            error_class=type(exc).__name__,
+            attempts=attempt + 1,
+            alert=True,
+            alert_type=ALERT_PERMANENT_FAILURE,
+        )
+    if kind != "transient" or (attempt >= policy.max_attempts and not held):
         return DeadLetter(
             reason=reason,
             error_class=type(exc).__name__,
@@ -478,7 +510,7 @@ def decide_failure(
             alert=kind == "transient",
         )
 
-    index = min(attempt, len(policy.delays) - 1)
+    index = len(policy.delays) - 1 if held else min(attempt, len(policy.delays) - 1)
     base = policy.delays[index]
     r = rand()
     if not 0.0 <= r <= 1.0:
@@ -494,7 +526,7 @@ def decide_failure(
 
     due_at_ms = math.ceil((now + wait) * 1000)  # rounding up: never due early
     headers = RetryHeaders(
-        attempt=attempt + 1,
+        attempt=attempt if held else attempt + 1,
         due_at_ms=due_at_ms,
         origin=origin,
         reason=reason,

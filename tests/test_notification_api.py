@@ -49,7 +49,7 @@ def _email() -> str:
     return f"ana.{uuid.uuid4().hex[:8]}@Example.COM"
 
 
-def _send_body(to: str, channel: str = "EMAIL", **more: Any) -> dict[str, Any]:
+def _send_body(to: Any, channel: str = "EMAIL", **more: Any) -> dict[str, Any]:
     return {"to": to, "channel": channel, "template": "ORDER_PAID", "data": ORDER_PAID, **more}
 
 
@@ -230,7 +230,7 @@ async def test_send_needs_the_token(notify_ingress: IngressUnderTest) -> None:
     assert end_offsets(notify_ingress.bootstrap, TOPIC) == before
 
 
-SENDS = {
+SENDS: dict[str, tuple[str, str | None, str, dict[str, Any]]] = {
     "email to a user": ("EMAIL", None, "ORDER_PAID", ORDER_PAID),
     "email to an address": ("EMAIL", "address", "ORDER_PAID", {**ORDER_PAID, "name": "Ana"}),
     "sms to a user": ("SMS", None, "LEAD_RECEIVED", {"lead_id": "l1", "partner_id": "acme"}),

@@ -522,3 +522,13 @@ async def test_bad_contacts_are_400_naming_the_field(ingress: IngressUnderTest, 
     assert answer["field"] == field
     assert field in answer["detail"]
     assert end_offsets(ingress.bootstrap, CONTACTS) == before
+
+
+@pytest.mark.integration
+async def test_a_send_without_a_broker_is_503() -> None:
+    """Nothing is acknowledged that is not durable: no broker, no 202."""
+    settings = ingress_settings(f"127.0.0.1:{free_port()}")
+    async with started_ingress(settings) as cut_off:
+        status, body = await _send(cut_off, _send_body(_user()))
+    assert status == 503, body
+    assert body["error"]

@@ -115,8 +115,9 @@ class NotificationSends:
         try:
             message, address = await self._prepare(request, row)
         except (InvalidEvent, PermanentError) as exc:
-            await self._fail(record, row, redact(str(exc), request.to))
-            raise PermanentError(redact(str(exc), request.to)) from None
+            reason = redact(str(exc), *_direct_contact(request))
+            await self._fail(record, row, reason)
+            raise PermanentError(reason) from None
         sender = self._ctx.senders.get(request.channel)
         if sender is None:
             reason = f"{URL_SETTING[request.channel]} is not set: {request.channel} held"
@@ -196,6 +197,17 @@ class NotificationSends:
             "notification failed before sending",
             extra={**_fields(record, after or row), "reason": reason},
         )
+
+
+def _direct_contact(request: NotificationRequest) -> tuple[str, ...]:
+    """What of ``to`` is a contact detail, to keep out of errors (a user id is an id)."""
+    try:
+        recipient = parse_recipient(request.to, request.channel)
+    except InvalidEvent:
+        return (request.to,)  # not even a user id: keep it out, whatever it is
+    if isinstance(recipient, UserRecipient):
+        return ()
+    return (request.to, recipient.address)
 
 
 def _new_notification(request: NotificationRequest) -> NewNotification:

@@ -29,6 +29,7 @@ from streams.agents import (
     deliver_leads,
     join_orders,
     normalise_webhooks,
+    notify_lifecycle,
     project_billing,
     project_orders,
     project_webhooks,
@@ -53,6 +54,7 @@ AGENT_MODULES = (
     join_orders,
     stripe_calls,
     deliver_leads,
+    notify_lifecycle,
     project_orders,
     retry_delayed,
     retention,  # not an agent: the leader's periodic purge of expired Postgres rows

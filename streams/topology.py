@@ -20,6 +20,9 @@ agents take their handles from the ``Topology`` built here.
         └─► deliver_leads       (Postgres leads, partner CRMs) ─► replies · retry.* · dlq · alerts
     orders.lifecycle
         └─► project_orders      (Postgres orders, Elasticsearch orders) ─► retry.* · dlq
+    orders.lifecycle, billing.invoice.updated
+        └─► notify_lifecycle    (Postgres user_contacts, read) ─► notifications.requested
+                                   · retry.* · dlq
     retry.<delay>  (one agent per delay topic; waits for the head record's due time)
         └─► retry_<delay>       re-runs the named effect ─► next retry.* · dlq · alerts
 """
@@ -87,6 +90,11 @@ def wiring(policy: RetryPolicy) -> tuple[Wire, ...]:
             writes=("replies", *failures),
         ),
         Wire("project_orders", reads=("orders.lifecycle",), writes=failures),
+        Wire(
+            "notify_lifecycle",
+            reads=("orders.lifecycle", "billing.invoice.updated"),
+            writes=("notifications.requested", *failures),
+        ),
         *(
             Wire(f"retry_{topic.removeprefix('retry.')}", reads=(topic,), writes=failures)
             for topic in retry_topics

@@ -13,7 +13,11 @@ worker starts (a bad entry stops it: ``ConfigError``); the rules and the records
 3. one ``NotificationRequest`` per mapped record, keyed by the user id, through the
    outbox: durable before the record's offset commits. Its id is derived from (cause
    event, template, channel), so a redelivered or replayed cause asks for the same
-   notification again and the send agent sends it once.
+   notification again and the send agent sends it once;
+4. once those records are delivered (the outbox flushed), each cause's event id goes
+   into ``processed_events`` (consumer ``notify_lifecycle``), and a cause found there is
+   not asked for again: a redelivered lifecycle record produces no second request. A
+   crash between delivery and that record does (same id), which the send agent absorbs.
 
 An invoice that names no user (no ``user_id`` in its or its subscription's metadata) is
 skipped with a warning. A mapped record without what its template needs (an amount, a
@@ -25,8 +29,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
+from connectors.postgres.processed import ProcessedEvents
 from connectors.postgres.user_channels import ChannelsRow, UserChannelStore
 from schemas.headers import EVENT_TYPE, TRACEPARENT, record_headers
 from schemas.notifications import Channel
@@ -88,13 +93,26 @@ class LifecycleNotifier:
             causes.append((record, cause))
         if not causes:
             return
-        contacts = await self._contacts(users_of([cause for _, cause in causes]))
+        projection = await self._ctx.connectors()
+        processed = ProcessedEvents(projection, AGENT)
+        done = await processed.seen({cause.event_id for _, cause in causes})
+        causes = [(record, cause) for record, cause in causes if cause.event_id not in done]
+        if not causes:
+            log.info("lifecycle events already notified: nothing new", extra={"events": len(done)})
+            return
+        rows = await UserChannelStore(projection).channels(users_of([c for _, c in causes]))
         for record, cause in causes:
             assert cause.user_id is not None
+            row = rows.get(cause.user_id)
             channel = choose_channel(
-                contacts.get(cause.user_id), self._rules.channels[cause.template]
+                None if row is None else _channels(row), self._rules.channels[cause.template]
             )
             await self._request(record, cause, channel)
+        # Recorded only once the requests are delivered: a crash before leaves the causes
+        # unrecorded, and their redelivery asks again with the same notification ids.
+        if isinstance(self._ctx.outbox, _Flushable):
+            await self._ctx.outbox.flush()
+        await processed.record({cause.event_id for _, cause in causes})
 
     def _cause(self, record: Inbound) -> Cause | None:
         if record.topic == LIFECYCLE_TOPIC:
@@ -106,11 +124,6 @@ class LifecycleNotifier:
         decoded = self._ctx.codec.decode(record.value, topic=record.topic).record
         return cause_of(record.topic, decoded, self._rules)
 
-    async def _contacts(self, user_ids: list[str]) -> dict[str, UserChannels]:
-        store = UserChannelStore(await self._ctx.connectors())
-        rows = await store.channels(user_ids)
-        return {user: _channels(row) for user, row in rows.items()}
-
     async def _request(self, record: Inbound, cause: Cause, channel: Channel) -> None:
         request = notification_request(cause, channel, self._catalog)
         traceparent = header_value(record.headers, TRACEPARENT)
@@ -121,6 +134,13 @@ class LifecycleNotifier:
             "notification requested",
             extra=_fields(record, cause, request),
         )
+
+
+@runtime_checkable
+class _Flushable(Protocol):
+    async def flush(self) -> None:
+        """Wait until every record handed over is delivered (``KafkaOutbox.flush``)."""
+        ...
 
 
 def _channels(row: ChannelsRow) -> UserChannels:

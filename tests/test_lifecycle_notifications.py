@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from base.errors import ConfigError, InvalidEvent
-from base.settings import Settings
+from base.settings import Settings, load_settings
 from schemas.codec import make_codec
 from schemas.notifications import Channel, notification_id_for_cause
 from schemas.notify_templates import default_catalog
@@ -282,3 +283,16 @@ def test_every_problem_is_one_line() -> None:
     with pytest.raises(ConfigError) as caught:
         load_rules("order.paid=NOPE, order.nope=ORDER_PAID", CATALOG)
     assert len(str(caught.value).splitlines()) == 2
+
+
+def test_the_worker_does_not_start_with_an_unknown_template(tmp_path: Path) -> None:
+    from streams.app import create_worker
+
+    env = {
+        "SLUICE_STATE_DIR": str(tmp_path),
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "DATABASE_URL": "postgresql://127.0.0.1:1/none",
+        "SLUICE_NOTIFY_ON": "order.paid=ORDER_PAID,order.refunded=REFUND_SENT",
+    }
+    with pytest.raises(ConfigError, match=r"SLUICE_NOTIFY_ON: .*unknown template 'REFUND_SENT'"):
+        create_worker(load_settings(env))

@@ -20,9 +20,10 @@ worker starts (a bad entry stops it: ``ConfigError``); the rules and the records
    crash between delivery and that record does (same id), which the send agent absorbs.
 
 An invoice that names no user (no ``user_id`` in its or its subscription's metadata) is
-skipped with a warning. A mapped record without what its template needs (an amount, a
-currency) is an ``InvalidEvent``: dead-lettered alone. Postgres unavailable: the batch
-goes to the delay topics like any transient failure.
+skipped with a warning; so is, silently, a record that does not decode (the projection
+reading the same topic dead-letters it). A mapped record without what its template
+needs (an amount, a currency) is an ``InvalidEvent``: dead-lettered alone. Postgres
+unavailable: the batch goes to the delay topics like any transient failure.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 
+from base.errors import InvalidEvent
 from connectors.postgres.processed import ProcessedEvents
 from connectors.postgres.user_channels import ChannelsRow, UserChannelStore
 from schemas.headers import EVENT_TYPE, TRACEPARENT, record_headers
@@ -121,7 +123,13 @@ class LifecycleNotifier:
                 return None  # not mapped: not decoded
         elif not self._rules.maps_invoices():
             return None
-        decoded = self._ctx.codec.decode(record.value, topic=record.topic).record
+        try:
+            decoded = self._ctx.codec.decode(record.value, topic=record.topic).record
+        except InvalidEvent:
+            # The projection reading the same topic dead-letters it; a second dead
+            # letter of the same record would only be noise.
+            log.debug("undecodable lifecycle record skipped", extra={"position": record.position})
+            return None
         return cause_of(record.topic, decoded, self._rules)
 
     async def _request(self, record: Inbound, cause: Cause, channel: Channel) -> None:

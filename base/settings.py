@@ -154,6 +154,12 @@ class Settings(BaseSettings):
     smtp_url: str | None = Field(None, alias="SMTP_URL")
     sms_webhook_url: str | None = Field(None, alias="SMS_WEBHOOK_URL")
     push_webhook_url: str | None = Field(None, alias="PUSH_WEBHOOK_URL")
+    # Lifecycle event type → template code (streams/domain/lifecycle_notifications.py).
+    notify_on: str = Field(
+        "order.paid=ORDER_PAID,order.payment_failed=PAYMENT_FAILED,"
+        "order.refunded=REFUND_ISSUED,invoice.payment_failed=INVOICE_PAYMENT_FAILED",
+        alias="SLUICE_NOTIFY_ON",
+    )
 
     # -- Secrets -----------------------------------------------------------------------
     stripe_webhook_secrets: Secrets = Field((), alias="STRIPE_WEBHOOK_SECRET")

@@ -29,6 +29,7 @@ from streams.agents import (
     deliver_leads,
     join_orders,
     normalise_webhooks,
+    notify_lifecycle,
     project_billing,
     project_contacts,
     project_orders,
@@ -57,6 +58,7 @@ AGENT_MODULES = (
     deliver_leads,
     project_contacts,
     send_notifications,
+    notify_lifecycle,
     project_orders,
     retry_delayed,
     retention,  # not an agent: the leader's periodic purge of expired Postgres rows

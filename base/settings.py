@@ -149,10 +149,17 @@ class Settings(BaseSettings):
     # A Stripe-compatible server (localstripe in dev and tests); None: the stripe
     # library's default, Stripe itself.
     stripe_api_base: str | None = Field(None, alias="STRIPE_API_BASE")
-    # Planned (DESIGN §7, the notifications capability): read, not used yet.
+    # The notification channels (streams/agents/send_notifications.py); unset: that
+    # channel's notifications are held (QUEUED) until it is configured.
     smtp_url: str | None = Field(None, alias="SMTP_URL")
     sms_webhook_url: str | None = Field(None, alias="SMS_WEBHOOK_URL")
     push_webhook_url: str | None = Field(None, alias="PUSH_WEBHOOK_URL")
+    # Lifecycle event type → template code (streams/domain/lifecycle_notifications.py).
+    notify_on: str = Field(
+        "order.paid=ORDER_PAID,order.payment_failed=PAYMENT_FAILED,"
+        "order.refunded=REFUND_ISSUED,invoice.payment_failed=INVOICE_PAYMENT_FAILED",
+        alias="SLUICE_NOTIFY_ON",
+    )
 
     # -- Secrets -----------------------------------------------------------------------
     stripe_webhook_secrets: Secrets = Field((), alias="STRIPE_WEBHOOK_SECRET")
@@ -244,6 +251,10 @@ class Settings(BaseSettings):
     postgres_retention_s: PositiveDuration = Field(35 * DAY_S, alias="SLUICE_POSTGRES_RETENTION")
     postgres_purge_every_s: PositiveDuration = Field(3600.0, alias="SLUICE_POSTGRES_PURGE_EVERY")
     postgres_purge_batch: PositiveInt = Field(1000, alias="SLUICE_POSTGRES_PURGE_BATCH")
+    # Per-user notification cap: at most this many notifications to one recipient
+    # (to_ref) within the window; past it, FAILED with the reason.
+    notify_user_cap: PositiveInt = Field(10, alias="SLUICE_NOTIFY_USER_CAP")
+    notify_user_window_s: PositiveDuration = Field(60.0, alias="SLUICE_NOTIFY_USER_WINDOW")
     # Tests give each worker its own Elasticsearch indices on a shared node.
     search_index_prefix: str = Field("", alias="SLUICE_SEARCH_INDEX_PREFIX")
 

@@ -14,7 +14,9 @@ dev ingress does), so they start in milliseconds and stop with it.
 
 Both can be told to fail the next requests (``fail_next``), so the retry paths can be
 exercised against them; and both can be stopped and started again on the same port, to
-play an outage.
+play an outage. The mail server can also store a message and hold back its ``250``
+(``hold_next``), to play a sender killed between the server's acceptance and its own
+record of it.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class LocalMailServer:
         self._port: int | None = None
         self._server: asyncio.Server | None = None
         self._failures: collections.deque[str] = collections.deque()
+        self._holds: collections.deque[asyncio.Event] = collections.deque()
         self._sequence = itertools.count(1)
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
@@ -145,6 +148,14 @@ class LocalMailServer:
         """
         self._failures.extend(replies)
 
+    def hold_next(self) -> asyncio.Event:
+        """Store the next accepted message, then hold its ``250`` reply until the returned
+        event is set (on the server's loop). A client that dies meanwhile never hears the
+        server accepted it; the message is in the mailbox all the same."""
+        release = asyncio.Event()
+        self._holds.append(release)
+        return release
+
     def message_files(self) -> list[Path]:
         """Every stored ``.eml`` file, in arrival order."""
         return sorted(self.directory.glob("*.eml"))
@@ -178,6 +189,8 @@ class LocalMailServer:
                 "file": str(path),
             },
         )
+        if self._holds:
+            await self._holds.popleft().wait()
         return "250 2.0.0 OK: stored"
 
 

@@ -3,7 +3,7 @@
 Nothing connects at import time; the publisher, codec and clock are passed in, so a test
 can hand in a publisher against its own broker and a frozen clock. The internal app also
 holds a reply waiter (request/reply routes), the partner registry and, when
-``DATABASE_URL`` is set, the payment status and lead readers; each is built from
+``DATABASE_URL`` is set, the payment status, lead and notification readers; each is built from
 settings unless passed in, and the internal app's lifecycle starts and stops them
 (``on_startup``/``on_cleanup``), so whoever runs the app (``ingress.server``, a test
 client) gets them running without extra steps.
@@ -21,6 +21,7 @@ from base.metrics import CONTENT_TYPE, INGRESS_METRICS, Metrics
 from base.partners import PartnerRegistry, load_partners
 from base.settings import Settings
 from connectors.lead_status import LeadStatusStore
+from connectors.notification_status import NotificationStatusStore
 from connectors.payment_status import PaymentStatusStore
 from ingress.auth import internal_token_middleware
 from ingress.commands import CommandSender
@@ -28,6 +29,7 @@ from ingress.events import events_handler
 from ingress.lead_api import LeadSource, lead_deliver_handler, lead_status_handler
 from ingress.leads import lead_handler
 from ingress.middleware import METRICS_KEY, outcome_middleware
+from ingress.notifications import NotificationSource, notification_status_handler, send_handler
 from ingress.payments import (
     PAYMENT_ROUTES,
     PaymentStatusSource,
@@ -55,6 +57,7 @@ class IngressApps:
     replies: ReplyWaiter | None = None
     payment_status: PaymentStatusSource | None = None
     lead_status: LeadSource | None = None
+    notification_status: NotificationSource | None = None
 
 
 def webhook_sources(settings: Settings) -> list[WebhookSource]:
@@ -87,12 +90,13 @@ def create_apps(
     replies: ReplyWaiter | None = None,
     payment_status: PaymentStatusSource | None = None,
     lead_status: LeadSource | None = None,
+    notification_status: NotificationSource | None = None,
     partners: PartnerRegistry | None = None,
 ) -> IngressApps:
-    """Both applications. ``replies``, ``payment_status``, ``lead_status`` and
-    ``partners`` default to ones built from ``settings`` (no readers without
-    ``DATABASE_URL``: those routes answer 503); whichever are used, the internal app
-    starts and stops them.
+    """Both applications. ``replies``, the readers (``payment_status``, ``lead_status``,
+    ``notification_status``) and ``partners`` default to ones built from ``settings``
+    (no readers without ``DATABASE_URL``: those routes answer 503); whichever are used,
+    the internal app starts and stops them.
 
     :raises ConfigError: the partners file or ``PARTNER_<ID>_…`` settings are invalid.
     """
@@ -140,6 +144,8 @@ def create_apps(
         payment_status = PaymentStatusStore(settings.database_url)
     if lead_status is None and settings.database_url:
         lead_status = LeadStatusStore(settings.database_url)
+    if notification_status is None and settings.database_url:
+        notification_status = NotificationStatusStore(settings.database_url)
     _internal_api(
         internal,
         settings,
@@ -150,6 +156,7 @@ def create_apps(
         replies=replies,
         payment_status=payment_status,
         lead_status=lead_status,
+        notification_status=notification_status,
         partners=partners,
     )
     return IngressApps(
@@ -159,6 +166,7 @@ def create_apps(
         replies=replies,
         payment_status=payment_status,
         lead_status=lead_status,
+        notification_status=notification_status,
     )
 
 
@@ -173,6 +181,7 @@ def _internal_api(
     replies: ReplyWaiter,
     payment_status: PaymentStatusSource | None,
     lead_status: LeadSource | None,
+    notification_status: NotificationSource | None,
     partners: PartnerRegistry,
 ) -> None:
     """The ``/internal/v1`` routes and the lifecycle of what they use."""
@@ -213,13 +222,29 @@ def _internal_api(
         lead_status_handler(lead_status),
         name="internal.leads.status",
     )
+    app.router.add_post(
+        "/internal/v1/notifications/send",
+        send_handler(
+            publisher=publisher,
+            codec=codec,
+            clock=clock,
+            metrics=metrics,
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        name="internal.notifications.send",
+    )
+    app.router.add_get(
+        "/internal/v1/notifications/{id}",
+        notification_status_handler(notification_status),
+        name="internal.notifications.status",
+    )
 
     async def start(_app: web.Application) -> None:
         await replies.start()
 
     async def stop(_app: web.Application) -> None:
         await replies.stop()
-        for reader in (payment_status, lead_status):
+        for reader in (payment_status, lead_status, notification_status):
             if reader is not None:
                 await reader.close()
 

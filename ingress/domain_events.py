@@ -22,7 +22,11 @@ Checks, in order:
    appears: ids non-empty, printable and at most 256 characters, ``amount`` a positive
    integer of minor units up to :data:`MAX_AMOUNT_MINOR`, ``currency``
    three letters (lower-cased), ``items`` non-empty, ``quantity`` at least 1,
-   ``paymentProvider`` null, ``stripe`` or ``razorpay``. A new event type with an
+   ``paymentProvider`` null, ``stripe`` or ``razorpay``; for ``user.contact_updated``
+   ``email`` a valid address (normalised) and ``phone`` E.164 (``schemas.recipients``,
+   the send route's rules), ``pushTokens`` at most :data:`MAX_PUSH_TOKENS` printable
+   ASCII tokens, ``preferredChannels`` EMAIL, SMS or PUSH without repeats, ``locale`` a
+   BCP 47 tag. A new event type with an
    ``amount`` gets the amount rule without a line of code.
 
 No string anywhere in a body may hold U+0000 (:func:`parse_json`): PostgreSQL text
@@ -47,6 +51,8 @@ from fastavro.validation import validate as avro_validate
 
 from base.errors import InvalidEvent
 from schemas.catalog import SchemaCatalog, default_catalog, topic_spec
+from schemas.notifications import Channel
+from schemas.recipients import check_email, check_phone, check_push_token
 
 __all__ = [
     "ENVELOPE_FIELDS",
@@ -54,6 +60,7 @@ __all__ = [
     "FIELD_RULES",
     "MAX_AMOUNT_MINOR",
     "MAX_ID_LENGTH",
+    "MAX_PUSH_TOKENS",
     "DomainEvent",
     "DomainEventParser",
     "EventRoute",
@@ -78,6 +85,9 @@ EVENT_ROUTES: Final[Mapping[str, EventRoute]] = MappingProxyType(
     {
         "order.created": EventRoute("orders", "sluice.orders.OrderCreated"),
         "order.cancelled": EventRoute("orders", "sluice.orders.OrderCancelled"),
+        "user.contact_updated": EventRoute(
+            "users.contacts", "sluice.users.ContactUpdated", key_field="userId"
+        ),
     }
 )
 """The event types ``POST /internal/v1/events`` accepts. Union branches must differ in
@@ -99,6 +109,11 @@ _MAX_SOURCE_LENGTH = 128
 # Year 9999: anything later is a unit mistake (seconds or micros), not a date.
 _MAX_EPOCH_MS = 253_402_300_799_999
 _PROVIDERS = frozenset({"stripe", "razorpay"})
+MAX_PUSH_TOKENS: Final = 20
+"""Push tokens one contact event may list (a user's devices; more is a runaway client)."""
+# BCP 47 in the shape services send it (en, en-IN, zh-Hant-TW); RFC 5646 caps it at 35.
+_LOCALE = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*")
+_MAX_LOCALE = 35
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -238,6 +253,40 @@ def _provider(value: Any, path: str) -> str | None:
     return value.lower()
 
 
+def _email(value: Any, path: str) -> str | None:
+    return None if value is None else check_email(value, field=path)
+
+
+def _phone(value: Any, path: str) -> str | None:
+    return None if value is None else check_phone(value, field=path)
+
+
+def _push_tokens(value: Any, path: str) -> list[str]:
+    if len(value) > MAX_PUSH_TOKENS:
+        raise InvalidEvent(f"{path} lists at most {MAX_PUSH_TOKENS} tokens", field=path)
+    return [check_push_token(token, field=f"{path}[{i}]") for i, token in enumerate(value)]
+
+
+def _channels(value: Any, path: str) -> list[str]:
+    seen: set[str] = set()
+    for index, channel in enumerate(value):
+        where = f"{path}[{index}]"
+        if channel not in Channel.__members__:
+            raise InvalidEvent(f"{where} must be one of {', '.join(Channel)}", field=where)
+        if channel in seen:
+            raise InvalidEvent(f"{where}: {channel} is listed twice", field=where)
+        seen.add(channel)
+    return list(value)
+
+
+def _locale(value: Any, path: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > _MAX_LOCALE or not _LOCALE.fullmatch(value):
+        raise InvalidEvent(f"{path} must be a BCP 47 language tag, e.g. en-IN", field=path)
+    return value
+
+
 FieldRule = Callable[[Any, str], Any]
 
 FIELD_RULES: Final[Mapping[str, FieldRule]] = MappingProxyType(
@@ -250,6 +299,12 @@ FIELD_RULES: Final[Mapping[str, FieldRule]] = MappingProxyType(
         "items": _non_empty_list,
         "quantity": _quantity,
         "paymentProvider": _provider,
+        # user.contact_updated (schemas/recipients.py: the send route's rules for `to`).
+        "email": _email,
+        "phone": _phone,
+        "pushTokens": _push_tokens,
+        "preferredChannels": _channels,
+        "locale": _locale,
     }
 )
 """Checks (and normalisations) by ``data`` field name, applied at any depth after the

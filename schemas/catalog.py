@@ -65,6 +65,7 @@ __all__ = [
     "LEAD_DELIVERY_COMMAND_SUBJECT",
     "LEAD_PARTITIONS",
     "LEAD_RECEIVED_SUBJECT",
+    "NOTIFICATION_REQUEST_SUBJECT",
     "ORDER_EVENT_SUBJECT",
     "ORDER_LIFECYCLE_SUBJECT",
     "PAYMENT_COMMAND_SUBJECT",
@@ -75,6 +76,7 @@ __all__ = [
     "RETRY_DELAYS",
     "RUNTIME_CONFIG_SUBJECT",
     "TOPICS",
+    "USER_EVENT_SUBJECT",
     "WEBHOOK_OUTCOMES_TOPIC",
     "WEBHOOK_OUTCOME_SUBJECT",
     "WEBHOOK_PARTITIONS",
@@ -118,6 +120,8 @@ REPLY_SUBJECT = "sluice.commands.Reply"
 INVENTORY_RELEASE_SUBJECT = "sluice.commands.InventoryRelease"
 LEAD_RECEIVED_SUBJECT = "sluice.leads.LeadReceived"
 LEAD_DELIVERY_COMMAND_SUBJECT = "sluice.leads.LeadDeliveryCommand"
+USER_EVENT_SUBJECT = "sluice.users.UserEvent"
+NOTIFICATION_REQUEST_SUBJECT = "sluice.notifications.NotificationRequest"
 LEAD_PARTITIONS = 3
 """Partitions of ``leads.received`` and ``commands.leads.deliver``: both keyed by lead id,
 so a lead's deliveries and the commands about it meet in one partition."""
@@ -437,6 +441,30 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
         doc="Deliver-now commands from POST /internal/v1/leads/deliver, keyed by lead id "
         "(co-partitioned with leads.received); answered on replies.",
         content_type=_avro("lead-delivery-command"),
+    ),
+    TopicSpec(
+        name="users.contacts",
+        subject=USER_EVENT_SUBJECT,
+        key="userId",
+        partitions=3,
+        retention_ms=None,
+        compacted=True,
+        doc="How to reach each user (user.contact_updated from POST /internal/v1/events): "
+        "email, phone, push tokens, preferred channels, locale. Compacted: the latest "
+        "contact per user is kept; the worker projects it into user_contacts.",
+        content_type=_avro("user-event"),
+    ),
+    TopicSpec(
+        name="notifications.requested",
+        subject=NOTIFICATION_REQUEST_SUBJECT,
+        key="to",
+        partitions=3,
+        retention_ms=7 * DAY_MS,
+        compacted=False,
+        doc="Notifications to send (POST /internal/v1/notifications/send, and the order "
+        "and billing lifecycle), keyed by the recipient so one user's notifications are "
+        "in order for the per-user cap; the notify agent renders, sends and records them.",
+        content_type=_avro("notification-request"),
     ),
     TopicSpec(
         name="commands.search.index",

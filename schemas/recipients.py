@@ -93,48 +93,50 @@ def parse_recipient(to: object, channel: Channel | str) -> Recipient:
     return UserRecipient(_check_user_id(to, wanted))
 
 
-def check_email(address: str) -> str:
+def check_email(address: str, *, field: str = "to") -> str:
     """A well-formed email address, normalised. No DNS lookup.
 
-    :raises InvalidEvent: with ``email-validator``'s reason (``field="to"``).
+    :param field: the name errors carry (``data.email`` for a contact event).
+    :raises InvalidEvent: with ``email-validator``'s reason.
     """
     try:
         checked = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise InvalidEvent(f"to is not a valid email address: {exc}", field="to") from None
+        raise InvalidEvent(f"{field} is not a valid email address: {exc}", field=field) from None
     return checked.normalized
 
 
-def check_phone(number: str) -> str:
+def check_phone(number: str, *, field: str = "to") -> str:
     """An E.164 phone number, as given.
 
-    :raises InvalidEvent: not ``+`` and 8 to 15 digits, the first not 0 (``field="to"``).
+    :raises InvalidEvent: not ``+`` and 8 to 15 digits, the first not 0 (named ``field``).
     """
     if not _E164.fullmatch(number):
         raise InvalidEvent(
-            "to is not an E.164 phone number: + then 8 to 15 digits, no spaces or dashes, "
-            "e.g. +14155550100",
-            field="to",
+            f"{field} is not an E.164 phone number: + then 8 to 15 digits, no spaces or "
+            "dashes, e.g. +14155550100",
+            field=field,
         )
     return number
 
 
-def check_push_token(token: str) -> str:
-    """A push token, as given.
+def check_push_token(token: str, *, field: str = "to") -> str:
+    """A push token, as given (without the ``push:`` prefix of ``to``).
 
     :raises InvalidEvent: empty, longer than :data:`MAX_PUSH_TOKEN`, or not printable
-        ASCII without spaces (``field="to"``).
+        ASCII without spaces (named ``field``).
     """
     if not token:
-        raise InvalidEvent(f"to: the push token after {PUSH_TOKEN_PREFIX!r} is empty", field="to")
+        where = f"after {PUSH_TOKEN_PREFIX!r} " if field == "to" else ""
+        raise InvalidEvent(f"{field}: the push token {where}is empty", field=field)
     if len(token) > MAX_PUSH_TOKEN:
         raise InvalidEvent(
-            f"to: the push token is longer than {MAX_PUSH_TOKEN} characters", field="to"
+            f"{field}: the push token is longer than {MAX_PUSH_TOKEN} characters", field=field
         )
     if not _PUSH_TOKEN.fullmatch(token):
         raise InvalidEvent(
-            "to: a push token is printable ASCII without spaces or control characters",
-            field="to",
+            f"{field}: a push token is printable ASCII without spaces or control characters",
+            field=field,
         )
     return token
 

@@ -2,10 +2,11 @@
 
 Starts (or reuses, when its URL is set) Kafka, PostgreSQL and Redis under the data
 directory, and Elasticsearch with ``--with-search``, creates the catalog topics, applies
-migrations, generates dev secrets unless set, writes every effective URL and secret to
-``DIR/dev.env``, runs the ingress and the worker (a child process), and stops everything
-on Ctrl-C. Secrets already in ``DIR/dev.env`` are kept across runs, so a `curl` command
-signed with them keeps working.
+migrations, generates dev secrets unless set, starts the local CRM and the local SMTP
+server and SMS/push sink (``sluice/dev_notify.py``) unless their settings are set, writes
+every effective URL and secret to ``DIR/dev.env``, runs the ingress and the worker (a
+child process), and stops everything on Ctrl-C. Secrets already in ``DIR/dev.env`` are
+kept across runs, so a `curl` command signed with them keeps working.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from devstack.stripe import LOCAL_STRIPE_API_KEY, LocalStripeServer
 from ingress.server import running_ingress
 from schemas.catalog import all_topics
 from sluice.dev_leads import demo_partners, lead_commands, read_partners_file, write_partners_file
+from sluice.dev_notify import NotifyOutlets, notification_command, running_notify_outlets
 from sluice.dev_output import is_ready, is_shown, to_record
 
 __all__ = ["DEV_READY_EVENT", "dev_secrets", "read_env_file", "run_dev", "write_env_file"]
@@ -82,8 +84,12 @@ async def run_dev(
     urls = await asyncio.to_thread(stack.start)
     try:
         # The demo partners' CRM: up before the partners file names its URL.
-        async with running_crm(data_dir / "crm", free_port(_CRM_PORT)) as crm:
-            effective = {**urls, **dev_secrets(env)}
+        # And the notification outlets: up before dev.env names their URLs.
+        async with (
+            running_crm(data_dir / "crm", free_port(_CRM_PORT)) as crm,
+            running_notify_outlets(data_dir) as outlets,
+        ):
+            effective = {**urls, **dev_secrets(env), **outlets.settings}
             if local_stripe:
                 effective["STRIPE_API_KEY"] = LOCAL_STRIPE_API_KEY
             demo = await asyncio.to_thread(_demo_partners, data_dir, crm)
@@ -152,6 +158,13 @@ async def run_dev(
                             ingress.internal_url,
                             log_format,
                             _LeadHints(commands or [], crm.directory),
+                            _NotifyHints(
+                                notification_command(
+                                    ingress.internal_url,
+                                    effective["INTERNAL_API_TOKEN"].split(",")[0],
+                                ),
+                                outlets,
+                            ),
                         )
                         await _until_stopped_or_exited(stop, worker)
             finally:
@@ -277,6 +290,14 @@ class _LeadHints:
     crm_dir: Path
 
 
+@dataclass(frozen=True, slots=True)
+class _NotifyHints:
+    """How to send a notification, and where it lands."""
+
+    command: str
+    outlets: NotifyOutlets
+
+
 def _print_banner(
     env_file: Path,
     values: Mapping[str, str],
@@ -284,6 +305,7 @@ def _print_banner(
     internal: str,
     log_format: LogFormat,
     leads: _LeadHints,
+    notify: _NotifyHints,
 ) -> None:
     webhooks = [f"{public}/v1/webhooks/stripe", f"{public}/v1/webhooks/razorpay"]
     probes = [f"{internal}/healthz", f"{internal}/readyz", f"{internal}/metrics"]
@@ -291,6 +313,10 @@ def _print_banner(
     arrive = (
         f"each lead arrives in {leads.crm_dir}/<partnerId>.jsonl;"
         f" status: GET {internal}/internal/v1/leads/<leadId>; records: sluice tail leads.received"
+    )
+    landed = (
+        f"{notify.outlets.where()}; status: GET {internal}/internal/v1/notifications/<id>;"
+        " records: sluice tail notifications.requested"
     )
     if log_format == "json":
         # One line like every other, with what a developer copies from it.
@@ -305,6 +331,8 @@ def _print_banner(
                 "load_env": load,
                 "send_lead": list(leads.commands),
                 "leads_arrive": arrive,
+                "send_notification": notify.command,
+                "notifications_arrive": landed,
             },
         )
         return
@@ -321,4 +349,7 @@ def _print_banner(
             print(f"    {command}")
     else:
         print("  send a partner lead: .venv/bin/sluice leads send --partner ID")
-    print(f"  {arrive}\n", flush=True)
+    print(f"  {arrive}\n")
+    print("  send a notification (an ORDER_PAID email):")
+    print(f"    {notify.command}")
+    print(f"  {landed}\n", flush=True)

@@ -28,6 +28,7 @@ def topics_in_use() -> frozenset[str]:
     from ingress.domain_events import EVENT_ROUTES
     from ingress.lead_api import DELIVER_COMMAND_TOPIC
     from ingress.leads import LEAD_TOPIC
+    from ingress.notifications import NOTIFICATION_TOPIC
     from ingress.payments import COMMAND_TOPIC
     from streams.topology import WIRING
 
@@ -36,6 +37,7 @@ def topics_in_use() -> frozenset[str]:
         COMMAND_TOPIC,
         DELIVER_COMMAND_TOPIC,
         LEAD_TOPIC,
+        NOTIFICATION_TOPIC,
     }
     return frozenset(worker | ingress | set(WEBHOOK_TOPICS))
 

@@ -29,13 +29,16 @@ from streams.agents import (
     deliver_leads,
     join_orders,
     normalise_webhooks,
+    notify_lifecycle,
     project_billing,
+    project_contacts,
     project_orders,
     project_webhooks,
     retry_delayed,
+    send_notifications,
     stripe_calls,
 )
-from streams.context import WorkerContext
+from streams.context import WorkerContext, channel_senders
 from streams.domain.retry import RetryPolicy
 from streams.effects import EffectRunner
 from streams.topology import build_topology
@@ -53,6 +56,9 @@ AGENT_MODULES = (
     join_orders,
     stripe_calls,
     deliver_leads,
+    project_contacts,
+    send_notifications,
+    notify_lifecycle,
     project_orders,
     retry_delayed,
     retention,  # not an agent: the leader's periodic purge of expired Postgres rows
@@ -78,6 +84,7 @@ def create_worker(
     policy = retry_policy(settings)
     # Before anything else: a bad partner entry stops the worker with one line per problem.
     partners = load_partners(settings.partners_file, settings.partners)
+    senders = channel_senders(settings)
     app = SluiceApp(
         app_id or settings.app_id,
         fetch_max_wait_s=settings.consumer_fetch_wait_s,
@@ -124,6 +131,7 @@ def create_worker(
         projection=PostgresProjection(settings.database_url),
         search_index_prefix=settings.search_index_prefix,
         partners=partners,
+        senders=senders,
     )
     for module in AGENT_MODULES:
         module.register(ctx)

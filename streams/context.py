@@ -2,15 +2,19 @@
 
 Connectors start lazily, on first use, inside the worker's event loop: Postgres always,
 Elasticsearch when ``ELASTICSEARCH_URL`` is set, the Stripe API when ``STRIPE_API_KEY`` is,
-the partner CRM client when the first lead is delivered. The partner registry is loaded
-before (``streams.app.create_worker``).
+the partner CRM client when the first lead is delivered. The partner registry and the
+notification channel senders (``SMTP_URL``, ``SMS_WEBHOOK_URL``, ``PUSH_WEBHOOK_URL``:
+built, not connected) are made before (``streams.app.create_worker``), so a malformed
+URL stops the worker at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from base.clock import Clock
 from base.errors import PermanentError
@@ -19,15 +23,47 @@ from base.settings import Settings
 from connectors.crm import CrmClient
 from connectors.elasticsearch import SearchProjection
 from connectors.postgres import PostgresProjection
+from connectors.postgres.contacts import ContactStore
 from connectors.postgres.leads import LeadStore
+from connectors.postgres.notifications import NotificationStore
+from connectors.push_api import PushApi
+from connectors.sms_api import SmsApi
+from connectors.smtp_email import SmtpSender
 from connectors.stripe_api import StripeApi
 from schemas.codec import Codec
+from schemas.notifications import Channel
+from schemas.notify_templates import RenderedMessage
 from streams.effects import EffectRunner, Outbox
 from streams.topology import Topology
 
-__all__ = ["WorkerContext"]
+__all__ = ["ChannelSender", "WorkerContext", "channel_senders"]
 
 log = logging.getLogger(__name__)
+
+
+class ChannelSender(Protocol):
+    """A notification channel's connector (``SmtpSender``, ``SmsApi``, ``PushApi``)."""
+
+    async def send(self, *, notification_id: str, to: str, message: RenderedMessage) -> str | None:
+        """Send once; the provider's message id. Raises Transient/PermanentError."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def channel_senders(settings: Settings) -> dict[Channel, ChannelSender]:
+    """A sender per channel whose URL is set; nothing connects yet.
+
+    :raises ConfigError: a malformed ``SMTP_URL``, ``SMS_WEBHOOK_URL`` or ``PUSH_WEBHOOK_URL``.
+    """
+    senders: dict[Channel, ChannelSender] = {}
+    if settings.smtp_url:
+        senders[Channel.EMAIL] = SmtpSender(settings.smtp_url)
+    if settings.sms_webhook_url:
+        senders[Channel.SMS] = SmsApi(settings.sms_webhook_url)
+    if settings.push_webhook_url:
+        senders[Channel.PUSH] = PushApi(settings.push_webhook_url)
+    return senders
 
 
 @dataclass
@@ -44,6 +80,8 @@ class WorkerContext:
     search_index_prefix: str = ""
     # The partners the worker delivers leads for (SLUICE_PARTNERS_FILE, PARTNER_<ID>_*).
     partners: PartnerRegistry = field(default_factory=PartnerRegistry)
+    # The notification channels configured (channel_senders); a missing one: held.
+    senders: Mapping[Channel, ChannelSender] = field(default_factory=dict)
     _started: bool = field(default=False, init=False)
     _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _search: SearchProjection | None = field(default=None, init=False, repr=False)
@@ -106,6 +144,14 @@ class WorkerContext:
         """The lead store, over the started projection's pool."""
         return LeadStore(await self.connectors())
 
+    async def contacts(self) -> ContactStore:
+        """The user contact store, over the started projection's pool."""
+        return ContactStore(await self.connectors())
+
+    async def notifications(self) -> NotificationStore:
+        """The notification store, over the started projection's pool."""
+        return NotificationStore(await self.connectors())
+
     def crm(self) -> CrmClient:
         """The partner CRM client (one HTTP session for every partner)."""
         if self._crm is None:
@@ -119,6 +165,8 @@ class WorkerContext:
         crm, self._crm = self._crm, None
         if crm is not None:
             await crm.close()
+        for sender in self.senders.values():
+            await sender.close()
         if search is not None:
             await search.close()
         if stripe is not None:

@@ -18,8 +18,16 @@ agents take their handles from the ``Topology`` built here.
         └─► stripe_calls        (Stripe API) ─► payments.setup · replies · retry.* · dlq
     leads.received, commands.leads.deliver
         └─► deliver_leads       (Postgres leads, partner CRMs) ─► replies · retry.* · dlq · alerts
+    users.contacts
+        └─► project_contacts    (Postgres user_contacts) ─► retry.* · dlq
+    notifications.requested
+        └─► send_notifications  (Postgres notifications, user_contacts; SMTP, SMS, push APIs)
+                                ─► retry.* · dlq · alerts
     orders.lifecycle
         └─► project_orders      (Postgres orders, Elasticsearch orders) ─► retry.* · dlq
+    orders.lifecycle, billing.invoice.updated
+        └─► notify_lifecycle    (Postgres user_contacts, read) ─► notifications.requested
+                                   · retry.* · dlq
     retry.<delay>  (one agent per delay topic; waits for the head record's due time)
         └─► retry_<delay>       re-runs the named effect ─► next retry.* · dlq · alerts
 """
@@ -86,7 +94,14 @@ def wiring(policy: RetryPolicy) -> tuple[Wire, ...]:
             reads=("leads.received", "commands.leads.deliver"),
             writes=("replies", *failures),
         ),
+        Wire("project_contacts", reads=("users.contacts",), writes=failures),
+        Wire("send_notifications", reads=("notifications.requested",), writes=failures),
         Wire("project_orders", reads=("orders.lifecycle",), writes=failures),
+        Wire(
+            "notify_lifecycle",
+            reads=("orders.lifecycle", "billing.invoice.updated"),
+            writes=("notifications.requested", *failures),
+        ),
         *(
             Wire(f"retry_{topic.removeprefix('retry.')}", reads=(topic,), writes=failures)
             for topic in retry_topics

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.stripe",
     "tests.fixtures.registry",
     "tests.fixtures.crm",
+    "tests.fixtures.mailboxes",
 ]

@@ -293,6 +293,27 @@ def samples() -> dict[str, dict[str, Any]]:
         "taskId": "b3f0c2d1-1111-4222-8333-944455556666",
         "replyTo": "replies",
     }
+    records["users.contacts"] = {
+        **envelope("user.contact_updated", source="accounts"),
+        "data": {
+            "userId": "user_42",
+            "email": "asha@example.com",
+            "phone": "+919812345678",
+            "pushTokens": ["fcm-token-1"],
+            "preferredChannels": ["EMAIL", "SMS"],
+            "locale": "en-IN",
+        },
+    }
+    records["notifications.requested"] = {
+        **envelope("notification.requested", source="ingress"),
+        "notificationId": "5b0f3a2e-8c1d-5e6f-9a7b-1c2d3e4f5a6b",
+        "channel": "EMAIL",
+        "template": "ORDER_PAID",
+        "to": "user_42",
+        "data": '{"orderId":"ord_1001","amount_minor":2500,"currency":"usd"}',
+        "causeEventId": "7f1d2c3b-0000-4000-8000-000000000001",
+        "idempotencyKey": None,
+    }
     return records
 
 

@@ -11,12 +11,14 @@ import json
 import os
 import shutil
 import signal
+import smtplib
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -107,6 +109,11 @@ def test_sluice_dev_serves_webhooks_and_stops_on_ctrl_c(
         with urllib.request.urlopen(delivery, timeout=30) as response:  # noqa: S310 - loopback
             assert response.status == 200
         assert "l-1" in (tmp_path / "crm" / "demo-hmac.jsonl").read_text()
+        # The local SMTP server and SMS/push sink, named in dev.env for the worker.
+        smtp_url, sms_url = written["SMTP_URL"], written["SMS_WEBHOOK_URL"]
+        assert written["PUSH_WEBHOOK_URL"] == sms_url.removesuffix("/sms") + "/push"
+        _send_mail(smtp_url)
+        assert len(list((tmp_path / "mail").glob("*.eml"))) == 1
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
@@ -115,9 +122,24 @@ def test_sluice_dev_serves_webhooks_and_stops_on_ctrl_c(
     assert "STRIPE_WEBHOOK_SECRET=" in output
     assert "sluice leads send --partner demo-sw" in output
     assert "X-Partner-Signature" in output
+    assert "/internal/v1/notifications/send" in output
+    assert f"{tmp_path / 'mail'}/" in output
     # The CRM stopped with the rest.
     with pytest.raises(urllib.error.URLError, match="refused"):
         urllib.request.urlopen(crm_url, data=b"{}", timeout=5)  # noqa: S310 - loopback
+    # So did the mail server and the message sink.
+    with pytest.raises(ConnectionRefusedError):
+        _send_mail(smtp_url)
+    with pytest.raises(urllib.error.URLError, match="refused"):
+        urllib.request.urlopen(sms_url, data=b"To=x&Body=y", timeout=5)  # noqa: S310 - loopback
+
+
+def _send_mail(smtp_url: str) -> None:
+    parsed = urllib.parse.urlsplit(smtp_url)
+    assert parsed.hostname is not None
+    assert parsed.port is not None
+    with smtplib.SMTP(parsed.hostname, parsed.port, timeout=10) as client:
+        client.sendmail("shop@example.com", ["ana@example.com"], b"Subject: hi\r\n\r\nhello\r\n")
 
 
 def _wait_for(url: str, process: subprocess.Popen[str], timeout_s: float = 90) -> None:

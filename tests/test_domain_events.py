@@ -19,7 +19,7 @@ from ingress.domain_events import (
     EventRoute,
     parse_json,
 )
-from schemas.catalog import ORDER_EVENT_SUBJECT, default_catalog
+from schemas.catalog import ORDER_EVENT_SUBJECT, default_catalog, topic_spec
 from schemas.codec import make_codec
 
 PARSER = DomainEventParser()
@@ -269,21 +269,27 @@ def test_an_escaped_backslash_before_u0000_is_no_nul() -> None:
 
 def test_union_branches_are_distinguishable() -> None:
     """fastavro writes a union value with the first branch it fits: every event type's
-    data must fit its own branch only, or it would be written as another type."""
-    parsed = default_catalog().parsed(
-        ORDER_EVENT_SUBJECT, default_catalog().latest_version(ORDER_EVENT_SUBJECT)
-    )
-    named = parsed["__named_schemas"]
+    data must fit its own branch only (of its topic's schema), or it would be written
+    as another type."""
     samples = {
         "order.created": _parse(_created()).record["data"],
         "order.cancelled": _parse(_cancelled()).record["data"],
+        "user.contact_updated": _parse(
+            {"eventType": "user.contact_updated", "source": "accounts", "data": {"userId": "u"}}
+        ).record["data"],
     }
     assert set(samples) == set(EVENT_ROUTES)
     for event_type, data in samples.items():
+        topic = EVENT_ROUTES[event_type].topic
+        subject = topic_spec(topic).subject
+        assert subject is not None
+        named = default_catalog().parsed(subject, default_catalog().latest_version(subject))[
+            "__named_schemas"
+        ]
         fits = [
             route.branch
             for route in EVENT_ROUTES.values()
-            if validate(data, named[route.branch], raise_errors=False)
+            if route.topic == topic and validate(data, named[route.branch], raise_errors=False)
         ]
         assert fits == [EVENT_ROUTES[event_type].branch]
 

@@ -33,7 +33,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sluice": frozenset({"base", "schemas", "connectors", "streams", "ingress", "devstack"}),
     "devstack": frozenset({"base"}),
 }
-DEVSTACK_IMPORTERS = frozenset({"sluice/dev.py"})
+# `sluice dev` and its notification outlets (split out of sluice/dev.py).
+DEVSTACK_IMPORTERS = frozenset({"sluice/dev.py", "sluice/dev_notify.py"})
 DOMAIN_FORBIDDEN = frozenset(
     {
         "faust",

@@ -285,7 +285,7 @@ def test_refund_reported_twice_by_different_events_counts_once() -> None:
 
 
 def test_failed_refund_drops_out() -> None:
-    order, _, _ = run(
+    order, _, emits = run(
         [
             ("orders", created()),
             SUCCEEDED,
@@ -295,6 +295,9 @@ def test_failed_refund_drops_out() -> None:
     )
     assert order is not None
     assert order.refunded_minor == 0
+    # The refund that added says nothing; the one that dropped out says why.
+    reasons = [e.record["reason"] for e in emits if e.record["eventType"] == "order.refunded"]
+    assert reasons == [None, "refund re_1 failed"]
 
 
 def test_every_scenario_replayed_gives_the_same_state_and_no_extra_events() -> None:

@@ -97,6 +97,14 @@ PUBLISHED: dict[tuple[str, int], tuple[int, str]] = {
         1013,
         "fe1554b897d636bc054edb712946b5768134d271bc20e8de53ee00274c90d873",
     ),
+    ("sluice.users.UserEvent", 1): (
+        1014,
+        "65ec4052429a3c8428c476a45f92f5467fd4d8202aadc11501c7f1e92d0931df",
+    ),
+    ("sluice.notifications.NotificationRequest", 1): (
+        1015,
+        "4b322880645740e2db03a3cbc655d19439ee081f6d063da46ccef9411a61a49b",
+    ),
 }
 
 ENVELOPE: list[tuple[str, Any]] = [
@@ -151,6 +159,8 @@ def test_design_topics_are_declared() -> None:
         "commands.inventory.release",
         "leads.received",
         "commands.leads.deliver",
+        "users.contacts",
+        "notifications.requested",
         "commands.search.index",
         "config.runtime",
         "dlq",
@@ -182,8 +192,9 @@ def test_webhook_topics_keep_30_days_and_are_keyed_by_provider_event_id() -> Non
         assert spec.kafka_config() == {"cleanup.policy": "delete", "retention.ms": "2592000000"}
 
 
-def test_only_config_runtime_is_compacted() -> None:
-    assert {t.name for t in all_topics() if t.compacted} == {"config.runtime"}
+def test_only_latest_state_topics_are_compacted() -> None:
+    # Runtime settings and user contacts: only the latest value per key matters.
+    assert {t.name for t in all_topics() if t.compacted} == {"config.runtime", "users.contacts"}
     assert TOPICS["config.runtime"].kafka_config() == {"cleanup.policy": "compact"}
 
 

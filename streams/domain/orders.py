@@ -20,7 +20,9 @@ Rules, in words:
   gives CANCELLED (``order.cancelled``) and ``inventory.release``. Stock is released at
   most once per order.
 - Refunds add up per refund id (a failed refund drops out); the order becomes
-  PARTIALLY_REFUNDED or REFUNDED (``order.refunded``, status tells which).
+  PARTIALLY_REFUNDED or REFUNDED (``order.refunded``, status tells which). An
+  ``order.refunded`` caused by a refund dropping out has ``reason`` ``refund <id>
+  <status>``; one that adds a refund has none.
 - Statuses never regress: a late failure, pending or success after the order moved on
   changes nothing. A payment for a CANCELLED order is reported as a mismatch (someone
   must refund it) and leaves the order cancelled.
@@ -478,10 +480,14 @@ def _refunded(acc: _Acc, record: Mapping[str, Any]) -> None:
         # Refunds only add up: a failed refund reported after the order was fully
         # refunded (by another refund) does not take it back.
         return
+    # A refund that failed or was cancelled drops out of the total: the record says so
+    # in ``reason``, so nobody reads it as a refund issued (lifecycle notifications).
+    dropped = bool(refund_id) and status in _REFUND_DROPPED
     acc.change(
         "order.refunded",
         record,
         payment=record,
+        reason=f"refund {refund_id} {status}" if dropped else None,
         status=new_status,
         refunds=tuple(refunds.items()),
         reported_refunded_minor=reported_total,

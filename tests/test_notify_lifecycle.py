@@ -1,5 +1,6 @@
 """Lifecycle notifications end to end: an order paid through the orders flow → one
-ORDER_PAID request on ``notifications.requested``.
+ORDER_PAID request on ``notifications.requested`` → one ORDER_PAID email in the local
+SMTP server's mailbox (aiosmtpd, tests/fixtures/mailboxes.py), the row SENT.
 
 Real ingress (the order over ``POST /internal/v1/events``, the payment as a signed Stripe
 webhook), broker, PostgreSQL and ``sluice worker`` process. The worker's group starts at
@@ -26,6 +27,7 @@ from schemas.codec import make_codec
 from schemas.notifications import Channel, notification_id_for_cause
 from tests.fixtures.ingress import INTERNAL_TOKEN, IngressUnderTest, post_stripe
 from tests.fixtures.kafka import end_offsets, key_of, read_topic, value_of
+from tests.fixtures.mailboxes import Mailboxes
 from tests.fixtures.worker import (
     TEST_RETRY_DELAYS,
     TEST_RETRY_MAX_ATTEMPTS,
@@ -47,11 +49,11 @@ LIFECYCLE_TOPIC = "orders.lifecycle"
 class Notify:
     pipeline: Pipeline
 
-    async def paid_order(self, user_id: str, amount: int) -> str:
+    async def paid_order(self, user_id: str, amount: int, *, order_id: str | None = None) -> str:
         """Create an order for ``user_id`` and pay it; its id once the join paid it."""
-        order_id = f"ord_{uuid.uuid4().hex[:12]}"
+        order_id = order_id or f"ord_{uuid.uuid4().hex[:12]}"
         body = {
-            "eventId": f"evt-created-{order_id}",
+            "eventId": f"evt-created-{uuid.uuid4().hex[:12]}",
             "eventType": "order.created",
             "source": "shop",
             "data": {
@@ -71,9 +73,9 @@ class Notify:
             assert response.status == 202, await response.text()
         payment = stripe_event(
             "payment_intent.succeeded",
-            event_id=f"evt_{order_id}",
+            event_id=f"evt_{uuid.uuid4().hex[:16]}",
             order_id=order_id,
-            object_id=f"pi_{order_id}",
+            object_id=f"pi_{uuid.uuid4().hex[:16]}",
             amount=amount,
             currency="eur",
         )
@@ -142,6 +144,7 @@ class Notify:
 def notify(
     ingress: IngressUnderTest,
     postgres_server: PostgresServer,
+    mailboxes: Mailboxes,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Notify]:
     name = f"sluice_notify_lifecycle_{uuid.uuid4().hex[:6]}"
@@ -157,6 +160,9 @@ def notify(
         "SLUICE_RETRY_DELAYS": TEST_RETRY_DELAYS,
         "SLUICE_RETRY_MAX_ATTEMPTS": TEST_RETRY_MAX_ATTEMPTS,
         "SLUICE_LOG_LEVEL": "INFO",
+        "SMTP_URL": mailboxes.mail.url,
+        "SMS_WEBHOOK_URL": mailboxes.sink.sms_url,
+        "PUSH_WEBHOOK_URL": mailboxes.sink.push_url,
     }
     start_group_at_end(env)
     worker = WorkerProcess(env, state / "worker.log")
@@ -213,3 +219,68 @@ async def test_the_users_preferred_channel_with_a_contact_is_used(notify: Notify
     # PUSH is preferred but the user has no push token: the next preference, SMS.
     assert (request["template"], request["channel"]) == ("ORDER_PAID", "SMS")
     assert json.loads(request["data"])["amount_minor"] == 990
+
+
+async def test_an_order_paid_end_to_end_sends_one_order_paid_email(
+    notify: Notify, mailboxes: Mailboxes
+) -> None:
+    user_id = f"user_{uuid.uuid4().hex[:10]}"
+    ingress = notify.pipeline.ingress
+    contact = {
+        "eventId": f"evt-contact-{user_id}",
+        "eventType": "user.contact_updated",
+        "source": "accounts",
+        "data": {"userId": user_id, "email": "asha@example.com", "preferredChannels": ["EMAIL"]},
+    }
+    async with ingress.http.post(
+        f"{ingress.internal}/internal/v1/events",
+        json=contact,
+        headers={"X-Internal-Token": INTERNAL_TOKEN},
+    ) as response:
+        assert response.status == 202, await response.text()
+
+    def has_contact() -> bool:
+        with psycopg.connect(notify.pipeline.database_url, autocommit=True) as conn:
+            return bool(
+                conn.execute(
+                    "SELECT 1 FROM user_contacts WHERE user_id = %s", (user_id,)
+                ).fetchone()
+            )
+
+    await notify.pipeline.wait_for(f"the contact of {user_id}", has_contact)
+    # User data with markup in it: the HTML body must show it, not run it.
+    order_id = await notify.paid_order(
+        user_id, 4250, order_id=f"ord_<b>{uuid.uuid4().hex[:8]}</b>&co"
+    )
+    [request] = await notify.until_requested(user_id)
+    notification_id = request["notificationId"]
+
+    def status() -> str | None:
+        with psycopg.connect(notify.pipeline.database_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT status FROM notifications WHERE id = %s", (notification_id,)
+            ).fetchone()
+        return row[0] if row else None
+
+    await notify.pipeline.wait_for("the notification SENT", lambda: status() == "SENT")
+    [mail] = mailboxes.mails(notification_id)
+    assert mail["To"] == "asha@example.com"
+    assert mail["Subject"] == f"Order {order_id} is paid"
+    text = mail.get_body(preferencelist=("plain",))
+    html = mail.get_body(preferencelist=("html",))
+    assert text is not None
+    assert html is not None
+    assert "42.50 EUR" in text.get_content()
+    assert order_id in text.get_content()
+    html_body = html.get_content()
+    assert "42.50 EUR" in html_body
+    assert "<b>" not in html_body
+    assert "ord_&lt;b&gt;" in html_body
+    assert "&amp;co" in html_body
+
+    # The paid record again (a redelivery): no second request, no second mail.
+    paid = notify.paid_record(order_id)
+    notify.redeliver(paid)
+    await notify.until_consumed()
+    assert len(notify.requests(user_id)) == 1
+    assert len(mailboxes.mails(notification_id)) == 1

@@ -2,8 +2,9 @@
 `sluice worker` (a real process) → Postgres `notifications`, `user_contacts` → the local
 SMTP server (aiosmtpd) and SMS/push sink (devstack/mail.py, tests/fixtures/mailboxes.py).
 
-Requests and contact events are produced with the codec (the send route and the
-lifecycle mapping are other parts of the issue). Retries use the test schedule 1s,2s,5s
+Requests and contact events are produced with the codec, except in the last test, which
+goes through the send route; the lifecycle mapping has its own module
+(tests/test_notify_lifecycle.py). Retries use the test schedule 1s,2s,5s
 (tests/fixtures/worker.py). The per-user cap is 3 a minute here, so every test sends to
 recipients of its own.
 """
@@ -28,6 +29,7 @@ from devstack import PostgresServer
 from schemas.codec import make_codec
 from schemas.headers import record_headers
 from schemas.notifications import notification_id_for_request
+from tests.fixtures.ingress import ingress_settings, internal_headers, started_ingress
 from tests.fixtures.kafka import read_topic
 from tests.fixtures.mailboxes import Mailboxes
 from tests.fixtures.worker import (
@@ -392,3 +394,51 @@ async def test_the_same_request_three_times_and_a_kill_mid_send_is_one_row(
     # the same Message-ID (mails() matches on it); never a third.
     assert len(copies) == 2
     assert {m["Message-ID"] for m in copies} == {f"<{notification_id}@sluice>"}
+
+
+async def test_the_send_route_end_to_end_each_channel_once_and_its_status(
+    notify: Notify, catalog_topics: str
+) -> None:
+    """Through the front door: ``POST /internal/v1/notifications/send`` → the worker →
+    the local servers; the same call three times (one Idempotency-Key) is one
+    notification; ``GET /internal/v1/notifications/{id}`` reads its row."""
+    settings = ingress_settings(catalog_topics, {"DATABASE_URL": notify.database_url})
+    address, phone, token = f"route.{_unique()}@example.com", _phone(), f"tok-{_unique()}"
+    sends = {"EMAIL": address, "SMS": phone, "PUSH": f"push:{token}"}
+    async with started_ingress(settings) as ingress:
+        ids: dict[str, str] = {}
+        for channel, to in sends.items():
+            key = f"send-{channel}-{_unique()}"
+            body = {"to": to, "channel": channel, "template": "ORDER_PAID", "data": ORDER}
+            answers = []
+            for _ in range(3):
+                async with ingress.http.post(
+                    f"{ingress.internal}/internal/v1/notifications/send",
+                    json=body,
+                    headers=internal_headers(**{"Idempotency-Key": key}),
+                ) as response:
+                    answers.append((response.status, await response.json()))
+            assert {status for status, _ in answers} == {202}, answers
+            [ids[channel]] = {answer["id"] for _, answer in answers}
+            assert ids[channel] == notification_id_for_request(key)
+        for notification_id in ids.values():
+            await notify.until_status(notification_id, "SENT")
+        assert len(notify.boxes.mails(ids["EMAIL"])) == 1
+        assert len(notify.boxes.messages(ids["SMS"])) == 1
+        assert len(notify.boxes.messages(ids["PUSH"])) == 1
+        for notification_id in ids.values():
+            assert (
+                notify.query("SELECT count(*) FROM notifications WHERE id = %s", notification_id)[
+                    0
+                ][0]
+                == 1
+            )
+
+        async with ingress.http.get(
+            f"{ingress.internal}/internal/v1/notifications/{ids['EMAIL']}",
+            headers=internal_headers(),
+        ) as response:
+            assert response.status == 200
+            shown = await response.json()
+    assert (shown["status"], shown["attempts"], shown["channel"]) == ("SENT", 1, "EMAIL")
+    assert shown["providerMessageId"] == f"<{ids['EMAIL']}@sluice>"

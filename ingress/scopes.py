@@ -44,7 +44,7 @@ ROUTE_SCOPES: Final[Mapping[str, str]] = MappingProxyType(
 SCOPES: Final = frozenset({*ROUTE_SCOPES.values(), ADMIN_SCOPE})
 """Every scope a token may be given."""
 
-CALLER_KEY: Final = "sluice.caller"
+CALLER_KEY: Final = web.RequestKey("sluice.caller", str)
 """Where the auth middleware leaves the authenticated token's *name* on the request."""
 
 

@@ -108,9 +108,11 @@ def _internal_tls(settings: Settings) -> ssl.SSLContext | None:
     """TLS for the internal listener; with a client CA, clients must present a
     certificate signed by that CA (mTLS), else the handshake fails.
 
-    A bare server context, not ``ssl.create_default_context(Purpose.CLIENT_AUTH)``: that
-    one also loads the system's trusted CAs, so a client certificate from *any* public
-    CA would have been accepted. Only ``INGRESS_INTERNAL_TLS_CLIENT_CA`` is trusted.
+    Built by hand rather than by ``ssl.create_default_context`` so that what it trusts
+    and allows is written here, not left to that function's defaults (which may change,
+    and which write session keys to ``SSLKEYLOGFILE`` when that variable is set): only
+    ``INGRESS_INTERNAL_TLS_CLIENT_CA`` is trusted, never the system's CAs
+    (``tests/test_internal_mtls.py`` pins it), and TLS 1.2 is the oldest accepted.
 
     :raises ConfigError: a certificate, key or CA file is missing or unusable.
     """

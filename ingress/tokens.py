@@ -6,7 +6,7 @@ the scopes it holds (``ingress.scopes``). They come from three places:
 - the tokens file, ``SLUICE_API_TOKENS_FILE`` (JSON or TOML, by extension)::
 
       [tokens.orders-service]
-      digest = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+      digest = "sha256:37e948ec1fe378d090ac4f6e6edff50944590d886c682b95b2f0915e6703604a"
       scopes = ["events:write", "payments:write"]
 
       [tokens.support-desk]

@@ -28,7 +28,8 @@ the scopes it holds (``ingress.scopes``). They come from three places:
 Every problem is one line of the ``ConfigError`` naming the token (never a token or a
 digest), so an operator fixes them all in one go: an unknown scope, neither or both of
 ``token`` and ``digest``, a malformed digest, a name given twice (in the file, or in the
-file and the environment), one token under two names (logs could not tell who called).
+file and the environment), one token under two names (logs could not tell who called;
+the older lists excepted, as before: a token in both is one ``admin-N``).
 
 Only SHA-256 digests are kept once loaded; :meth:`TokenRegistry.identify` compares a
 presented token's digest with every one of them, constant-time and without stopping at a
@@ -168,8 +169,15 @@ def tokens_from(
         problems.extend(f"token {name}: {problem}" for problem in found)
         if token is not None and not found:
             tokens.append(token)
-    tokens.extend(_listed("internal", internal, frozenset(INTERNAL_TOKEN_SCOPES)))
-    tokens.extend(_listed("admin", admin, frozenset({ADMIN_SCOPE})))
+    # The older lists as they always behaved: a token listed twice, or in both lists,
+    # is accepted once, with the broader rights (admin).
+    admins = list(_listed("admin", admin, frozenset({ADMIN_SCOPE})))
+    seen = {token.digest for token in admins}
+    for token in _listed("internal", internal, frozenset(INTERNAL_TOKEN_SCOPES)):
+        if token.digest not in seen:
+            seen.add(token.digest)
+            tokens.append(token)
+    tokens.extend(admins)
     first_by_digest: dict[bytes, str] = {}
     for token in tokens:
         earlier = first_by_digest.setdefault(token.digest, token.name)
@@ -179,9 +187,15 @@ def tokens_from(
 
 
 def _listed(prefix: str, values: Sequence[str], scopes: frozenset[str]) -> Iterator[ApiToken]:
+    """``prefix-N`` for the N-th token of the list; a repeat of an earlier one is skipped
+    (its number stays taken, so names do not shift when a repeat is removed)."""
     listed = (value for value in values if value)
+    seen: set[bytes] = set()
     for number, value in enumerate(listed, start=1):
-        yield ApiToken(f"{prefix}-{number}", scopes, token_digest(value))
+        digest = token_digest(value)
+        if digest not in seen:
+            seen.add(digest)
+            yield ApiToken(f"{prefix}-{number}", scopes, digest)
 
 
 def _entry(name: str, fields: Any) -> tuple[ApiToken | None, list[str]]:

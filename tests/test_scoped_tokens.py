@@ -453,6 +453,16 @@ scopes = ["events:write", "payments:write"]
     assert "support-secret" not in repr(registry)
 
 
+def test_the_older_lists_accept_a_repeated_token_once_with_the_broader_rights() -> None:
+    registry, problems = tokens_from({}, internal=["a", "b", "a", "c"], admin=["c", "c"])
+    assert problems == []
+    assert [(token.name, ADMIN_SCOPE in token.scopes) for token in registry] == [
+        ("internal-1", False),
+        ("internal-2", False),
+        ("admin-1", True),
+    ]
+
+
 def test_a_json_tokens_file(tmp_path: Path) -> None:
     text = json.dumps(
         {"tokens": {"orders-service": {"digest": ORDERS_DIGEST, "scopes": ["events:write"]}}}

@@ -166,6 +166,10 @@ class Settings(BaseSettings):
     razorpay_webhook_secrets: Secrets = Field((), alias="RAZORPAY_WEBHOOK_SECRET")
     internal_api_tokens: Secrets = Field((), alias="INTERNAL_API_TOKEN")
     admin_api_tokens: Secrets = Field((), alias="ADMIN_API_TOKEN")
+    # Named internal API tokens with scopes (ingress/tokens.py validates them): a JSON or
+    # TOML file, and/or the same table as JSON in the environment.
+    api_tokens_file: Path | None = Field(None, alias="SLUICE_API_TOKENS_FILE")
+    api_tokens: str | None = Field(None, alias="SLUICE_API_TOKENS", repr=False)
     # PARTNER_<ID>_* variables grouped by partner id (lower-cased) by load_settings;
     # base.partners.load_partners validates them with the partners file.
     partners: Mapping[str, Mapping[str, str]] = Field(default_factory=dict, repr=False)
@@ -308,6 +312,13 @@ class Settings(BaseSettings):
     def _tls_cert_has_key(self) -> Settings:
         if (self.internal_tls_cert is None) != (self.internal_tls_key is None):
             raise _Malformed("INGRESS_INTERNAL_TLS_CERT", "needs INGRESS_INTERNAL_TLS_KEY too")
+        if self.internal_tls_client_ca is not None and self.internal_tls_cert is None:
+            # Refused, not ignored: a client CA without TLS would serve plain HTTP to
+            # anyone while the operator believes client certificates are required.
+            raise _Malformed(
+                "INGRESS_INTERNAL_TLS_CLIENT_CA",
+                "needs INGRESS_INTERNAL_TLS_CERT and INGRESS_INTERNAL_TLS_KEY too",
+            )
         return self
 
     def redacted(self) -> dict[str, str]:

@@ -40,6 +40,7 @@ from ingress.publisher import Publisher
 from ingress.replies import ReplyWaiter
 from ingress.requests import BODY_TIMEOUT_KEY
 from ingress.responses import json_response
+from ingress.tokens import TokenRegistry, load_tokens
 from ingress.verify import razorpay, stripe
 from ingress.webhooks import WebhookSource, webhook_handler
 from schemas.codec import Codec
@@ -92,13 +93,16 @@ def create_apps(
     lead_status: LeadSource | None = None,
     notification_status: NotificationSource | None = None,
     partners: PartnerRegistry | None = None,
+    tokens: TokenRegistry | None = None,
 ) -> IngressApps:
     """Both applications. ``replies``, the readers (``payment_status``, ``lead_status``,
     ``notification_status``) and ``partners`` default to ones built from ``settings``
     (no readers without ``DATABASE_URL``: those routes answer 503); whichever are used,
-    the internal app starts and stops them.
+    the internal app starts and stops them. ``tokens`` defaults to the ones the settings
+    name (``ingress.tokens.load_tokens``).
 
-    :raises ConfigError: the partners file or ``PARTNER_<ID>_…`` settings are invalid.
+    :raises ConfigError: the partners file or ``PARTNER_<ID>_…`` settings, or the
+        internal API tokens, are invalid.
     """
     if partners is None:
         partners = load_partners(settings.partners_file, settings.partners)
@@ -129,10 +133,10 @@ def create_apps(
         name="webhook.partner.leads",
     )
 
-    # The token check sits inside outcome_middleware, which turns its 401 into JSON.
-    internal = _application(
-        settings, metrics, internal_token_middleware(settings.internal_api_tokens)
-    )
+    # The token check sits inside outcome_middleware, which turns its 401/403 into JSON.
+    if tokens is None:
+        tokens = load_tokens(settings)
+    internal = _application(settings, metrics, internal_token_middleware(tokens))
     internal[PUBLISHER_KEY] = publisher
     internal.router.add_get("/healthz", _healthz, name="healthz")
     internal.router.add_get("/readyz", _readyz, name="readyz")

@@ -1,7 +1,22 @@
-"""Token auth of the internal API: every ``/internal/`` route needs ``X-Internal-Token``.
+"""Token auth of the internal API: every ``/internal/`` route needs ``X-Internal-Token``
+and the token must hold the route's scope.
 
-``INTERNAL_API_TOKEN`` lists the accepted tokens, comma-separated, so a token is rotated
-without downtime: list old and new, move the callers over, drop the old one.
+The tokens are named and scoped (``ingress.tokens``: the tokens file,
+``SLUICE_API_TOKENS``, and the older ``INTERNAL_API_TOKEN`` / ``ADMIN_API_TOKEN`` lists).
+Several tokens may be listed, so a token is rotated without downtime: add the new one
+(under a new name), move the callers over, drop the old one.
+
+Each request under ``/internal/`` is answered, in this order:
+
+1. **401** without a token, or with one that is not listed (before routing: a caller
+   without a token learns nothing about which routes or methods exist, 401 comes before
+   404 and 405);
+2. 404 / 405 for a path or method that has no route (the caller is known by now);
+3. **403** ``{"error":"forbidden","scope":…}`` when the token lacks the scope the route
+   needs (``ingress.scopes.scope_of``, by route name; a token holding ``admin`` holds
+   every scope);
+4. **403** for *every* token on a route that has no line in ``ROUTE_SCOPES``: fail
+   closed, so a route added without its scope is refused rather than open.
 
 Comparisons are constant-time and reveal nothing about which token (if any) came close:
 
@@ -10,32 +25,31 @@ Comparisons are constant-time and reveal nothing about which token (if any) came
 - the presented token is compared with *every* listed token, without stopping at the
   first match, so the time does not say which list entry matched.
 
-Only digests are kept in memory once the middleware is built. A token never reaches a
-log line: refusals are logged by ``outcome_middleware`` with the path, status and error
-class only, and the one warning here (no token configured) names the setting, not a value.
+Only digests are kept in memory. The authenticated token's *name* is left on the
+request (``request[ingress.scopes.CALLER_KEY]``, read with ``caller_name``) for the
+request's log line and for ``updatedBy``; a token never reaches a log line.
 
 The check is a middleware on the internal application rather than a per-route wrapper,
-so a route added later under ``/internal/`` is protected without anyone remembering to,
-and an unauthenticated caller learns nothing about which routes or methods exist (401
-comes before 404 and 405). ``/healthz``, ``/readyz`` and ``/metrics`` stay open.
+so a route added later under ``/internal/`` is protected without anyone remembering to.
+``/healthz``, ``/readyz`` and ``/metrics`` stay open.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-from collections.abc import Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from ingress.outcomes import Unauthorized
+from ingress.outcomes import Forbidden, MissingScope, Unauthorized
+from ingress.scopes import CALLER_KEY, scope_of
+from ingress.tokens import ApiToken, TokenRegistry
 
 __all__ = [
     "INTERNAL_TOKEN_HEADER",
     "PROTECTED_PREFIX",
-    "TokenSet",
+    "TOKEN_SETTINGS",
+    "authorize",
     "check_token",
     "internal_token_middleware",
     "is_protected",
@@ -45,44 +59,42 @@ log = logging.getLogger(__name__)
 
 INTERNAL_TOKEN_HEADER = "X-Internal-Token"  # noqa: S105 - a header name, not a secret
 PROTECTED_PREFIX = "/internal/"
+# Setting names, not secrets.
+TOKEN_SETTINGS = "INTERNAL_API_TOKEN, ADMIN_API_TOKEN, SLUICE_API_TOKENS_FILE or SLUICE_API_TOKENS"  # noqa: S105
+"""Where tokens are configured, as named in the refusals when there is none."""
 
 
-def _digest(token: str) -> bytes:
-    # surrogatepass: a header aiohttp decoded with surrogates still hashes (and fails).
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
-class TokenSet:
-    """The accepted tokens, held as SHA-256 digests only."""
-
-    def __init__(self, tokens: Sequence[str]) -> None:
-        self._digests = tuple(_digest(token) for token in tokens if token)
-
-    def __len__(self) -> int:
-        return len(self._digests)
-
-    def matches(self, presented: str) -> bool:
-        """True if ``presented`` is one of the tokens; time independent of which one."""
-        candidate = _digest(presented)
-        matched = False
-        for digest in self._digests:
-            # No short-circuit: every listed token is compared, match or not.
-            matched |= hmac.compare_digest(candidate, digest)
-        return matched
-
-
-def check_token(presented: str | None, tokens: TokenSet) -> None:
-    """Raise ``Unauthorized`` unless ``presented`` is an accepted token.
+def check_token(presented: str | None, tokens: TokenRegistry) -> ApiToken:
+    """The token ``presented`` is; ``Unauthorized`` if it is missing or not listed.
 
     With no token configured every request is refused: an internal API left open by a
     missing setting would be worse than one that is closed until it is set.
     """
     if not tokens:
-        raise Unauthorized("the internal API is disabled: no INTERNAL_API_TOKEN is configured")
+        raise Unauthorized(
+            f"the internal API is disabled: no token is configured ({TOKEN_SETTINGS})"
+        )
     if not presented:
         raise Unauthorized(f"missing {INTERNAL_TOKEN_HEADER} header")
-    if not tokens.matches(presented):
+    token = tokens.identify(presented)
+    if token is None:
         raise Unauthorized(f"invalid {INTERNAL_TOKEN_HEADER}")
+    return token
+
+
+def authorize(token: ApiToken, route_name: str | None) -> None:
+    """Raise ``Forbidden`` unless ``token`` may call the route named ``route_name``."""
+    scope = scope_of(route_name)
+    if scope is None:
+        # A route missing from ROUTE_SCOPES is a bug of ours: refused to everyone
+        # (admin included) and said loudly, so it is found before anyone relies on it.
+        log.error(
+            "internal route without a scope refused: add it to ingress/scopes.py",
+            extra={"route": route_name or "unnamed"},
+        )
+        raise Forbidden("this route has no scope declared: refused to every token")
+    if not token.allows(scope):
+        raise MissingScope(scope)
 
 
 def is_protected(request: web.Request) -> bool:
@@ -97,23 +109,29 @@ def is_protected(request: web.Request) -> bool:
     return resource is not None and resource.canonical.startswith(PROTECTED_PREFIX)
 
 
-def internal_token_middleware(tokens: Sequence[str]) -> Middleware:
+def internal_token_middleware(tokens: TokenRegistry) -> Middleware:
     """The middleware guarding ``/internal/`` routes with ``tokens``.
 
     Put it inside ``outcome_middleware`` (later in the list), which turns the
-    ``Unauthorized`` it raises into the JSON 401.
+    ``Unauthorized`` and ``Forbidden`` it raises into JSON and logs the request with
+    the caller's name.
     """
-    accepted = TokenSet(tokens)
-    if not accepted:
+    if not tokens:
         log.warning(
-            "INTERNAL_API_TOKEN is not set: every /internal/ request is refused with 401",
-            extra={"setting": "INTERNAL_API_TOKEN"},
+            f"no internal API token is configured ({TOKEN_SETTINGS}):"
+            " every /internal/ request is refused with 401",
+            extra={"settings": TOKEN_SETTINGS},
         )
 
     @web.middleware
     async def require_internal_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_protected(request):
-            check_token(request.headers.get(INTERNAL_TOKEN_HEADER), accepted)
+            token = check_token(request.headers.get(INTERNAL_TOKEN_HEADER), tokens)
+            request[CALLER_KEY] = token.name
+            # No route (404) or no such method (405): aiohttp's handler raises it; only
+            # a matched route has a scope to check.
+            if request.match_info.http_exception is None:
+                authorize(token, request.match_info.route.name)
         return await handler(request)
 
     return require_internal_token

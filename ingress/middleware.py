@@ -1,9 +1,18 @@
-"""Request middleware shared by both listeners: correlation ids and error mapping."""
+"""Request middleware shared by both listeners: correlation ids, error mapping and the
+request's log line.
+
+Every refused request is one INFO line (path, status, error class, caller); every
+internal request the token check let through is one INFO line too, naming the token
+that made it (``caller``, the token's name, never the token), so who did what on the
+internal API can be read from the logs. Public webhooks served are not logged per
+request (their volume is the senders', and the metrics count them).
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 
 from aiohttp import web
@@ -11,6 +20,7 @@ from aiohttp.typedefs import Handler
 
 from base.metrics import MetricName, Metrics
 from ingress.outcomes import ClientAborted, error_response
+from ingress.scopes import CALLER_KEY, caller_name
 
 __all__ = ["CORRELATION_HEADER", "METRICS_KEY", "correlation_id", "outcome_middleware"]
 
@@ -34,6 +44,7 @@ async def outcome_middleware(request: web.Request, handler: Handler) -> web.Stre
     given = request.headers.get(CORRELATION_HEADER, "")
     cid = given if _ACCEPTABLE_ID.fullmatch(given) else uuid.uuid4().hex
     request[_CORRELATION_KEY] = cid
+    started = time.monotonic()
     try:
         response = await handler(request)
     except web.HTTPSuccessful as ok:
@@ -52,10 +63,24 @@ async def outcome_middleware(request: web.Request, handler: Handler) -> web.Stre
                     "path": request.path,
                     "status": response.status,
                     "reason": type(exc).__name__,
+                    "caller": caller_name(request),
                     "correlation_id": cid,
                 },
             )
     response.headers[CORRELATION_HEADER] = cid
     route = request.match_info.route.name or "unmatched"
+    if response.status < 400 and CALLER_KEY in request:
+        log.info(
+            "internal request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "status": response.status,
+                "caller": caller_name(request),
+                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                "correlation_id": cid,
+            },
+        )
     request.app[METRICS_KEY].inc(MetricName.HTTP_REQUESTS, route=route, status=str(response.status))
     return response

@@ -20,6 +20,7 @@ __all__ = [
     "BodyTooLarge",
     "ClientAborted",
     "Forbidden",
+    "MissingScope",
     "NotFound",
     "ReadTimedOut",
     "RequestRejected",
@@ -62,6 +63,14 @@ class Forbidden(RequestRejected):
     status = 403
 
 
+class MissingScope(Forbidden):
+    """A valid token without the scope the route needs; the answer names the scope."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"this token lacks the scope {scope}")
+        self.scope = scope
+
+
 class NotFound(RequestRejected):
     status = 404
 
@@ -99,6 +108,8 @@ def error_response(exc: BaseException) -> web.Response:
         return _json(403, "forbidden", str(exc))
     if isinstance(exc, InvalidEvent):
         return _json(400, "invalid", str(exc), field=exc.field)
+    if isinstance(exc, MissingScope):
+        return _json(403, "forbidden", str(exc), scope=exc.scope)
     if isinstance(exc, RequestRejected):
         response = _json(exc.status, _CODES[exc.status], str(exc))
         if exc.retry_after is not None:
@@ -146,8 +157,12 @@ _CODES = {
 }
 
 
-def _json(status: int, code: str, detail: str, *, field: str | None = None) -> web.Response:
+def _json(
+    status: int, code: str, detail: str, *, field: str | None = None, scope: str | None = None
+) -> web.Response:
     body: dict[str, str] = {"error": code, "detail": detail}
     if field:
         body["field"] = field
+    if scope:
+        body["scope"] = scope
     return json_response(body, status=status)

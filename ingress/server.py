@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from base.clock import Clock, SystemClock
+from base.errors import ConfigError
 from base.partners import load_partners
 from base.settings import Settings
 from ingress.app import IngressApps, create_apps
 from ingress.listener import Listener, ListenerLimits, listen
 from ingress.publisher import KafkaPublisher
+from ingress.tokens import load_tokens
 from schemas.codec import make_codec
 
 __all__ = ["RunningIngress", "run_ingress", "running_ingress"]
@@ -37,10 +39,18 @@ async def running_ingress(
 
     A port of 0 picks a free port; the URLs in the yielded value carry the real ones.
 
-    :raises ConfigError: the partner registry is invalid; raised before anything
-        connects, so a bad partners file stops the ingress at start-up.
+    :raises ConfigError: the partner registry or the internal API tokens are invalid;
+        raised before anything connects, so a bad partners or tokens file stops the
+        ingress at start-up.
     """
     partners = load_partners(settings.partners_file, settings.partners)
+    tokens = load_tokens(settings)
+    # Names and scopes only: what an operator checks after a change, never a secret.
+    log.info(
+        "internal API tokens",
+        extra={"tokens": {token.name: sorted(token.scopes) for token in tokens}},
+    )
+    tls = _internal_tls(settings)
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers, timeout_s=settings.publish_timeout_s
     )
@@ -58,6 +68,7 @@ async def running_ingress(
         codec=codec,
         clock=clock or SystemClock(),
         partners=partners,
+        tokens=tokens,
     )
     limits = ListenerLimits(
         header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections
@@ -66,7 +77,6 @@ async def running_ingress(
     try:
         public = await listen(apps.public, settings.public_host, settings.public_port, limits)
         listeners.append(public)
-        tls = _internal_tls(settings)
         internal = await listen(
             apps.internal, settings.internal_host, settings.internal_port, limits, tls
         )
@@ -95,14 +105,31 @@ async def run_ingress(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def _internal_tls(settings: Settings) -> ssl.SSLContext | None:
-    """TLS for the internal listener; with a client CA, clients must present a cert (mTLS)."""
+    """TLS for the internal listener; with a client CA, clients must present a
+    certificate signed by that CA (mTLS), else the handshake fails.
+
+    Built by hand rather than by ``ssl.create_default_context`` so that what it trusts
+    and allows is written here, not left to that function's defaults (which may change,
+    and which write session keys to ``SSLKEYLOGFILE`` when that variable is set): only
+    ``INGRESS_INTERNAL_TLS_CLIENT_CA`` is trusted, never the system's CAs
+    (``tests/test_internal_mtls.py`` pins it), and TLS 1.2 is the oldest accepted.
+
+    :raises ConfigError: a certificate, key or CA file is missing or unusable.
+    """
     if settings.internal_tls_cert is None or settings.internal_tls_key is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.internal_tls_cert, settings.internal_tls_key)
-    if settings.internal_tls_client_ca is not None:
-        context.load_verify_locations(settings.internal_tls_client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.internal_tls_cert, settings.internal_tls_key)
+        if settings.internal_tls_client_ca is not None:
+            context.load_verify_locations(cafile=settings.internal_tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            "INGRESS_INTERNAL_TLS_CERT / _KEY / _CLIENT_CA: cannot be loaded:"
+            f" {exc.strerror or exc}"
+        ) from None
     return context
 
 

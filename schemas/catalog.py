@@ -56,6 +56,7 @@ __all__ = [
     "AVRO_DIR",
     "BILLING_EVENT_SUBJECT",
     "BILLING_TOPICS",
+    "CACHE_INVALIDATE_SUBJECT",
     "DAY_MS",
     "DEAD_LETTER_SUBJECT",
     "IDS_PATH",
@@ -75,6 +76,7 @@ __all__ = [
     "REPLY_SUBJECT",
     "RETRY_DELAYS",
     "RUNTIME_CONFIG_SUBJECT",
+    "SEARCH_INDEX_SUBJECT",
     "TOPICS",
     "USER_EVENT_SUBJECT",
     "WEBHOOK_OUTCOMES_TOPIC",
@@ -121,6 +123,8 @@ INVENTORY_RELEASE_SUBJECT = "sluice.commands.InventoryRelease"
 LEAD_RECEIVED_SUBJECT = "sluice.leads.LeadReceived"
 LEAD_DELIVERY_COMMAND_SUBJECT = "sluice.leads.LeadDeliveryCommand"
 USER_EVENT_SUBJECT = "sluice.users.UserEvent"
+SEARCH_INDEX_SUBJECT = "sluice.search.IndexCommand"
+CACHE_INVALIDATE_SUBJECT = "sluice.cache.InvalidateCommand"
 NOTIFICATION_REQUEST_SUBJECT = "sluice.notifications.NotificationRequest"
 LEAD_PARTITIONS = 3
 """Partitions of ``leads.received`` and ``commands.leads.deliver``: both keyed by lead id,
@@ -468,13 +472,27 @@ _TOPIC_LIST: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(
         name="commands.search.index",
-        subject=None,
+        subject=SEARCH_INDEX_SUBJECT,
         key="index:id",
         partitions=3,
-        retention_ms=None,
+        retention_ms=7 * DAY_MS,
         compacted=False,
-        doc="Search index upserts and deletes from POST /internal/v1/search/index "
-        "(schema to come).",
+        doc="Search document upserts and deletes from POST /internal/v1/search/index, "
+        "keyed by index:id; the search agent writes them with _bulk and external "
+        "versioning.",
+        content_type=_avro("search-index-command"),
+    ),
+    TopicSpec(
+        name="commands.cache.invalidate",
+        subject=CACHE_INVALIDATE_SUBJECT,
+        key="taskId",
+        partitions=3,
+        retention_ms=DAY_MS,
+        compacted=False,
+        doc="Cache keys and prefixed patterns to drop from Redis (POST "
+        "/internal/v1/cache/invalidate, and projections' key templates after a commit); "
+        "answered on replies when the caller waits.",
+        content_type=_avro("cache-invalidate-command"),
     ),
     TopicSpec(
         name="config.runtime",

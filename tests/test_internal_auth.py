@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from base.logs import JsonFormatter
-from ingress.auth import TokenSet, check_token
+from ingress.auth import check_token
 from ingress.outcomes import Unauthorized
+from ingress.tokens import TokenRegistry, tokens_from
 from tests.fixtures.ingress import (
     INTERNAL_OLD_TOKEN,
     INTERNAL_TOKEN,
@@ -60,14 +61,20 @@ async def _post_event(
 # --- pure ------------------------------------------------------------------------------
 
 
-def test_token_set_accepts_every_listed_token_only() -> None:
-    tokens = TokenSet(["new", "old"])
-    assert tokens.matches("new")
-    assert tokens.matches("old")
-    assert not tokens.matches("ne")
-    assert not tokens.matches("new ")
-    assert not tokens.matches("")
-    assert not tokens.matches("\udcff")  # undecodable header bytes do not crash it
+def _registry(*tokens: str) -> TokenRegistry:
+    registry, problems = tokens_from({}, internal=tokens)
+    assert problems == []
+    return registry
+
+
+def test_registry_accepts_every_listed_token_only() -> None:
+    tokens = _registry("new", "old")
+    assert tokens.identify("new") is not None
+    assert tokens.identify("old") is not None
+    assert tokens.identify("ne") is None
+    assert tokens.identify("new ") is None
+    assert tokens.identify("") is None
+    assert tokens.identify("\udcff") is None  # undecodable header bytes do not crash it
 
 
 def test_every_listed_token_is_compared_even_after_a_match(
@@ -81,21 +88,23 @@ def test_every_listed_token_is_compared_even_after_a_match(
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", counting)
-    tokens = TokenSet(["first", "second", "third"])
+    tokens = _registry("first", "second", "third")
 
-    assert tokens.matches("first")
+    identified = tokens.identify("first")
+    assert identified is not None
+    assert identified.name == "internal-1"
     # Three comparisons of equal-length digests, whichever token matched.
     assert calls == [32, 32, 32]
 
 
 def test_check_token_reasons() -> None:
     with pytest.raises(Unauthorized, match="missing X-Internal-Token"):
-        check_token(None, TokenSet(["t"]))
+        check_token(None, _registry("t"))
     with pytest.raises(Unauthorized, match="invalid X-Internal-Token"):
-        check_token("x", TokenSet(["t"]))
-    with pytest.raises(Unauthorized, match="no INTERNAL_API_TOKEN"):
-        check_token("t", TokenSet([]))
-    check_token("t", TokenSet(["t"]))
+        check_token("x", _registry("t"))
+    with pytest.raises(Unauthorized, match="no token is configured"):
+        check_token("t", _registry())
+    assert check_token("t", _registry("t")).name == "internal-1"
 
 
 # --- the real ingress --------------------------------------------------------------------
@@ -174,7 +183,7 @@ async def test_no_token_configured_refuses_everything_and_says_so_once(
             assert "INTERNAL_API_TOKEN" in body["detail"]
         async with bare.http.get(f"{bare.internal}/healthz") as response:
             assert response.status == 200
-    warnings = [r for r in caplog.records if "INTERNAL_API_TOKEN is not set" in r.getMessage()]
+    warnings = [r for r in caplog.records if "no internal API token" in r.getMessage()]
     assert len(warnings) == 1
 
 

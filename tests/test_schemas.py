@@ -105,6 +105,18 @@ PUBLISHED: dict[tuple[str, int], tuple[int, str]] = {
         1015,
         "4b322880645740e2db03a3cbc655d19439ee081f6d063da46ccef9411a61a49b",
     ),
+    ("sluice.search.IndexCommand", 1): (
+        1016,
+        "8a3e5f3e58958bff3cc767450c4a36401f37a8291acf2f1f86bfd82779465316",
+    ),
+    ("sluice.cache.InvalidateCommand", 1): (
+        1017,
+        "3a89f172f9ea538a098cf83c0357aaee505d1d51659a5fe4b8762f75a66539bc",
+    ),
+    ("sluice.config.RuntimeConfigEntry", 2): (
+        1018,
+        "3bd6c1dba5cd4cb530398a018c169bd0fc05c3ce930129699a34b8f85d63d0d1",
+    ),
 }
 
 ENVELOPE: list[tuple[str, Any]] = [
@@ -162,6 +174,7 @@ def test_design_topics_are_declared() -> None:
         "users.contacts",
         "notifications.requested",
         "commands.search.index",
+        "commands.cache.invalidate",
         "config.runtime",
         "dlq",
         "alerts",

@@ -299,9 +299,15 @@ class SearchProjection:
             raise RuntimeError("SearchProjection used before start()")
         return self._client
 
-    async def ensure_index(self, base: str, mapping: Mapping[str, Any]) -> None:
-        """Create the index with ``mapping`` unless it exists. Idempotent and safe to
-        race. An existing index is left as it is (its mapping is not compared)."""
+    async def ensure_index(
+        self,
+        base: str,
+        mapping: Mapping[str, Any],
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Create the index with ``mapping`` (and index ``settings``) unless it exists.
+        Idempotent and safe to race. An existing index is left as it is (its mapping is
+        not compared)."""
         client = self._require_client()
         name = self.index_name(base)
         self._search_fields[base] = _keyword_fields(mapping)
@@ -310,6 +316,7 @@ class SearchProjection:
                 await client.indices.create(
                     index=name,
                     mappings=mapping,
+                    settings=dict(settings) if settings else None,
                     timeout=self._server_timeout,
                     master_timeout=self._server_timeout,
                 )

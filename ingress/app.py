@@ -23,6 +23,7 @@ from base.settings import Settings
 from connectors.lead_status import LeadStatusStore
 from connectors.notification_status import NotificationStatusStore
 from connectors.payment_status import PaymentStatusStore
+from connectors.search_reader import SearchReader
 from ingress.auth import internal_token_middleware
 from ingress.commands import CommandSender
 from ingress.events import events_handler
@@ -40,6 +41,8 @@ from ingress.publisher import Publisher
 from ingress.replies import ReplyWaiter
 from ingress.requests import BODY_TIMEOUT_KEY
 from ingress.responses import json_response
+from ingress.search_index import index_handler
+from ingress.search_query import search_query_handler
 from ingress.tokens import TokenRegistry, load_tokens
 from ingress.verify import razorpay, stripe
 from ingress.webhooks import WebhookSource, webhook_handler
@@ -59,6 +62,7 @@ class IngressApps:
     payment_status: PaymentStatusSource | None = None
     lead_status: LeadSource | None = None
     notification_status: NotificationSource | None = None
+    search: SearchReader | None = None
 
 
 def webhook_sources(settings: Settings) -> list[WebhookSource]:
@@ -94,12 +98,14 @@ def create_apps(
     notification_status: NotificationSource | None = None,
     partners: PartnerRegistry | None = None,
     tokens: TokenRegistry | None = None,
+    search: SearchReader | None = None,
 ) -> IngressApps:
     """Both applications. ``replies``, the readers (``payment_status``, ``lead_status``,
     ``notification_status``) and ``partners`` default to ones built from ``settings``
-    (no readers without ``DATABASE_URL``: those routes answer 503); whichever are used,
-    the internal app starts and stops them. ``tokens`` defaults to the ones the settings
-    name (``ingress.tokens.load_tokens``).
+    (no readers without ``DATABASE_URL``: those routes answer 503), the search reader
+    ``search`` one built when ``ELASTICSEARCH_URL`` is set (else the search query route
+    answers 503); whichever are used, the internal app starts and stops them. ``tokens``
+    defaults to the ones the settings name (``ingress.tokens.load_tokens``).
 
     :raises ConfigError: the partners file or ``PARTNER_<ID>_…`` settings, or the
         internal API tokens, are invalid.
@@ -150,6 +156,8 @@ def create_apps(
         lead_status = LeadStatusStore(settings.database_url)
     if notification_status is None and settings.database_url:
         notification_status = NotificationStatusStore(settings.database_url)
+    if search is None and settings.elasticsearch_url:
+        search = SearchReader(settings.elasticsearch_url, index_prefix=settings.search_index_prefix)
     _internal_api(
         internal,
         settings,
@@ -162,6 +170,7 @@ def create_apps(
         lead_status=lead_status,
         notification_status=notification_status,
         partners=partners,
+        search=search,
     )
     return IngressApps(
         public=public,
@@ -171,6 +180,7 @@ def create_apps(
         payment_status=payment_status,
         lead_status=lead_status,
         notification_status=notification_status,
+        search=search,
     )
 
 
@@ -187,6 +197,7 @@ def _internal_api(
     lead_status: LeadSource | None,
     notification_status: NotificationSource | None,
     partners: PartnerRegistry,
+    search: SearchReader | None,
 ) -> None:
     """The ``/internal/v1`` routes and the lifecycle of what they use."""
     sender = CommandSender(publisher, codec, metrics, replies, settings.reply_timeout_s)
@@ -242,12 +253,32 @@ def _internal_api(
         notification_status_handler(notification_status),
         name="internal.notifications.status",
     )
+    app.router.add_post(
+        "/internal/v1/search/index",
+        index_handler(
+            publisher=publisher,
+            codec=codec,
+            clock=clock,
+            metrics=metrics,
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        name="internal.search.index",
+    )
+    app.router.add_get(
+        "/internal/v1/search/{index}",
+        search_query_handler(search),
+        name="internal.search.query",
+    )
 
     async def start(_app: web.Application) -> None:
         await replies.start()
+        if search is not None:
+            await search.start()
 
     async def stop(_app: web.Application) -> None:
         await replies.stop()
+        if search is not None:
+            await search.close()
         for reader in (payment_status, lead_status, notification_status):
             if reader is not None:
                 await reader.close()

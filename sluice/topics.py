@@ -30,6 +30,7 @@ def topics_in_use() -> frozenset[str]:
     from ingress.leads import LEAD_TOPIC
     from ingress.notifications import NOTIFICATION_TOPIC
     from ingress.payments import COMMAND_TOPIC
+    from ingress.search_index import INDEX_COMMAND_TOPIC
     from streams.topology import WIRING
 
     worker = {name for wire in WIRING for name in (*wire.reads, *wire.writes)}
@@ -38,6 +39,7 @@ def topics_in_use() -> frozenset[str]:
         DELIVER_COMMAND_TOPIC,
         LEAD_TOPIC,
         NOTIFICATION_TOPIC,
+        INDEX_COMMAND_TOPIC,
     }
     return frozenset(worker | ingress | set(WEBHOOK_TOPICS))
 

@@ -27,6 +27,7 @@ from schemas.codec import make_codec
 from streams import retention
 from streams.agents import (
     deliver_leads,
+    index_search,
     join_orders,
     normalise_webhooks,
     notify_lifecycle,
@@ -60,6 +61,7 @@ AGENT_MODULES = (
     send_notifications,
     notify_lifecycle,
     project_orders,
+    index_search,
     retry_delayed,
     retention,  # not an agent: the leader's periodic purge of expired Postgres rows
 )

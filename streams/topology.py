@@ -25,6 +25,8 @@ agents take their handles from the ``Topology`` built here.
                                 ─► retry.* · dlq · alerts
     orders.lifecycle
         └─► project_orders      (Postgres orders, Elasticsearch orders) ─► retry.* · dlq
+    commands.search.index
+        └─► index_search        (Elasticsearch: the declared search indices) ─► retry.* · dlq
     orders.lifecycle, billing.invoice.updated
         └─► notify_lifecycle    (Postgres user_contacts, read) ─► notifications.requested
                                    · retry.* · dlq
@@ -97,6 +99,7 @@ def wiring(policy: RetryPolicy) -> tuple[Wire, ...]:
         Wire("project_contacts", reads=("users.contacts",), writes=failures),
         Wire("send_notifications", reads=("notifications.requested",), writes=failures),
         Wire("project_orders", reads=("orders.lifecycle",), writes=failures),
+        Wire("index_search", reads=("commands.search.index",), writes=failures),
         Wire(
             "notify_lifecycle",
             reads=("orders.lifecycle", "billing.invoice.updated"),

@@ -146,9 +146,9 @@ def test_bad_templates_are_refused(text: str, why: str) -> None:
 
 def test_bad_templates_stop_the_process_at_start_up() -> None:
     env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}
-    with pytest.raises(ConfigError, match="SLUICE_CACHE_KEYS.*unknown placeholder"):
+    with pytest.raises(ConfigError, match=r"SLUICE_CACHE_KEYS.*unknown placeholder"):
         load_settings({**env, "SLUICE_CACHE_KEYS": "orders=order:{nope}"})
-    with pytest.raises(ConfigError, match="SLUICE_CACHE_KEYS.*unknown projection"):
+    with pytest.raises(ConfigError, match=r"SLUICE_CACHE_KEYS.*unknown projection"):
         load_settings({**env, "SLUICE_CACHE_KEYS": "carts=cart:{orderId}"})
     settings = load_settings({**env, "SLUICE_CACHE_KEYS": "orders=order:{orderId}"})
     assert settings.cache_keys == "orders=order:{orderId}"

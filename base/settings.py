@@ -39,6 +39,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from base.cache_keys import parse_cache_keys
 from base.durations import check_retry_schedule, parse_duration
 from base.errors import ConfigError
 from base.partners import env_partner_fields
@@ -101,6 +102,11 @@ def _retry_delays(value: Any) -> Any:
 def _non_negative(value: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError("must be a finite number of seconds, 0 or more")
+    return value
+
+
+def _cache_keys(value: str) -> str:
+    parse_cache_keys(value)  # raises ValueError naming what is wrong
     return value
 
 
@@ -259,6 +265,8 @@ class Settings(BaseSettings):
     # (to_ref) within the window; past it, FAILED with the reason.
     notify_user_cap: PositiveInt = Field(10, alias="SLUICE_NOTIFY_USER_CAP")
     notify_user_window_s: PositiveDuration = Field(60.0, alias="SLUICE_NOTIFY_USER_WINDOW")
+    # Cache keys each projection invalidates after it commits (base/cache_keys.py).
+    cache_keys: Annotated[str, AfterValidator(_cache_keys)] = Field("", alias="SLUICE_CACHE_KEYS")
     # Tests give each worker its own Elasticsearch indices on a shared node.
     search_index_prefix: str = Field("", alias="SLUICE_SEARCH_INDEX_PREFIX")
 

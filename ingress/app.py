@@ -25,6 +25,7 @@ from connectors.notification_status import NotificationStatusStore
 from connectors.payment_status import PaymentStatusStore
 from connectors.search_reader import SearchReader
 from ingress.auth import internal_token_middleware
+from ingress.cache_api import cache_invalidate_handler
 from ingress.commands import CommandSender
 from ingress.events import events_handler
 from ingress.lead_api import LeadSource, lead_deliver_handler, lead_status_handler
@@ -236,6 +237,13 @@ def _internal_api(
         "/internal/v1/leads/{leadId}",
         lead_status_handler(lead_status),
         name="internal.leads.status",
+    )
+    app.router.add_post(
+        "/internal/v1/cache/invalidate",
+        cache_invalidate_handler(
+            sender=sender, clock=clock, max_body_bytes=settings.max_body_bytes
+        ),
+        name="internal.cache.invalidate",
     )
     app.router.add_post(
         "/internal/v1/notifications/send",

@@ -25,6 +25,7 @@ INTERNAL = "internal"
 def topics_in_use() -> frozenset[str]:
     """Every topic the worker's wiring or the ingress reads or writes."""
     # Imported here: the worker's topology pulls in faust, which only this command needs.
+    from ingress.cache_api import INVALIDATE_TOPIC
     from ingress.domain_events import EVENT_ROUTES
     from ingress.lead_api import DELIVER_COMMAND_TOPIC
     from ingress.leads import LEAD_TOPIC
@@ -37,6 +38,7 @@ def topics_in_use() -> frozenset[str]:
     ingress = {route.topic for route in EVENT_ROUTES.values()} | {
         COMMAND_TOPIC,
         DELIVER_COMMAND_TOPIC,
+        INVALIDATE_TOPIC,
         LEAD_TOPIC,
         NOTIFICATION_TOPIC,
         INDEX_COMMAND_TOPIC,

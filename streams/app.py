@@ -22,12 +22,14 @@ from base.settings import Settings
 from connectors.kafka_admin import create_changelog_topics, create_topics
 from connectors.kafka_outbox import KafkaOutbox
 from connectors.postgres import PostgresProjection
+from connectors.redis_cache import RedisCache
 from schemas.catalog import topic_spec
 from schemas.codec import make_codec
 from streams import retention
 from streams.agents import (
     deliver_leads,
     index_search,
+    invalidate_cache,
     join_orders,
     normalise_webhooks,
     notify_lifecycle,
@@ -62,6 +64,7 @@ AGENT_MODULES = (
     notify_lifecycle,
     project_orders,
     index_search,
+    invalidate_cache,
     retry_delayed,
     retention,  # not an agent: the leader's periodic purge of expired Postgres rows
 )
@@ -87,6 +90,11 @@ def create_worker(
     # Before anything else: a bad partner entry stops the worker with one line per problem.
     partners = load_partners(settings.partners_file, settings.partners)
     senders = channel_senders(settings)
+    if settings.cache_keys and not settings.redis_url:
+        raise ConfigError(
+            "malformed setting SLUICE_CACHE_KEYS: needs REDIS_URL (the cache it invalidates)"
+        )
+    cache = RedisCache(settings.redis_url) if settings.redis_url else None
     app = SluiceApp(
         app_id or settings.app_id,
         fetch_max_wait_s=settings.consumer_fetch_wait_s,
@@ -134,6 +142,7 @@ def create_worker(
         search_index_prefix=settings.search_index_prefix,
         partners=partners,
         senders=senders,
+        cache=cache,
     )
     for module in AGENT_MODULES:
         module.register(ctx)

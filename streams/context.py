@@ -2,10 +2,10 @@
 
 Connectors start lazily, on first use, inside the worker's event loop: Postgres always,
 Elasticsearch when ``ELASTICSEARCH_URL`` is set, the Stripe API when ``STRIPE_API_KEY`` is,
-the partner CRM client when the first lead is delivered. The partner registry and the
-notification channel senders (``SMTP_URL``, ``SMS_WEBHOOK_URL``, ``PUSH_WEBHOOK_URL``:
-built, not connected) are made before (``streams.app.create_worker``), so a malformed
-URL stops the worker at start-up.
+the partner CRM client when the first lead is delivered. The partner registry, the
+notification channel senders (``SMTP_URL``, ``SMS_WEBHOOK_URL``, ``PUSH_WEBHOOK_URL``)
+and the Redis cache (``REDIS_URL``) are built, not connected, before
+(``streams.app.create_worker``), so a malformed URL stops the worker at start-up.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from connectors.postgres.contacts import ContactStore
 from connectors.postgres.leads import LeadStore
 from connectors.postgres.notifications import NotificationStore
 from connectors.push_api import PushApi
+from connectors.redis_cache import RedisCache
 from connectors.sms_api import SmsApi
 from connectors.smtp_email import SmtpSender
 from connectors.stripe_api import StripeApi
@@ -82,6 +83,8 @@ class WorkerContext:
     partners: PartnerRegistry = field(default_factory=PartnerRegistry)
     # The notification channels configured (channel_senders); a missing one: held.
     senders: Mapping[Channel, ChannelSender] = field(default_factory=dict)
+    # The cache invalidations drop keys from (REDIS_URL); None: no cache configured.
+    cache: RedisCache | None = None
     _started: bool = field(default=False, init=False)
     _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _search: SearchProjection | None = field(default=None, init=False, repr=False)
@@ -167,6 +170,9 @@ class WorkerContext:
             await crm.close()
         for sender in self.senders.values():
             await sender.close()
+        cache, self.cache = self.cache, None
+        if cache is not None:
+            await cache.close()
         if search is not None:
             await search.close()
         if stripe is not None:

@@ -24,9 +24,12 @@ agents take their handles from the ``Topology`` built here.
         └─► send_notifications  (Postgres notifications, user_contacts; SMTP, SMS, push APIs)
                                 ─► retry.* · dlq · alerts
     orders.lifecycle
-        └─► project_orders      (Postgres orders, Elasticsearch orders) ─► retry.* · dlq
+        └─► project_orders      (Postgres orders, Elasticsearch orders)
+                                ─► commands.cache.invalidate · retry.* · dlq
     commands.search.index
         └─► index_search        (Elasticsearch: the declared search indices) ─► retry.* · dlq
+    commands.cache.invalidate
+        └─► invalidate_cache    (Redis UNLINK, SCAN) ─► replies · retry.* · dlq · alerts
     orders.lifecycle, billing.invoice.updated
         └─► notify_lifecycle    (Postgres user_contacts, read) ─► notifications.requested
                                    · retry.* · dlq
@@ -98,8 +101,17 @@ def wiring(policy: RetryPolicy) -> tuple[Wire, ...]:
         ),
         Wire("project_contacts", reads=("users.contacts",), writes=failures),
         Wire("send_notifications", reads=("notifications.requested",), writes=failures),
-        Wire("project_orders", reads=("orders.lifecycle",), writes=failures),
+        Wire(
+            "project_orders",
+            reads=("orders.lifecycle",),
+            writes=("commands.cache.invalidate", *failures),
+        ),
         Wire("index_search", reads=("commands.search.index",), writes=failures),
+        Wire(
+            "invalidate_cache",
+            reads=("commands.cache.invalidate",),
+            writes=("replies", *failures),
+        ),
         Wire(
             "notify_lifecycle",
             reads=("orders.lifecycle", "billing.invoice.updated"),

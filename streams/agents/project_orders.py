@@ -14,6 +14,11 @@ Failures propagate as ``TransientError``/``PermanentError`` and go through the s
 retry mechanism (transient → ``retry.<delay>``, else ``dlq``). Without
 ``ELASTICSEARCH_URL`` only Postgres is written.
 
+Cache: when ``SLUICE_CACHE_KEYS`` has templates for ``orders``, the keys of the batch's
+orders are invalidated right after the Postgres commit, before Elasticsearch is written
+(``streams/agents/cache_on_change.py``): commands on ``commands.cache.invalidate`` that
+the cache agent carries out.
+
 The Elasticsearch document leaves out the PaymentIntent's client secret (and the items):
 search is for support and analytics, the secret is served from Postgres only.
 """
@@ -21,7 +26,7 @@ search is for support and analytics, the secret is served from Postgres only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -29,6 +34,7 @@ from connectors.elasticsearch import ORDERS_INDEX, SearchProjection, VersionedDo
 from connectors.postgres import PostgresProjection
 from schemas.codec import Codec
 from streams.agents.batched import register_batched
+from streams.agents.cache_on_change import change_invalidator
 from streams.context import WorkerContext
 from streams.domain.projection import plan_order_snapshots
 from streams.records import Inbound
@@ -60,11 +66,23 @@ class Projected:
     docs_stale: int | None
 
 
+AfterCommit = Callable[[Sequence[Mapping[str, Any]]], Awaitable[None]]
+"""Called with the batch's newest snapshots once Postgres committed them."""
+
+
 def register(ctx: WorkerContext) -> None:
+    invalidate = change_invalidator(ctx, "orders")
+
     async def apply(records: Sequence[Inbound]) -> None:
         projection = await ctx.connectors()
         search = await ctx.search()
-        await project_orders(records, codec=ctx.codec, projection=projection, search=search)
+        await project_orders(
+            records,
+            codec=ctx.codec,
+            projection=projection,
+            search=search,
+            after_commit=invalidate,
+        )
 
     register_batched(ctx, AGENT, apply)
 
@@ -75,9 +93,11 @@ async def project_orders(
     codec: Codec,
     projection: PostgresProjection,
     search: SearchProjection | None,
+    after_commit: AfterCommit | None = None,
 ) -> Projected:
-    """The effect: decode, keep the newest snapshot per order, write Postgres, then
-    Elasticsearch (skipped when ``search`` is None).
+    """The effect: decode, keep the newest snapshot per order, write Postgres, call
+    ``after_commit`` (the cache invalidation), then Elasticsearch (skipped when ``search``
+    is None).
 
     :raises InvalidEvent: a record does not decode (the runner dead-letters it alone).
     :raises ProjectionInputError: a snapshot's shape cannot be projected (a
@@ -95,6 +115,8 @@ async def project_orders(
         plan_order_snapshots([event for event in events if event.get("eventType") != ORPHANED]),
         consumer=AGENT,
     )
+    if after_commit is not None:
+        await after_commit(snapshots)
     if search is None:
         return Projected(len(snapshots), rows, None, None)
     docs = [

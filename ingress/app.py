@@ -11,6 +11,7 @@ client) gets them running without extra steps.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -23,8 +24,10 @@ from base.settings import Settings
 from connectors.lead_status import LeadStatusStore
 from connectors.notification_status import NotificationStatusStore
 from connectors.payment_status import PaymentStatusStore
+from connectors.runtime_config import ConfigFollower
 from ingress.auth import internal_token_middleware
 from ingress.commands import CommandSender
+from ingress.config_api import config_get_handler, config_set_handler
 from ingress.events import events_handler
 from ingress.lead_api import LeadSource, lead_deliver_handler, lead_status_handler
 from ingress.leads import lead_handler
@@ -43,6 +46,7 @@ from ingress.responses import json_response
 from ingress.verify import razorpay, stripe
 from ingress.webhooks import WebhookSource, webhook_handler
 from schemas.codec import Codec
+from schemas.runtime_keys import declared_keys
 
 __all__ = ["IngressApps", "create_apps", "webhook_sources"]
 
@@ -58,6 +62,7 @@ class IngressApps:
     payment_status: PaymentStatusSource | None = None
     lead_status: LeadSource | None = None
     notification_status: NotificationSource | None = None
+    runtime: ConfigFollower | None = None
 
 
 def webhook_sources(settings: Settings) -> list[WebhookSource]:
@@ -92,16 +97,25 @@ def create_apps(
     lead_status: LeadSource | None = None,
     notification_status: NotificationSource | None = None,
     partners: PartnerRegistry | None = None,
+    runtime: ConfigFollower | None = None,
 ) -> IngressApps:
     """Both applications. ``replies``, the readers (``payment_status``, ``lead_status``,
-    ``notification_status``) and ``partners`` default to ones built from ``settings``
-    (no readers without ``DATABASE_URL``: those routes answer 503); whichever are used,
-    the internal app starts and stops them.
+    ``notification_status``), ``partners`` and the runtime config follower (``runtime``,
+    on ``SLUICE_CONFIG_TOPIC``) default to ones built from ``settings`` (no readers
+    without ``DATABASE_URL``: those routes answer 503); whichever are used, the internal
+    app starts and stops them.
 
     :raises ConfigError: the partners file or ``PARTNER_<ID>_…`` settings are invalid.
     """
     if partners is None:
         partners = load_partners(settings.partners_file, settings.partners)
+    if runtime is None:
+        runtime = ConfigFollower(
+            settings.kafka_bootstrap_servers,
+            codec,
+            declared_keys(settings, partners),
+            topic=settings.config_topic,
+        )
     metrics = Metrics(INGRESS_METRICS)
     public = _application(settings, metrics)
     for source in webhook_sources(settings):
@@ -120,6 +134,7 @@ def create_apps(
         "/v1/webhooks/partner/leads",
         lead_handler(
             registry=partners,
+            runtime=runtime,
             publisher=publisher,
             codec=codec,
             clock=clock,
@@ -158,6 +173,7 @@ def create_apps(
         lead_status=lead_status,
         notification_status=notification_status,
         partners=partners,
+        runtime=runtime,
     )
     return IngressApps(
         public=public,
@@ -167,6 +183,7 @@ def create_apps(
         payment_status=payment_status,
         lead_status=lead_status,
         notification_status=notification_status,
+        runtime=runtime,
     )
 
 
@@ -183,6 +200,7 @@ def _internal_api(
     lead_status: LeadSource | None,
     notification_status: NotificationSource | None,
     partners: PartnerRegistry,
+    runtime: ConfigFollower,
 ) -> None:
     """The ``/internal/v1`` routes and the lifecycle of what they use."""
     sender = CommandSender(publisher, codec, metrics, replies, settings.reply_timeout_s)
@@ -239,11 +257,29 @@ def _internal_api(
         name="internal.notifications.status",
     )
 
+    app.router.add_get(
+        "/internal/v1/config", config_get_handler(runtime), name="internal.config.get"
+    )
+    app.router.add_post(
+        "/internal/v1/config",
+        config_set_handler(
+            follower=runtime,
+            publisher=publisher,
+            codec=codec,
+            clock=clock,
+            metrics=metrics,
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        name="internal.config.set",
+    )
+
     async def start(_app: web.Application) -> None:
-        await replies.start()
+        # Together: each waits (bounded) for Kafka; the config is read before serving.
+        await asyncio.gather(replies.start(), asyncio.to_thread(runtime.start))
 
     async def stop(_app: web.Application) -> None:
         await replies.stop()
+        await asyncio.to_thread(runtime.stop)
         for reader in (payment_status, lead_status, notification_status):
             if reader is not None:
                 await reader.close()

@@ -51,10 +51,9 @@ def test_topics_create_is_idempotent_and_list_shows_the_catalog(catalog_topics: 
     assert status["webhooks.stripe"] == status["orders"] == status["dlq"] == "built"
     assert status["leads.received"] == status["commands.leads.deliver"] == "built"
     assert status["users.contacts"] == status["notifications.requested"] == "built"
-    assert status["config.runtime"] == "planned"
+    assert status["config.runtime"] == "built"
     assert {spec.name for spec in all_topics() if status[spec.name] == "planned"} == {
         "commands.search.index",
-        "config.runtime",
     }
 
 

@@ -54,6 +54,7 @@ def test_topics_create_is_idempotent_and_list_shows_the_catalog(catalog_topics: 
     assert status["config.runtime"] == "built"
     assert {spec.name for spec in all_topics() if status[spec.name] == "planned"} == {
         "commands.search.index",
+        "commands.cache.invalidate",
     }
 
 

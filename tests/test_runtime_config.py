@@ -465,3 +465,36 @@ async def test_restarted_processes_start_from_the_latest_values(
     version = (await stack.get(key))[1]["version"]
     assert (await stack.set(key, True, version))[0] == 200
     await stack.until_delivered(held)
+
+
+@pytest.mark.integration
+async def test_a_value_a_process_cannot_apply_is_logged_not_fatal(stack: Stack) -> None:
+    before = (await stack.get(NOTIFY_USER_CAP))[1]
+    now_ms = int(time.time() * 1000)
+    record = {
+        "eventId": str(uuid.uuid4()),
+        "eventType": "config.updated",
+        "version": 2,
+        "occurredAt": now_ms,
+        "correlationId": "corr-bad-config",
+        "source": "tests",
+        "key": NOTIFY_USER_CAP,
+        "value": "0",  # below the key's bound: written by something other than the route
+        "configVersion": 99,
+        "updatedAt": now_ms,
+        "updatedBy": "tests",
+    }
+    producer = Producer({"bootstrap.servers": stack.bootstrap})
+    producer.produce(
+        CONFIG_TOPIC, key=NOTIFY_USER_CAP, value=CODEC.encode("config.runtime", record)
+    )
+    assert producer.flush(30) == 0
+    await wait_until(
+        "the worker refusing the entry",
+        lambda: stack.worker_log_has("runtime config entry cannot be applied", NOTIFY_USER_CAP),
+        30,
+        on_timeout=stack.worker.log_tail,
+    )
+    assert stack.worker.alive()
+    after = (await stack.get(NOTIFY_USER_CAP))[1]
+    assert (after["value"], after["version"]) == (before["value"], before["version"])

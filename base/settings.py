@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -124,6 +125,27 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 Secrets = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list), Field(repr=False)]
 """Comma-separated: several values let a secret rotate without downtime (old and new both
 accepted until the old one is removed). Left out of ``repr``."""
+
+
+def _feature_flags(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    flags: list[tuple[str, bool]] = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        name, _, state = part.partition("=")
+        name, state = name.strip(), (state.strip().lower() or "true")
+        if not _FLAG_NAME.fullmatch(name) or state not in ("true", "false"):
+            raise ValueError(f"{part!r} is not name or name=true|false (names: a-z, 0-9, _ -)")
+        flags.append((name, state == "true"))
+    return tuple(flags)
+
+
+_FLAG_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+FeatureFlags = Annotated[tuple[tuple[str, bool], ...], NoDecode, BeforeValidator(_feature_flags)]
+"""Comma-separated ``name`` (on) or ``name=true|false``: ``new-checkout,beta=false``."""
 RetryDelays = Annotated[
     tuple[float, ...],
     NoDecode,
@@ -267,6 +289,10 @@ class Settings(BaseSettings):
     notify_user_window_s: PositiveDuration = Field(60.0, alias="SLUICE_NOTIFY_USER_WINDOW")
     # Cache keys each projection invalidates after it commits (base/cache_keys.py).
     cache_keys: Annotated[str, AfterValidator(_cache_keys)] = Field("", alias="SLUICE_CACHE_KEYS")
+    # Runtime configuration (schemas/runtime_keys.py): the topic every process follows
+    # (tests give each run its own) and the feature flags declared as feature.<name> keys.
+    config_topic: str = Field("config.runtime", alias="SLUICE_CONFIG_TOPIC")
+    feature_flags: FeatureFlags = Field((), alias="SLUICE_FEATURE_FLAGS")
     # Tests give each worker its own Elasticsearch indices on a shared node.
     search_index_prefix: str = Field("", alias="SLUICE_SEARCH_INDEX_PREFIX")
 

@@ -11,6 +11,7 @@ client) gets them running without extra steps.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -23,10 +24,12 @@ from base.settings import Settings
 from connectors.lead_status import LeadStatusStore
 from connectors.notification_status import NotificationStatusStore
 from connectors.payment_status import PaymentStatusStore
+from connectors.runtime_config import ConfigFollower
 from connectors.search_reader import SearchReader
 from ingress.auth import internal_token_middleware
 from ingress.cache_api import cache_invalidate_handler
 from ingress.commands import CommandSender
+from ingress.config_api import config_get_handler, config_set_handler
 from ingress.events import events_handler
 from ingress.lead_api import LeadSource, lead_deliver_handler, lead_status_handler
 from ingress.leads import lead_handler
@@ -48,6 +51,7 @@ from ingress.tokens import TokenRegistry, load_tokens
 from ingress.verify import razorpay, stripe
 from ingress.webhooks import WebhookSource, webhook_handler
 from schemas.codec import Codec
+from schemas.runtime_keys import declared_keys
 
 __all__ = ["IngressApps", "create_apps", "webhook_sources"]
 
@@ -64,6 +68,7 @@ class IngressApps:
     lead_status: LeadSource | None = None
     notification_status: NotificationSource | None = None
     search: SearchReader | None = None
+    runtime: ConfigFollower | None = None
 
 
 def webhook_sources(settings: Settings) -> list[WebhookSource]:
@@ -100,19 +105,28 @@ def create_apps(
     partners: PartnerRegistry | None = None,
     tokens: TokenRegistry | None = None,
     search: SearchReader | None = None,
+    runtime: ConfigFollower | None = None,
 ) -> IngressApps:
     """Both applications. ``replies``, the readers (``payment_status``, ``lead_status``,
-    ``notification_status``) and ``partners`` default to ones built from ``settings``
-    (no readers without ``DATABASE_URL``: those routes answer 503), the search reader
-    ``search`` one built when ``ELASTICSEARCH_URL`` is set (else the search query route
-    answers 503); whichever are used, the internal app starts and stops them. ``tokens``
-    defaults to the ones the settings name (``ingress.tokens.load_tokens``).
+    ``notification_status``), ``partners`` and the runtime config follower (``runtime``,
+    on ``SLUICE_CONFIG_TOPIC``) default to ones built from ``settings`` (no readers
+    without ``DATABASE_URL``: those routes answer 503), the search reader ``search`` one
+    built when ``ELASTICSEARCH_URL`` is set (else the search query route answers 503);
+    whichever are used, the internal app starts and stops them. ``tokens`` defaults to the
+    ones the settings name (``ingress.tokens.load_tokens``).
 
     :raises ConfigError: the partners file or ``PARTNER_<ID>_…`` settings, or the
         internal API tokens, are invalid.
     """
     if partners is None:
         partners = load_partners(settings.partners_file, settings.partners)
+    if runtime is None:
+        runtime = ConfigFollower(
+            settings.kafka_bootstrap_servers,
+            codec,
+            declared_keys(settings, partners),
+            topic=settings.config_topic,
+        )
     metrics = Metrics(INGRESS_METRICS)
     public = _application(settings, metrics)
     for source in webhook_sources(settings):
@@ -131,6 +145,7 @@ def create_apps(
         "/v1/webhooks/partner/leads",
         lead_handler(
             registry=partners,
+            runtime=runtime,
             publisher=publisher,
             codec=codec,
             clock=clock,
@@ -172,6 +187,7 @@ def create_apps(
         notification_status=notification_status,
         partners=partners,
         search=search,
+        runtime=runtime,
     )
     return IngressApps(
         public=public,
@@ -182,6 +198,7 @@ def create_apps(
         lead_status=lead_status,
         notification_status=notification_status,
         search=search,
+        runtime=runtime,
     )
 
 
@@ -199,6 +216,7 @@ def _internal_api(
     notification_status: NotificationSource | None,
     partners: PartnerRegistry,
     search: SearchReader | None,
+    runtime: ConfigFollower,
 ) -> None:
     """The ``/internal/v1`` routes and the lifecycle of what they use."""
     sender = CommandSender(publisher, codec, metrics, replies, settings.reply_timeout_s)
@@ -278,13 +296,31 @@ def _internal_api(
         name="internal.search.query",
     )
 
+    app.router.add_get(
+        "/internal/v1/config", config_get_handler(runtime), name="internal.config.get"
+    )
+    app.router.add_post(
+        "/internal/v1/config",
+        config_set_handler(
+            follower=runtime,
+            publisher=publisher,
+            codec=codec,
+            clock=clock,
+            metrics=metrics,
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        name="internal.config.set",
+    )
+
     async def start(_app: web.Application) -> None:
-        await replies.start()
+        # Together: each waits (bounded) for Kafka; the config is read before serving.
+        await asyncio.gather(replies.start(), asyncio.to_thread(runtime.start))
         if search is not None:
             await search.start()
 
     async def stop(_app: web.Application) -> None:
         await replies.stop()
+        await asyncio.to_thread(runtime.stop)
         if search is not None:
             await search.close()
         for reader in (payment_status, lead_status, notification_status):

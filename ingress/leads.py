@@ -12,8 +12,9 @@ each bad input (nothing is published for any of them):
 4. the partner's credentials over the raw bytes (``ingress.verify.partner``): 401 for
    a missing, malformed or wrong signature or token, or a Standard Webhooks timestamp
    more than 5 minutes away; 403 for a bearer token of another partner;
-5. ``enabled = false``: 403 ``partner disabled``. Checked after the credentials, so only
-   the partner itself learns it is switched off;
+5. ``enabled = false``, or ``partners.<id>.enabled`` false in the runtime config: 403
+   ``partner disabled``. Checked after the credentials, so only the partner itself
+   learns it is switched off;
 6. the ``Idempotency-Key`` header, when sent: 1-255 printable ASCII characters, else 400;
 7. the lead (:func:`parse_lead`): 400 naming the field for an unknown top-level field,
    a missing or unprintable ``externalLeadId`` (at most 256 characters), a ``payload``
@@ -57,6 +58,7 @@ from schemas.catalog import LEAD_RECEIVED_SUBJECT
 from schemas.codec import Codec
 from schemas.headers import record_headers
 from schemas.leads import lead_id
+from schemas.runtime_keys import RuntimeValues, partner_enabled_key
 
 __all__ = [
     "BODY_FIELDS",
@@ -113,9 +115,12 @@ def resolve_partner(registry: PartnerRegistry, partner_id: str) -> Partner:
     return partner
 
 
-def check_enabled(partner: Partner) -> None:
-    """:raises Forbidden: the partner's new leads are refused (``enabled = false``)."""
-    if not partner.enabled:
+def check_enabled(partner: Partner, runtime: RuntimeValues | None = None) -> None:
+    """:raises Forbidden: the partner's new leads are refused: ``enabled = false`` in the
+    registry, or ``partners.<id>.enabled`` switched off at runtime (whose default is the
+    registry's value)."""
+    enabled = partner.enabled if runtime is None else runtime.value(partner_enabled_key(partner.id))
+    if not enabled:
         raise Forbidden("partner disabled")
 
 
@@ -202,6 +207,7 @@ def lead_handler(
     *,
     registry: PartnerRegistry,
     publisher: Publisher,
+    runtime: RuntimeValues | None = None,
     codec: Codec,
     clock: Clock,
     metrics: Metrics,
@@ -215,7 +221,7 @@ def lead_handler(
         body = parse_json(raw_body)
         partner = resolve_partner(registry, partner_id_of(body))
         partner_auth.verify(raw_body, request.headers, partner, registry, clock.time())
-        check_enabled(partner)
+        check_enabled(partner, runtime)
         idempotency_key = request_id_from(request.headers.get(IDEMPOTENCY_HEADER))
         lead = parse_lead(body, partner)
         record = lead_record(

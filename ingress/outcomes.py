@@ -151,6 +151,7 @@ _CODES = {
     408: "timeout",
     413: "too_large",
     415: "unsupported_media_type",
+    428: "precondition_required",
     429: "rate_limited",
     CLIENT_CLOSED_REQUEST: "client_closed_request",
     503: "unavailable",

@@ -25,6 +25,7 @@ INTERNAL = "internal"
 def topics_in_use() -> frozenset[str]:
     """Every topic the worker's wiring or the ingress reads or writes."""
     # Imported here: the worker's topology pulls in faust, which only this command needs.
+    from connectors.runtime_config import CATALOG_TOPIC as CONFIG_TOPIC
     from ingress.cache_api import INVALIDATE_TOPIC
     from ingress.domain_events import EVENT_ROUTES
     from ingress.lead_api import DELIVER_COMMAND_TOPIC
@@ -42,6 +43,7 @@ def topics_in_use() -> frozenset[str]:
         LEAD_TOPIC,
         NOTIFICATION_TOPIC,
         INDEX_COMMAND_TOPIC,
+        CONFIG_TOPIC,  # written by the config route, followed by every process
     }
     return frozenset(worker | ingress | set(WEBHOOK_TOPICS))
 

@@ -23,8 +23,10 @@ from connectors.kafka_admin import create_changelog_topics, create_topics
 from connectors.kafka_outbox import KafkaOutbox
 from connectors.postgres import PostgresProjection
 from connectors.redis_cache import RedisCache
+from connectors.runtime_config import ConfigFollower, config_topic_spec
 from schemas.catalog import topic_spec
 from schemas.codec import make_codec
+from schemas.runtime_keys import RETRY_DELAYS_KEY, declared_keys
 from streams import retention
 from streams.agents import (
     deliver_leads,
@@ -70,25 +72,59 @@ AGENT_MODULES = (
 )
 
 
-def retry_policy(settings: Settings) -> RetryPolicy:
-    """The retry schedule the settings configure (unset: the catalog's default)."""
-    if settings.retry_delays is None:
+def retry_policy(settings: Settings, runtime: ConfigFollower | None = None) -> RetryPolicy:
+    """The retry schedule: ``retry.delays`` when the runtime config has it set (read at
+    start-up only: the delay topics a worker reads are fixed when it starts), else the
+    settings' (unset: the catalog's default)."""
+    delays = settings.retry_delays
+    if runtime is not None and runtime.entry(RETRY_DELAYS_KEY) is not None:
+        delays = runtime.value(RETRY_DELAYS_KEY)
+        log.info("retry schedule from the runtime config", extra={"delays": list(delays)})
+    if delays is None:
         return RetryPolicy(max_attempts=settings.retry_max_attempts)
-    return RetryPolicy(settings.retry_delays, settings.retry_max_attempts)
+    try:
+        return RetryPolicy(delays, settings.retry_max_attempts)
+    except ConfigError as exc:
+        if runtime is None:
+            raise
+        # A runtime value the worker cannot apply is logged, never fatal.
+        log.warning("runtime retry schedule not applied", extra={"error": str(exc)})
+        return retry_policy(settings)
 
 
 def create_worker(
-    settings: Settings, *, clock: Clock | None = None, app_id: str | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    app_id: str | None = None,
+    follow_config: bool = False,
 ) -> WorkerContext:
-    """Build the faust app with every agent registered; nothing is started yet.
+    """Build the faust app with every agent registered; nothing is started yet, except,
+    with ``follow_config``, the runtime config follower (``SLUICE_CONFIG_TOPIC``): it
+    reads the topic to its end first (bounded), so the worker starts from the latest
+    values, its retry schedule included. Without it every key stays at its default.
 
     :param app_id: overrides ``settings.app_id`` (the benchmarks run one group per run).
     """
     if not settings.database_url:
         raise ConfigError("missing required setting DATABASE_URL")
-    policy = retry_policy(settings)
     # Before anything else: a bad partner entry stops the worker with one line per problem.
     partners = load_partners(settings.partners_file, settings.partners)
+    codec = make_codec(settings.schema_registry_url)
+    runtime = ConfigFollower(
+        settings.kafka_bootstrap_servers,
+        codec,
+        declared_keys(settings, partners),
+        topic=settings.config_topic,
+    )
+    if follow_config:
+        create_topics(
+            settings.kafka_bootstrap_servers,
+            [config_topic_spec(settings.config_topic)],
+            replication_factor=settings.replication_factor,
+        )
+        runtime.start()
+    policy = retry_policy(settings, runtime)
     senders = channel_senders(settings)
     if settings.cache_keys and not settings.redis_url:
         raise ConfigError(
@@ -127,7 +163,6 @@ def create_worker(
         agent_supervisor=mode.CrashingSupervisor,
     )
     topology = build_topology(app, policy)
-    codec = make_codec(settings.schema_registry_url)
     clock = clock or SystemClock()
     outbox = KafkaOutbox(settings.kafka_bootstrap_servers)
     app.barriers.append(outbox.flush)
@@ -143,6 +178,7 @@ def create_worker(
         partners=partners,
         senders=senders,
         cache=cache,
+        runtime=runtime,
     )
     for module in AGENT_MODULES:
         module.register(ctx)
@@ -211,7 +247,7 @@ def run_worker(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT (faust's worker owns the event loop and the signals)."""
     # uvloop before anything asks for a loop: faust and mode create theirs lazily.
     mode.loop.use("uvloop")
-    ctx = create_worker(settings)
+    ctx = create_worker(settings, follow_config=True)
     ensure_worker_topics(ctx)
     resolve_schemas(ctx)
     # override_logging=False: faust keeps the process's own log handler (base/logs.py)

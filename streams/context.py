@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from base.clock import Clock
 from base.errors import PermanentError
@@ -28,6 +28,7 @@ from connectors.postgres.leads import LeadStore
 from connectors.postgres.notifications import NotificationStore
 from connectors.push_api import PushApi
 from connectors.redis_cache import RedisCache
+from connectors.runtime_config import ConfigFollower
 from connectors.sms_api import SmsApi
 from connectors.smtp_email import SmtpSender
 from connectors.stripe_api import StripeApi
@@ -85,12 +86,23 @@ class WorkerContext:
     senders: Mapping[Channel, ChannelSender] = field(default_factory=dict)
     # The cache invalidations drop keys from (REDIS_URL); None: no cache configured.
     cache: RedisCache | None = None
+    # The runtime config (schemas/runtime_keys.py) as this process follows it; agents
+    # read a key on every use, so a change applies without a restart.
+    runtime: ConfigFollower | None = None
     _started: bool = field(default=False, init=False)
     _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _search: SearchProjection | None = field(default=None, init=False, repr=False)
     _search_off_logged: bool = field(default=False, init=False, repr=False)
     _stripe: StripeApi | None = field(default=None, init=False, repr=False)
     _crm: CrmClient | None = field(default=None, init=False, repr=False)
+
+    def live(self, key: str, fallback: Any) -> Any:
+        """The current value of runtime config key ``key`` (its default from the settings
+        and partner registry while never set); ``fallback`` in a context without a
+        follower or for a key it does not declare."""
+        if self.runtime is None or key not in self.runtime.keys:
+            return fallback
+        return self.runtime.value(key)
 
     async def connectors(self) -> PostgresProjection:
         """The started projection; started on first use, from inside the worker's loop.
@@ -163,6 +175,8 @@ class WorkerContext:
 
     async def close(self) -> None:
         """Close every connector that was started. Idempotent."""
+        if self.runtime is not None:
+            await asyncio.to_thread(self.runtime.stop)
         search, self._search = self._search, None
         stripe, self._stripe = self._stripe, None
         crm, self._crm = self._crm, None

@@ -52,10 +52,8 @@ def test_topics_create_is_idempotent_and_list_shows_the_catalog(catalog_topics: 
     assert status["leads.received"] == status["commands.leads.deliver"] == "built"
     assert status["users.contacts"] == status["notifications.requested"] == "built"
     assert status["commands.search.index"] == status["commands.cache.invalidate"] == "built"
-    assert status["config.runtime"] == "planned"
-    assert {spec.name for spec in all_topics() if status[spec.name] == "planned"} == {
-        "config.runtime",
-    }
+    assert status["config.runtime"] == "built"
+    assert {spec.name for spec in all_topics() if status[spec.name] == "planned"} == set()
 
 
 def test_dlq_list_says_so_when_the_dlq_is_empty(catalog_topics: str) -> None:

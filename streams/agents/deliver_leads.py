@@ -7,7 +7,9 @@ records and replies. Per lead (a ``leads.received`` record, or one of its retrie
    back in the same step: the row's status, not memory, says whether it was delivered,
    so a redelivered or replayed copy of a DELIVERED lead makes no second call;
 2. a partner unknown to this worker's registry: ``PermanentError`` → dead letter with
-   that reason; a partner whose ``delivery.enabled`` is false: ``Held`` → the record
+   that reason; a partner switched off (``enabled`` or ``delivery.enabled`` false, as
+   the runtime config says now: ``partners.<id>.enabled``,
+   ``partners.<id>.delivery.enabled``, defaulting to the registry): ``Held`` → the record
    waits on the longest delay topic, no attempt is made or counted, the lead stays as
    it is (RECEIVED) until delivery is switched back on;
 3. one attempt (``connectors.crm``), recorded as a ``lead_delivery_attempts`` row with the
@@ -48,6 +50,7 @@ from base.partners import Partner
 from connectors.postgres.leads import LeadRow, NewLead
 from schemas.headers import TRACEPARENT, record_headers
 from schemas.leads import LeadStatus
+from schemas.runtime_keys import partner_delivery_key, partner_enabled_key
 from streams.agents.batched import agent_batches
 from streams.agents.stripe_calls import run_by_key
 from streams.context import WorkerContext
@@ -164,8 +167,8 @@ class LeadDeliveries:
     ) -> None:
         """One attempt of a lead's own delivery chain (or a chain a command started);
         raises what the runner must do next."""
-        if not partner.delivery.enabled:
-            raise Held(f"delivery of partner {partner.id} is disabled: lead held")
+        if not self._enabled(partner):
+            raise Held(f"partner {partner.id} or its delivery is disabled: lead held")
         decision, _, _ = await self._attempt(
             _lead_of(row),
             partner,
@@ -221,6 +224,15 @@ class LeadDeliveries:
         )
         return decision, attempt, row
 
+    def _enabled(self, partner: Partner) -> bool:
+        """Whether ``partner``'s leads may be delivered now: ``partners.<id>.enabled`` and
+        ``partners.<id>.delivery.enabled`` in the runtime config (defaults: the
+        registry's ``enabled`` and ``delivery.enabled``), read on every attempt."""
+        return bool(
+            self._ctx.live(partner_enabled_key(partner.id), partner.enabled)
+            and self._ctx.live(partner_delivery_key(partner.id), partner.delivery.enabled)
+        )
+
     def _partner(self, partner_id: str) -> Partner:
         partner = self._ctx.partners.get(partner_id)
         if partner is None:
@@ -256,7 +268,7 @@ class LeadDeliveries:
             await self._reply(record, command, 200, attempt_reply(delivered, made))
             return
         partner = self._ctx.partners.get(row.partner_id)
-        if partner is None or not partner.delivery.enabled:
+        if partner is None or not self._enabled(partner):
             error = "partner_not_configured" if partner is None else "delivery_disabled"
             await self._reply(record, command, 409, {"error": error, "partnerId": row.partner_id})
             return

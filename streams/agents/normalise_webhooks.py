@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from base.errors import InvalidEvent
 from base.metrics import MetricName
 from schemas.headers import TRACEPARENT, record_headers
+from schemas.runtime_keys import DEDUPE_WINDOW
 from streams.agents.acking import acked_events
 from streams.context import WorkerContext
 from streams.domain.dedupe import decide_all, dedupe_keys, expired_keys, remembered_entry
@@ -56,6 +57,12 @@ def register(ctx: WorkerContext) -> None:
     app.agent(ctx.topology.reads(AGENT), name=AGENT)(normalise_webhooks)
 
 
+def _window_ms(ctx: WorkerContext) -> int:
+    """The dedupe window now: the runtime config's ``dedupe.window`` (default
+    ``SLUICE_DEDUPE_WINDOW``), read per record and per purge, so a change applies live."""
+    return int(ctx.live(DEDUPE_WINDOW, ctx.settings.dedupe_window_s) * 1000)
+
+
 async def handle(ctx: WorkerContext, record: Inbound) -> None:
     try:
         raw = ctx.codec.decode(record.value, topic=record.topic).record
@@ -71,7 +78,7 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
         return
     replay = bool(raw.get("replay")) or header_value(record.headers, REPLAY_HEADER) == "1"
     now_ms = int(ctx.clock.time() * 1000)
-    window_ms = int(ctx.settings.dedupe_window_s * 1000)
+    window_ms = _window_ms(ctx)
     decision, remember = decide_all(seen, keys, now_ms, window_ms, replay, position=record.position)
     if not decision.process:
         # DEBUG: duplicates are routine (providers retry), and at INFO the log line cost
@@ -126,7 +133,7 @@ def purge_partition(ctx: WorkerContext, partition: int, *, after: bytes | None =
     scanned = list(islice(partition_entries(table, partition, after=after), limit))
     entries = ((key, value) for _, key, value in scanned if isinstance(value, int | list))
     now_ms = int(ctx.clock.time() * 1000)
-    expired = expired_keys(entries, now_ms, int(ctx.settings.dedupe_window_s * 1000))
+    expired = expired_keys(entries, now_ms, _window_ms(ctx))
     for key in expired:
         del table[key]
     if expired:

@@ -47,6 +47,7 @@ from connectors.postgres.notifications import NewNotification, NotificationRow
 from schemas.notifications import Channel, NotificationStatus
 from schemas.notify_templates import RenderedMessage, default_catalog
 from schemas.recipients import Recipient, UserRecipient, parse_recipient
+from schemas.runtime_keys import NOTIFY_USER_CAP
 from streams.agents.batched import agent_batches
 from streams.agents.stripe_calls import run_by_key
 from streams.context import WorkerContext
@@ -173,9 +174,9 @@ class NotificationSends:
             settings = self._ctx.settings
             store = await self._ctx.notifications()
             recent = await store.recent(row, settings.notify_user_window_s)
-            over = cap_reason(
-                recent, cap=settings.notify_user_cap, window_s=settings.notify_user_window_s
-            )
+            # notifications.user_cap: the runtime config's, read per notification.
+            cap = self._ctx.live(NOTIFY_USER_CAP, settings.notify_user_cap)
+            over = cap_reason(recent, cap=cap, window_s=settings.notify_user_window_s)
             if over is not None:
                 raise Undeliverable(over)
         return message, resolve_address(recipient, request.channel, await self._contact(recipient))

@@ -45,11 +45,18 @@ class PermanentError(SluiceError):
 
     :param alert: dead-letter it with an ``alerts`` record too: a refusal someone must
         look at (a partner CRM refusing a lead), not just bad input.
+    :param expected: a refusal the data explains (a user with no contact for the
+        channel, a recipient over the per-user cap, a mail server refusing an address):
+        dead-lettered like any other, but not counted by the dead-letter guard. The guard
+        stops the worker when most records fail, because that is what a broken deploy
+        looks like; a shop whose users never gave an email address is not one, and must
+        not stop every other agent (docs/decisions.md, "Expected refusals").
     """
 
-    def __init__(self, message: str, *, alert: bool = False) -> None:
+    def __init__(self, message: str, *, alert: bool = False, expected: bool = False) -> None:
         super().__init__(message)
         self.alert = alert
+        self.expected = expected
 
 
 class TransientError(SluiceError):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from base.clock import Clock
+from base.errors import PermanentError
 from base.metrics import WORKER_METRICS, MetricName, Metrics
 from schemas.codec import Codec
 from schemas.headers import TRACEPARENT, record_headers
@@ -135,18 +136,21 @@ class EffectRunner:
         retry: RetryHeaders | None = None,
         alert: bool = False,
         alert_type: str = ALERT_RETRIES_EXHAUSTED,
+        expected: bool = False,
     ) -> None:
         """Send ``record`` to ``dlq`` for agent or effect ``name`` (and an ``alerts``
         record of ``alert_type`` when ``alert``), naming its origin, stamped with the
         injected clock.
 
+        :param expected: a refusal the data explains (``PermanentError(expected=True)``):
+            counted by the guard as a handled record, not as a dead letter.
         :raises TooManyDeadLetters: ``name``'s guard tripped: nothing is produced, and
             the exception must stop the worker so the record is not committed.
         """
         # Trips (raises) before producing when too many records in a row go to dlq: a
         # bad deploy halts the worker, and the record that tripped the guard is
         # processed again after the fix instead of being dead-lettered.
-        self.guard(name).record(True)
+        self.guard(name).record(not expected)
         self.metrics.inc(MetricName.EVENTS_DEAD_LETTERED, agent=name)
         await _send_dead_letter(
             self.outbox,
@@ -230,10 +234,17 @@ class EffectRunner:
             self.guard(name).record(False)
             self.metrics.inc(MetricName.EVENTS_RETRIED, agent=name)
             return
-        await self._dead_letter(name, record, retry, decision)
+        expected = isinstance(exc, PermanentError) and exc.expected
+        await self._dead_letter(name, record, retry, decision, expected=expected)
 
     async def _dead_letter(
-        self, name: str, record: Inbound, retry: RetryHeaders | None, decision: DeadLetter
+        self,
+        name: str,
+        record: Inbound,
+        retry: RetryHeaders | None,
+        decision: DeadLetter,
+        *,
+        expected: bool = False,
     ) -> None:
         await self.dead_letter(
             name,
@@ -244,6 +255,7 @@ class EffectRunner:
             retry=retry,
             alert=decision.alert,
             alert_type=decision.alert_type,
+            expected=expected,
         )
 
     async def _dead_letter_unknown(

@@ -151,3 +151,45 @@ def test_an_effects_policy_must_keep_the_workers_delays() -> None:
     with pytest.raises(ValueError, match="not the worker's"):
         runner.policy_of("deliver", _record("k", 0))
     assert runner.policy_of("other", _record("k", 0)) is runner.policy
+
+
+async def test_expected_refusals_are_dead_lettered_without_tripping_the_guard(
+    catalog_topics: str,
+) -> None:
+    """A flood of refusals the data explains (``PermanentError(expected=True)``: users
+    without a contact, a partner CRM refusing its leads) is dead-lettered record by
+    record and never stops the worker; an unexpected one still counts."""
+    key = f"dl-expected-{uuid.uuid4().hex[:10]}"
+    base = uuid.uuid4().int % 10**9
+    outbox = KafkaOutbox(catalog_topics)
+    runner = EffectRunner(
+        outbox=outbox,
+        codec=CODEC,
+        policy=RetryPolicy(),
+        clock=FrozenClock(NOW),
+        new_guard=lambda: DeadLetterGuard(max_consecutive=2),
+    )
+
+    async def no_contact(records: Sequence[Inbound]) -> None:
+        raise PermanentError("unknown user user_7: no contact stored", expected=True)
+
+    async def broken(records: Sequence[Inbound]) -> None:
+        raise PermanentError("a bug's refusal")
+
+    runner.register("send", no_contact)
+    runner.register("broken", broken)
+    try:
+        for n in range(5):  # well past the guard's 2 in a row
+            await runner.run("send", [_record(key, base + n)])
+        await runner.run("broken", [_record(key, base + 10)])
+        await runner.run("broken", [_record(key, base + 11)])
+        with pytest.raises(TooManyDeadLetters):
+            await runner.run("broken", [_record(key, base + 12)])
+        await outbox.flush(30)
+    finally:
+        await outbox.close()
+    letters = [
+        CODEC.decode(m.value() or b"", topic="dlq").record
+        for m in read_topic(catalog_topics, "dlq", key=key)
+    ]
+    assert sorted(letter["originOffset"] - base for letter in letters) == [0, 1, 2, 3, 4, 10, 11]

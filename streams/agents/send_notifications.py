@@ -118,7 +118,10 @@ class NotificationSends:
         except (InvalidEvent, PermanentError) as exc:
             reason = redact(str(exc), *_direct_contact(request))
             await self._fail(record, row, reason)
-            raise PermanentError(reason) from None
+            # The request's own problem (no such user, no contact, over the cap, a bad
+            # template or data): not a sign of a broken worker, so not counted by the
+            # dead-letter guard (base.errors.PermanentError).
+            raise PermanentError(reason, expected=True) from None
         sender = self._ctx.senders.get(request.channel)
         if sender is None:
             reason = f"{URL_SETTING[request.channel]} is not set: {request.channel} held"

@@ -273,8 +273,9 @@ def decide_attempt(outcome: Outcome, *, delivery: int, max_attempts: int) -> Att
       ``TransientError`` (``retry_after`` from a ``Retry-After``); on the chain's last
       allowed delivery (``delivery >= max_attempts``) → DELIVERY_FAILED, still a
       ``TransientError``: the runner's exhausted retries dead-letter it with an alert;
-    - any other status → DELIVERY_FAILED and a ``PermanentError(alert=True)``: dead
-      letter and alert at once.
+    - any other status → DELIVERY_FAILED and a ``PermanentError(alert=True,
+      expected=True)``: dead letter and alert at once, not counted by the dead-letter
+      guard.
 
     :param delivery: the delivery this was within its chain, the first being 1.
     :param max_attempts: deliveries the partner allows per chain (``delivery.max_attempts``).
@@ -294,7 +295,9 @@ def decide_attempt(outcome: Outcome, *, delivery: int, max_attempts: int) -> Att
         return AttemptDecision(
             LeadStatus.DELIVERY_FAILED,
             error,
-            PermanentError(f"crm refused the lead: {error}", alert=True),
+            # Expected: one partner's CRM refusing its leads must not stop the worker
+            # (and every other partner) through the dead-letter guard; the alert says it.
+            PermanentError(f"crm refused the lead: {error}", alert=True, expected=True),
         )
     last = delivery >= max_attempts
     failure = TransientError(f"crm delivery failed: {error}", retry_after=outcome.retry_after)

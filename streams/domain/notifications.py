@@ -255,7 +255,7 @@ def decide_send(
         last = retry_attempt >= max_retries
         status = NotificationStatus.FAILED if last else NotificationStatus.RETRYING
         return SendDecision(status, text, TransientError(text, retry_after=error.retry_after))
-    return SendDecision(NotificationStatus.FAILED, text, PermanentError(text))
+    return SendDecision(NotificationStatus.FAILED, text, PermanentError(text, expected=True))
 
 
 def redact(text: str, *addresses: str | None) -> str:

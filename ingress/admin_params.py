@@ -4,8 +4,10 @@ refused with 400 naming it (``InvalidEvent.field``) when it is unknown or malfor
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Final
+
+from multidict import MultiMapping
 
 from base.errors import InvalidEvent
 
@@ -25,14 +27,13 @@ _MAX_TEXT: Final = 256
 _EXAMPLE: Final = "2026-11-30T08:00:00Z"
 
 
-def check_query(query: Mapping[str, str], allowed: Iterable[str]) -> None:
+def check_query(query: MultiMapping[str], allowed: Iterable[str]) -> None:
     """400 naming the first unknown parameter (typos), or a repeated one."""
-    names = list(query.keys())
-    unknown = sorted(set(names) - set(allowed))
+    unknown = sorted(set(query.keys()) - set(allowed))
     if unknown:
         raise InvalidEvent(f"unknown parameter(s): {', '.join(unknown)}", field=unknown[0])
-    for name in names:
-        if names.count(name) > 1:
+    for name in query:
+        if len(query.getall(name)) > 1:
             raise InvalidEvent(f"{name} given more than once", field=name)
 
 

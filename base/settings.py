@@ -222,6 +222,8 @@ class Settings(BaseSettings):
     publish_timeout_s: PositiveDuration = Field(5.0, alias="SLUICE_PUBLISH_TIMEOUT_S")
     # Request/reply: the ingress waits this long for the worker's answer, then 202 + taskId.
     reply_timeout_s: Duration = Field(5.0, alias="SLUICE_REPLY_TIMEOUT")
+    # Most raw webhooks one POST /v1/admin/webhooks/replay may re-publish (a larger range is 400).
+    replay_max_events: PositiveInt = Field(1000, alias="SLUICE_REPLAY_MAX_EVENTS")
 
     # -- Both processes ----------------------------------------------------------------
     log_level: Annotated[str, BeforeValidator(_upper)] = Field("INFO", alias="SLUICE_LOG_LEVEL")

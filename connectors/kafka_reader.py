@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -99,26 +99,37 @@ def _settled(call: Callable[[], _T], deadline: float, what: str) -> _T:
 
 
 def read_to_end(
-    bootstrap_servers: str, topic: str, *, key: bytes | None = None, timeout_s: float = 30.0
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    key: bytes | None = None,
+    timeout_s: float = 30.0,
+    start: Mapping[int, int] | None = None,
 ) -> list[Message]:
     """Every record now on ``topic`` (only those with ``key`` when given), by partition
     then offset. Never joins a consumer group, never commits.
 
+    :param start: the offset to start at per partition (a page's cursor); partitions it
+        does not name start at the beginning.
     :raises TransientError: when the end is not reached within ``timeout_s``.
     """
     targets = end_offsets(bootstrap_servers, topic)
-    pending = {partition for partition, end in targets.items() if end > 0}
+    first = {partition: (start or {}).get(partition, 0) for partition in targets}
+    pending = {partition for partition, end in targets.items() if end > first[partition]}
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
             "group.id": f"sluice-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
+            # A start before what retention kept begins at the oldest record kept,
+            # rather than at the end (where nothing would come and the read time out).
+            "auto.offset.reset": "earliest",
             "logger": _LIBRDKAFKA_LOG,
         }
     )
     found: list[Message] = []
     try:
-        consumer.assign([TopicPartition(topic, p, 0) for p in pending])
+        consumer.assign([TopicPartition(topic, p, first[p]) for p in pending])
         deadline = time.monotonic() + timeout_s
         while pending:
             if time.monotonic() > deadline:

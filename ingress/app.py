@@ -26,6 +26,9 @@ from connectors.notification_status import NotificationStatusStore
 from connectors.payment_status import PaymentStatusStore
 from connectors.runtime_config import ConfigFollower
 from connectors.search_reader import SearchReader
+from connectors.webhook_log import WebhookLogStore
+from ingress.admin_api import webhook_logs_handler, webhook_replay_handler
+from ingress.admin_dlq import dlq_list_handler, dlq_replay_handler, dlq_show_handler
 from ingress.auth import internal_token_middleware
 from ingress.cache_api import cache_invalidate_handler
 from ingress.commands import CommandSender
@@ -189,6 +192,7 @@ def create_apps(
         search=search,
         runtime=runtime,
     )
+    _admin_api(internal, settings, publisher=publisher, codec=codec, metrics=metrics)
     return IngressApps(
         public=public,
         internal=internal,
@@ -328,6 +332,55 @@ def _internal_api(
                 await reader.close()
 
     app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+
+def _admin_api(
+    app: web.Application,
+    settings: Settings,
+    *,
+    publisher: Publisher,
+    codec: Codec,
+    metrics: Metrics,
+) -> None:
+    """The ``/v1/admin`` routes (``admin`` scope; internal listener only): the webhook log
+    and replay (``webhook_events``: 503 without ``DATABASE_URL``), and the dead letters."""
+    store = WebhookLogStore(settings.database_url) if settings.database_url else None
+    bootstrap = settings.kafka_bootstrap_servers
+    app.router.add_get(
+        "/v1/admin/webhooks/logs", webhook_logs_handler(store), name="admin.webhooks.logs"
+    )
+    app.router.add_post(
+        "/v1/admin/webhooks/replay",
+        webhook_replay_handler(
+            store=store,
+            publisher=publisher,
+            codec=codec,
+            metrics=metrics,
+            max_body_bytes=settings.max_body_bytes,
+            max_events=settings.replay_max_events,
+        ),
+        name="admin.webhooks.replay",
+    )
+    app.router.add_get("/v1/admin/dlq", dlq_list_handler(bootstrap, codec), name="admin.dlq.list")
+    app.router.add_post(
+        "/v1/admin/dlq/replay",
+        dlq_replay_handler(
+            bootstrap,
+            codec,
+            max_body_bytes=settings.max_body_bytes,
+            max_events=settings.replay_max_events,
+        ),
+        name="admin.dlq.replay",
+    )
+    app.router.add_get(
+        "/v1/admin/dlq/{id}", dlq_show_handler(bootstrap, codec), name="admin.dlq.show"
+    )
+
+    async def stop(_app: web.Application) -> None:
+        if store is not None:
+            await store.close()
+
     app.on_cleanup.append(stop)
 
 

@@ -47,7 +47,9 @@ from ingress.tokens import ApiToken, TokenRegistry
 
 __all__ = [
     "INTERNAL_TOKEN_HEADER",
+    "PROTECTED_PATHS",
     "PROTECTED_PREFIX",
+    "PROTECTED_PREFIXES",
     "TOKEN_SETTINGS",
     "authorize",
     "check_token",
@@ -59,6 +61,9 @@ log = logging.getLogger(__name__)
 
 INTERNAL_TOKEN_HEADER = "X-Internal-Token"  # noqa: S105 - a header name, not a secret
 PROTECTED_PREFIX = "/internal/"
+PROTECTED_PREFIXES = (PROTECTED_PREFIX, "/v1/admin/", "/admin/")
+"""Paths that need a token: the internal API, the admin API and the dashboard."""
+PROTECTED_PATHS = frozenset({"/admin"})
 # Setting names, not secrets.
 TOKEN_SETTINGS = "INTERNAL_API_TOKEN, ADMIN_API_TOKEN, SLUICE_API_TOKENS_FILE or SLUICE_API_TOKENS"  # noqa: S105
 """Where tokens are configured, as named in the refusals when there is none."""
@@ -103,10 +108,14 @@ def is_protected(request: web.Request) -> bool:
     Both, so that a path spelled differently from its route (``//internal/...``, or a
     future normalising middleware) cannot slip past the prefix check.
     """
-    if request.path.startswith(PROTECTED_PREFIX):
+    if request.path in PROTECTED_PATHS or request.path.startswith(PROTECTED_PREFIXES):
         return True
     resource = request.match_info.route.resource
-    return resource is not None and resource.canonical.startswith(PROTECTED_PREFIX)
+    if resource is None:
+        return False
+    return resource.canonical in PROTECTED_PATHS or resource.canonical.startswith(
+        PROTECTED_PREFIXES
+    )
 
 
 def internal_token_middleware(tokens: TokenRegistry) -> Middleware:

@@ -38,6 +38,14 @@ ROUTE_SCOPES: Final[Mapping[str, str]] = MappingProxyType(
         "internal.cache.invalidate": "cache:write",
         "internal.config.get": "config:read",
         "internal.config.set": "config:write",
+        # The operations surface (issue 14): admin tokens only.
+        "admin.webhooks.logs": ADMIN_SCOPE,
+        "admin.webhooks.replay": ADMIN_SCOPE,
+        "admin.dlq.list": ADMIN_SCOPE,
+        "admin.dlq.show": ADMIN_SCOPE,
+        "admin.dlq.replay": ADMIN_SCOPE,
+        "admin.dashboard": ADMIN_SCOPE,
+        "admin.dashboard.data": ADMIN_SCOPE,
     }
 )
 

@@ -9,12 +9,16 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
 
 from base.errors import ConfigError, SluiceError
 from base.logs import LogFormat, configure_logging
-from base.settings import INGRESS_REQUIRED, WORKER_REQUIRED, load_settings
+from base.settings import INGRESS_REQUIRED, WORKER_REQUIRED, Settings, load_settings
+
+if TYPE_CHECKING:
+    from ingress.webhook_replay import ReplayRequest
 
 __all__ = ["main"]
 
@@ -87,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     dlq_replay.add_argument("--origin-topic", default=None)
     dlq_replay.add_argument("--all", action="store_true", help="replay every dead letter")
     dlq_replay.set_defaults(run=_dlq_replay)
+
+    replay = commands.add_parser(
+        "replay", help="re-publish stored raw webhooks (webhook_events) as replays"
+    )
+    replay.add_argument("--provider", required=True, help="stripe or razorpay")
+    replay.add_argument("--since", default=None, help="ISO 8601 with offset: received at or after")
+    replay.add_argument("--until", default=None, help="ISO 8601 with offset: received before")
+    replay.add_argument(
+        "--event-id", action="append", default=[], help="a provider event id (repeatable)"
+    )
+    replay.set_defaults(run=_replay)
 
     tail = commands.add_parser("tail", help="decode a topic's records to JSON lines")
     tail.add_argument("topic")
@@ -185,6 +200,58 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     )
     print(f"replayed {len(replayed)} dead letters")
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """``sluice replay``: the same selection and records as ``POST
+    /v1/admin/webhooks/replay`` (``ingress.webhook_replay``), without its per-call bound:
+    a range is walked in chunks."""
+    from base.errors import InvalidEvent
+    from ingress.admin_api import parse_replay_body
+
+    body: dict[str, object] = {"provider": args.provider}
+    if args.event_id:
+        body["eventIds"] = args.event_id
+    for name in ("since", "until"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    try:
+        request = parse_replay_body(body)
+    except InvalidEvent as exc:
+        raise ConfigError(f"replay: {exc}") from None
+    settings = load_settings(require={"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"})
+    configure_logging(settings.log_level, settings.log_format)
+    count = asyncio.run(_run_replay(settings, request))
+    print(f"replayed {count} webhooks (replay id {request.replay_id})")
+    return 0
+
+
+async def _run_replay(settings: Settings, request: ReplayRequest) -> int:
+    from connectors.webhook_log import WebhookLogStore
+    from ingress.publisher import KafkaPublisher
+    from ingress.webhook_replay import UnknownEvents, replay_webhooks
+    from schemas.codec import make_codec
+
+    assert settings.database_url is not None
+    store = WebhookLogStore(settings.database_url)
+    publisher = KafkaPublisher(
+        settings.kafka_bootstrap_servers,
+        timeout_s=settings.publish_timeout_s,
+        client_id="sluice-replay",
+    )
+    try:
+        return await replay_webhooks(
+            request,
+            store=store,
+            publisher=publisher,
+            codec=make_codec(settings.schema_registry_url),
+            max_events=None,
+        )
+    except UnknownEvents as exc:
+        raise ConfigError(f"replay: {exc}") from None
+    finally:
+        await publisher.close()
+        await store.close()
 
 
 def _dev(args: argparse.Namespace) -> int:

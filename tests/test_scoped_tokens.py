@@ -32,7 +32,7 @@ from base.metrics import INGRESS_METRICS, Metrics
 from base.settings import Settings, load_settings
 from connectors.kafka_reader import high_watermarks
 from ingress.app import create_apps
-from ingress.auth import internal_token_middleware
+from ingress.auth import PROTECTED_PREFIXES, internal_token_middleware
 from ingress.listener import ListenerLimits, listen
 from ingress.middleware import METRICS_KEY, outcome_middleware
 from ingress.publisher import KafkaPublisher
@@ -109,7 +109,8 @@ class _NeverPublishes:
 
 
 def _internal_routes() -> list[tuple[str, str, str]]:
-    """(method, route name, path to request) of every route under ``/internal/``."""
+    """(method, route name, path to request) of every token-protected route: under
+    ``/internal/``, ``/v1/admin/`` and ``/admin/``."""
     settings = ingress_settings("127.0.0.1:9", SCOPED_ENV)
     apps = create_apps(
         settings, publisher=_NeverPublishes(), codec=make_codec(None), clock=SystemClock()
@@ -120,7 +121,7 @@ def _internal_routes() -> list[tuple[str, str, str]]:
         # HEAD is aiohttp's twin of each GET route (same name, same handler).
         if resource is None or route.method == "HEAD":
             continue
-        if not resource.canonical.startswith("/internal/"):
+        if not resource.canonical.startswith(PROTECTED_PREFIXES):
             continue
         path = re.sub(r"\{[^}]+\}", "probe-1", resource.canonical)
         routes.append((route.method, route.name or "unnamed", path))

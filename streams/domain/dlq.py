@@ -12,12 +12,12 @@ import math
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from base.errors import SluiceError
+from schemas.replays import KEY_BYTES_HEADER, REPLAY_HEADER, ReplayTarget, replay_target
 from streams.domain.retry import (
     ALERT_RETRIES_EXHAUSTED,
-    RETRY_HEADER_NAMES,
     HeadersLike,
     clean_reason,
     normalise_headers,
@@ -44,16 +44,9 @@ DLQ_EVENT_TYPE: Final = "dlq.record"
 DEAD_LETTER_VERSION: Final = 1
 DLQ_SOURCE: Final = "sluice.streams"
 
-REPLAY_HEADER: Final = "sluice-replay"
-"""Set to ``b"1"`` on replayed records: dedupe lets them through on purpose."""
-KEY_BYTES_HEADER: Final = "sluice-key-bytes"
-"""Kept in ``originHeaders`` only when the original key is not UTF-8 (the schema's ``key``
-is a string): the exact key bytes, so a replay lands on the same partition."""
-
 # Namespace of dead-letter and alert ids: the same failed record (topic, partition,
 # offset) always dead-letters under the same id, so a re-run reproduces it.
 _DLQ_NAMESPACE: Final = uuid.UUID("0d8f3a52-6c1e-4e8b-a7f4-3b9e2c51d6a7")
-_RETRY_TOPIC_PREFIX: Final = "retry."
 
 
 class TooManyDeadLetters(SluiceError):
@@ -179,42 +172,6 @@ def encode_alert(alert: Mapping[str, Any]) -> bytes:
     """An alert as the ``alerts`` value: compact UTF-8 JSON with sorted keys (the same
     alert always gives the same bytes)."""
     return json.dumps(alert, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-class ReplayTarget(NamedTuple):
-    """What ``sluice dlq replay`` re-produces for one dead letter."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]]
-
-
-def replay_target(record: Mapping[str, Any]) -> ReplayTarget:
-    """The original record of a decoded ``dlq`` record, ready to re-produce: its origin
-    topic, exact key bytes, value bytes, and original headers without the retry headers
-    (the replay starts a fresh retry history) plus ``sluice-replay: 1``, which dedupe
-    lets through on purpose. Header order follows ``originHeaders``.
-
-    :raises ValueError: the record names a ``retry.<delay>`` origin topic (a retried record
-        that lost its headers): where it came from is unknown, so it cannot be replayed.
-    """
-    topic = str(record["originTopic"])
-    if topic.startswith(_RETRY_TOPIC_PREFIX):
-        raise ValueError(
-            f"cannot replay dead letter {record.get('eventId')}: its origin is unknown "
-            f"(found on {topic} without retry headers)"
-        )
-    origin_headers: Mapping[str, bytes] = record.get("originHeaders") or {}
-    key_bytes = origin_headers.get(KEY_BYTES_HEADER)
-    key_text: str | None = record.get("key")
-    key: bytes | None = key_bytes
-    if key is None and key_text is not None:
-        key = key_text.encode()
-    dropped = RETRY_HEADER_NAMES | {KEY_BYTES_HEADER, REPLAY_HEADER}
-    headers = [(n, bytes(v)) for n, v in origin_headers.items() if n not in dropped]
-    headers.append((REPLAY_HEADER, b"1"))
-    return ReplayTarget(topic=topic, key=key, value=bytes(record["value"]), headers=headers)
 
 
 class DeadLetterGuard:

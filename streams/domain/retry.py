@@ -47,6 +47,17 @@ from base.durations import check_retry_schedule
 from base.errors import ConfigError, Held, InvalidEvent, PermanentError, TransientError
 from base.http_status import classify_http_status, parse_retry_after
 from schemas.catalog import RETRY_DELAYS, UnknownTopic, retry_topic_name, topic_spec
+from schemas.replays import (
+    ATTEMPT_HEADER,
+    DUE_AT_HEADER,
+    EFFECT_HEADER,
+    FIRST_FAILED_AT_HEADER,
+    ORIGIN_HEADER,
+    ORIGIN_OFFSET_HEADER,
+    ORIGIN_PARTITION_HEADER,
+    REASON_HEADER,
+    RETRY_HEADER_NAMES,
+)
 
 __all__ = [
     "ALERT_PERMANENT_FAILURE",
@@ -87,36 +98,9 @@ HeadersLike: TypeAlias = (
 """Kafka headers as clients hand them over: confluent-kafka's list of pairs (or ``None``),
 faust's mapping. Values may be bytes, str or ``None`` (a null header)."""
 
-ATTEMPT_HEADER: Final = "sluice-attempt"
-"""Retry number the record is on: ``1`` on its first retry. ASCII decimal."""
-DUE_AT_HEADER: Final = "sluice-due-at"
-"""When the retry agent may re-run the effect: epoch milliseconds, ASCII decimal."""
-ORIGIN_HEADER: Final = "sluice-origin"
-"""The topic the record was first consumed from (UTF-8); ``dlq`` records and replays use
-it, so it is never a ``retry.<delay>`` topic."""
-ORIGIN_PARTITION_HEADER: Final = "sluice-origin-partition"
-ORIGIN_OFFSET_HEADER: Final = "sluice-origin-offset"
-EFFECT_HEADER: Final = "sluice-effect"
-"""Which side effect failed, when one origin topic feeds several (UTF-8), so the retry
-agent re-runs only that one."""
-REASON_HEADER: Final = "sluice-reason"
-"""Why the last attempt failed: :func:`failure_reason`, at most :data:`REASON_MAX_CHARS`."""
-FIRST_FAILED_AT_HEADER: Final = "sluice-first-failed-at"
-"""When the first delivery failed: epoch milliseconds, ASCII decimal."""
-
-RETRY_HEADER_NAMES: Final = frozenset(
-    {
-        ATTEMPT_HEADER,
-        DUE_AT_HEADER,
-        ORIGIN_HEADER,
-        ORIGIN_PARTITION_HEADER,
-        ORIGIN_OFFSET_HEADER,
-        EFFECT_HEADER,
-        REASON_HEADER,
-        FIRST_FAILED_AT_HEADER,
-    }
-)
-"""Every header this module owns; :func:`merge_headers` replaces them, replays strip them."""
+# The retry header names live with the record format (schemas.replays), so whoever
+# replays a dead letter (the CLI, the admin API, the dashboard) strips them without
+# importing the worker; re-exported here for the worker's code.
 
 REASON_MAX_CHARS: Final = 500
 

@@ -193,7 +193,9 @@ def _login_handler(max_body_bytes: int) -> Any:
             raise InvalidEvent(
                 f"post the login form with its field {LOGIN_FIELD}", field=LOGIN_FIELD
             )
-        response = web.HTTPSeeOther("/admin")
+        # Returned, not raised: the outcome middleware answers raised HTTP exceptions as
+        # JSON errors.
+        response = web.Response(status=303, headers={"Location": "/admin"})
         response.set_cookie(
             DASHBOARD_COOKIE,
             token,
@@ -202,7 +204,7 @@ def _login_handler(max_body_bytes: int) -> Any:
             samesite="Strict",
             secure=request.secure,  # HTTPS (mTLS) listeners: never sent back in the clear
         )
-        raise response
+        return response
 
     return handle
 

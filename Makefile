@@ -36,13 +36,19 @@ registry: setup
 compose: setup
 	$(BIN)/python -m devstack.fetch compose
 
-# Operator tools the tests also exercise; best effort, they need root and apt.
+# Operator tools the tests also exercise (kcat; Debian's Chromium for the dashboard's
+# browser test, driven by Playwright); best effort, they need root and apt.
 tools:
 	@command -v kcat >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && apt-get install -y -qq kcat >/dev/null) \
 	      || echo "warning: could not install kcat; its test will be skipped"; \
 	  else echo "note: kcat not installed; its test will be skipped"; fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium; the dashboard's browser test will be skipped"; \
+	  else echo "note: chromium not installed (needs root and apt); the dashboard's browser test will be skipped"; fi; }
 
 lint: setup
 	$(BIN)/ruff check .

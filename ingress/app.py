@@ -23,6 +23,7 @@ from base.partners import PartnerRegistry, load_partners
 from base.settings import Settings
 from connectors.lead_status import LeadStatusStore
 from connectors.notification_status import NotificationStatusStore
+from connectors.operations_reader import OperationsReader
 from connectors.payment_status import PaymentStatusStore
 from connectors.runtime_config import ConfigFollower
 from connectors.search_reader import SearchReader
@@ -33,6 +34,7 @@ from ingress.auth import internal_token_middleware
 from ingress.cache_api import cache_invalidate_handler
 from ingress.commands import CommandSender
 from ingress.config_api import config_get_handler, config_set_handler
+from ingress.dashboard import Dashboard, add_dashboard_routes
 from ingress.events import events_handler
 from ingress.lead_api import LeadSource, lead_deliver_handler, lead_status_handler
 from ingress.leads import lead_handler
@@ -193,6 +195,7 @@ def create_apps(
         runtime=runtime,
     )
     _admin_api(internal, settings, publisher=publisher, codec=codec, metrics=metrics)
+    _dashboard(internal, settings, codec=codec, clock=clock)
     return IngressApps(
         public=public,
         internal=internal,
@@ -382,6 +385,20 @@ def _admin_api(
             await store.close()
 
     app.on_cleanup.append(stop)
+
+
+def _dashboard(app: web.Application, settings: Settings, *, codec: Codec, clock: Clock) -> None:
+    """The on-call dashboard (``/admin``): the worker group's lag, dead letters, Postgres.
+    Its Postgres reader opens on first use, so nothing connects here."""
+    reader = OperationsReader(settings.database_url) if settings.database_url else None
+    dashboard = Dashboard(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group=settings.app_id,
+        codec=codec,
+        clock=clock,
+        reader=reader,
+    )
+    add_dashboard_routes(app, dashboard, max_body_bytes=settings.max_body_bytes)
 
 
 def _application(settings: Settings, metrics: Metrics, *middlewares: Middleware) -> web.Application:

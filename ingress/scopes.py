@@ -46,6 +46,8 @@ ROUTE_SCOPES: Final[Mapping[str, str]] = MappingProxyType(
         "admin.dlq.replay": ADMIN_SCOPE,
         "admin.dashboard": ADMIN_SCOPE,
         "admin.dashboard.data": ADMIN_SCOPE,
+        "admin.dashboard.login": ADMIN_SCOPE,
+        "admin.dashboard.replay": ADMIN_SCOPE,
     }
 )
 

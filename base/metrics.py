@@ -68,6 +68,13 @@ class MetricName(enum.Enum):
         "Publishes not durable in time (answered 503).",
         ("topic",),
     )
+    # Requests a rate limit applied to that passed unchecked because Redis was unreachable,
+    # slow or unset (fail open: webhooks are never lost to a cache outage), by route.
+    RATE_LIMIT_FAIL_OPEN = MetricSpec(
+        "sluice_ingress_rate_limit_fail_open_total",
+        "Requests let through unchecked: the rate-limit store did not answer in time.",
+        ("route",),
+    )
 
     # -- Worker -------------------------------------------------------------------------
     # Records whose side effect succeeded, by agent (the effect's name).
@@ -96,6 +103,7 @@ INGRESS_METRICS = (
     MetricName.HTTP_REQUESTS,
     MetricName.RECORDS_PUBLISHED,
     MetricName.PUBLISH_FAILURES,
+    MetricName.RATE_LIMIT_FAIL_OPEN,
 )
 WORKER_METRICS = (
     MetricName.EVENTS_PROCESSED,

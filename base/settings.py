@@ -47,6 +47,7 @@ from base.partners import env_partner_fields
 
 __all__ = [
     "INGRESS_REQUIRED",
+    "MAX_RATE",
     "WORKER_REQUIRED",
     "Duration",
     "Port",
@@ -143,9 +144,35 @@ def _feature_flags(value: Any) -> Any:
 
 
 _FLAG_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_LIMIT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,255}")
+_RATE = re.compile(r"[0-9]{1,7}")
+MAX_RATE = 1_000_000
+"""The highest rate limit, requests per second (settings and runtime configuration)."""
+
+
+def _rate_limits(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    limits: dict[str, int] = {}
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        name, _, rate = (piece.strip() for piece in part.partition("="))
+        if not _LIMIT_NAME.fullmatch(name) or not _RATE.fullmatch(rate) or int(rate) > MAX_RATE:
+            raise ValueError(
+                f"{part!r} is not name=rate (a limit's name, e.g. webhook.stripe, and"
+                f" requests per second from 0 to {MAX_RATE})"
+            )
+        if name in limits:
+            raise ValueError(f"{name} is given twice")
+        limits[name] = int(rate)
+    return tuple(limits.items())
+
 
 FeatureFlags = Annotated[tuple[tuple[str, bool], ...], NoDecode, BeforeValidator(_feature_flags)]
 """Comma-separated ``name`` (on) or ``name=true|false``: ``new-checkout,beta=false``."""
+RateLimits = Annotated[tuple[tuple[str, int], ...], NoDecode, BeforeValidator(_rate_limits)]
+"""Comma-separated ``name=rate``: ``webhook.stripe=200,webhook.stripe.source=50``."""
 RetryDelays = Annotated[
     tuple[float, ...],
     NoDecode,
@@ -224,6 +251,12 @@ class Settings(BaseSettings):
     reply_timeout_s: Duration = Field(5.0, alias="SLUICE_REPLY_TIMEOUT")
     # Most raw webhooks one POST /v1/admin/webhooks/replay may re-publish (a larger range is 400).
     replay_max_events: PositiveInt = Field(1000, alias="SLUICE_REPLAY_MAX_EVENTS")
+    # Rate limits (ingress/ratelimit.py), requests per second by limit name (a
+    # ``ratelimit.<name>`` runtime key's default); unset or 0: no limit. Buckets hold
+    # rate x burst tokens; Redis answers within the timeout or the request passes unchecked.
+    rate_limits: RateLimits = Field((), alias="SLUICE_RATE_LIMITS")
+    rate_limit_burst_s: PositiveDuration = Field(1.0, alias="SLUICE_RATE_LIMIT_BURST")
+    rate_limit_timeout_s: PositiveDuration = Field(0.25, alias="SLUICE_RATE_LIMIT_TIMEOUT")
 
     # -- Both processes ----------------------------------------------------------------
     log_level: Annotated[str, BeforeValidator(_upper)] = Field("INFO", alias="SLUICE_LOG_LEVEL")

@@ -47,6 +47,7 @@ from ingress.payments import (
     payment_status_handler,
 )
 from ingress.publisher import Publisher
+from ingress.ratelimit import rate_limiter
 from ingress.replies import ReplyWaiter
 from ingress.requests import BODY_TIMEOUT_KEY
 from ingress.responses import json_response
@@ -133,7 +134,9 @@ def create_apps(
             topic=settings.config_topic,
         )
     metrics = Metrics(INGRESS_METRICS)
-    public = _application(settings, metrics)
+    limiter = rate_limiter(settings, runtime, metrics=metrics, clock=clock)
+    public = _application(settings, metrics, limiter.middleware)
+    public.on_cleanup.append(limiter.close)
     for source in webhook_sources(settings):
         handler = webhook_handler(
             source,
@@ -156,14 +159,18 @@ def create_apps(
             clock=clock,
             metrics=metrics,
             max_body_bytes=settings.max_body_bytes,
+            limit=limiter.check_partner,
         ),
         name="webhook.partner.leads",
     )
 
-    # The token check sits inside outcome_middleware, which turns its 401/403 into JSON.
+    # The token check sits inside outcome_middleware, which turns its 401/403 into JSON;
+    # the rate limit inside the token check, which names the caller it counts.
     if tokens is None:
         tokens = load_tokens(settings)
-    internal = _application(settings, metrics, internal_token_middleware(tokens))
+    internal = _application(
+        settings, metrics, internal_token_middleware(tokens), limiter.middleware
+    )
     internal[PUBLISHER_KEY] = publisher
     internal.router.add_get("/healthz", _healthz, name="healthz")
     internal.router.add_get("/readyz", _readyz, name="readyz")

@@ -8,7 +8,9 @@ each bad input (nothing is published for any of them):
    be parsed before it is authentic, since it names the partner; nothing in it is
    trusted yet but ``partnerId``, which only selects the secrets to check with;
 3. ``partnerId`` (:func:`partner_id_of`): 400 when missing or not an id, 401
-   ``unknown partner`` when the registry has no such partner;
+   ``unknown partner`` when the registry has no such partner; then the partner's rate
+   limit (``ingress/ratelimit.py``): 429 with ``Retry-After`` past it. Before the
+   credentials, so limiting needs no secret;
 4. the partner's credentials over the raw bytes (``ingress.verify.partner``): 401 for
    a missing, malformed or wrong signature or token, or a Standard Webhooks timestamp
    more than 5 minutes away; 403 for a bearer token of another partner;
@@ -65,6 +67,7 @@ __all__ = [
     "EVENT_TYPE",
     "LEAD_TOPIC",
     "Lead",
+    "PartnerLimit",
     "check_enabled",
     "lead_handler",
     "lead_record",
@@ -77,6 +80,9 @@ LEAD_TOPIC: Final = "leads.received"
 EVENT_TYPE: Final = "lead.received"
 SOURCE: Final = "ingress"
 BODY_FIELDS: Final = ("partnerId", "externalLeadId", "payload")
+
+PartnerLimit = Callable[[web.Request, str], Awaitable[None]]
+"""Raises (429) when the named partner is past its rate limit."""
 
 
 # -- requests (pure) ---------------------------------------------------------------------
@@ -212,7 +218,9 @@ def lead_handler(
     clock: Clock,
     metrics: Metrics,
     max_body_bytes: int,
+    limit: PartnerLimit | None = None,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """:param limit: the partner rate limit (``RateLimiter.check_partner``); ``None``: none."""
     # The version the codec writes with (the subject's latest), read once.
     version = codec.resolver.catalog.latest_version(LEAD_RECEIVED_SUBJECT)
 
@@ -220,6 +228,8 @@ def lead_handler(
         raw_body = await read_json_body(request, max_body_bytes)
         body = parse_json(raw_body)
         partner = resolve_partner(registry, partner_id_of(body))
+        if limit is not None:
+            await limit(request, partner.id)
         partner_auth.verify(raw_body, request.headers, partner, registry, clock.time())
         check_enabled(partner, runtime)
         idempotency_key = request_id_from(request.headers.get(IDEMPOTENCY_HEADER))

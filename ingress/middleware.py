@@ -1,10 +1,10 @@
 """Request middleware shared by both listeners: correlation ids, error mapping and the
 request's log line.
 
-Every refused request is one INFO line (path, status, error class, caller); every
-internal request the token check let through is one INFO line too, naming the token
-that made it (``caller``, the token's name, never the token), so who did what on the
-internal API can be read from the logs. Public webhooks served are not logged per
+Every refused request is one INFO line (path, status, error class, caller; a 429 is
+DEBUG); every internal request the token check let through is one INFO line too, naming
+the token that made it (``caller``, the token's name, never the token), so who did what
+on the internal API can be read from the logs. Public webhooks served are not logged per
 request (their volume is the senders', and the metrics count them).
 """
 
@@ -57,7 +57,10 @@ async def outcome_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception as exc:
         response = error_response(exc)
         if response.status >= 400:
-            log.info(
+            # A flood past a rate limit would be a flood of log lines: 429s at DEBUG
+            # (the metrics count them by route).
+            log.log(
+                logging.DEBUG if response.status == 429 else logging.INFO,
                 "request refused",
                 extra={
                     "path": request.path,

@@ -23,8 +23,19 @@ registry, so a key never set behaves exactly as the settings say):
   ``SLUICE_RETRY_DELAYS``), strictly increasing. Applied at the worker's next start only
   (:attr:`KeySpec.live` is false): the delay topics a worker reads are fixed when it
   starts.
-- ``ratelimit.<route>`` (int, requests per second per ingress, 0: no limit) for every
-  route name in :data:`RATE_LIMITED_ROUTES`; declared now, obeyed from issue 14 on.
+- Rate limits (int, requests per second, 0: no limit; ``ingress/ratelimit.py``), each a
+  token bucket in Redis shared by every ingress process, holding rate x
+  ``SLUICE_RATE_LIMIT_BURST`` tokens. Defaults: ``SLUICE_RATE_LIMITS``, by the name after
+  ``ratelimit.`` (an unknown name there is a ``ConfigError``).
+
+  - ``ratelimit.<route>`` for every route name in :data:`RATE_LIMITED_ROUTES`, per
+    subject: on ``webhook.stripe`` / ``webhook.razorpay`` the provider as a whole, on
+    ``webhook.partner.leads`` each partner, on an internal or admin route each token
+    (by name);
+  - ``ratelimit.<route>.source`` for every route in :data:`PUBLIC_ROUTES`: each source
+    address (the TCP peer);
+  - ``ratelimit.partners.<id>``: that partner's own rate on the leads route; 0: the
+    route's ``ratelimit.webhook.partner.leads``.
 - ``notifications.user_cap`` (int, 1 to 10,000): the per-user notification cap.
 - ``feature.<name>`` (bool): each flag ``SLUICE_FEATURE_FLAGS`` declares.
 
@@ -44,13 +55,15 @@ from enum import StrEnum
 from typing import Any, Final, Protocol
 
 from base.durations import check_retry_schedule, parse_duration
+from base.errors import ConfigError
 from base.partners import PartnerRegistry
-from base.settings import Settings
+from base.settings import MAX_RATE, Settings
 from schemas.catalog import RETRY_DELAYS
 
 __all__ = [
     "DEDUPE_WINDOW",
     "NOTIFY_USER_CAP",
+    "PUBLIC_ROUTES",
     "RATE_LIMITED_ROUTES",
     "RETRY_DELAYS_KEY",
     "BadValue",
@@ -65,16 +78,19 @@ __all__ = [
     "partner_delivery_key",
     "partner_enabled_key",
     "ratelimit_key",
+    "ratelimit_partner_key",
+    "ratelimit_source_key",
 ]
 
 DEDUPE_WINDOW: Final = "dedupe.window"
 RETRY_DELAYS_KEY: Final = "retry.delays"
 NOTIFY_USER_CAP: Final = "notifications.user_cap"
 
+PUBLIC_ROUTES: Final = ("webhook.stripe", "webhook.razorpay", "webhook.partner.leads")
+"""The public listener's routes: limited per source address too."""
+
 RATE_LIMITED_ROUTES: Final = (
-    "webhook.stripe",
-    "webhook.razorpay",
-    "webhook.partner.leads",
+    *PUBLIC_ROUTES,
     "internal.events",
     "internal.payments.intents",
     "internal.payments.checkout-sessions",
@@ -89,12 +105,18 @@ RATE_LIMITED_ROUTES: Final = (
     "internal.cache.invalidate",
     "internal.config.get",
     "internal.config.set",
+    "admin.webhooks.logs",
+    "admin.webhooks.replay",
+    "admin.dlq.list",
+    "admin.dlq.show",
+    "admin.dlq.replay",
+    "admin.dashboard",
+    "admin.dashboard.data",
 )
-"""Every public and internal API route name (``ingress/app.py``'s ``name=``), each with a
+"""Every public, internal and admin API route name (``ingress/app.py``'s ``name=``), each with a
 ``ratelimit.<route>`` key. Listed here, not read from the ingress, because the worker
 may not import the ingress; ``tests/test_runtime_config.py`` checks the two agree."""
 
-_MAX_RATE: Final = 1_000_000
 _MAX_USER_CAP: Final = 10_000
 _MIN_DEDUPE_S: Final = 60.0
 _MAX_STRING: Final = 1024
@@ -293,6 +315,14 @@ def ratelimit_key(route: str) -> str:
     return f"ratelimit.{route}"
 
 
+def ratelimit_source_key(route: str) -> str:
+    return f"ratelimit.{route}.source"
+
+
+def ratelimit_partner_key(partner_id: str) -> str:
+    return f"ratelimit.partners.{partner_id}"
+
+
 def feature_key(name: str) -> str:
     return f"feature.{name}"
 
@@ -347,19 +377,51 @@ def declared_keys(settings: Settings, partners: PartnerRegistry) -> RuntimeKeys:
                 "the partner's leads are delivered (false: held)",
             )
         )
-    for route in RATE_LIMITED_ROUTES:
-        specs.append(
-            KeySpec(
-                ratelimit_key(route),
-                KeyKind.INT,
-                0,
-                "requests per second one ingress admits on the route (0: no limit)",
-                minimum=0,
-                maximum=_MAX_RATE,
-            )
-        )
+    specs += _rate_limit_keys(settings, partners)
     for name, enabled in settings.feature_flags:
         specs.append(
             KeySpec(feature_key(name), KeyKind.BOOL, enabled, "feature flag (SLUICE_FEATURE_FLAGS)")
         )
     return RuntimeKeys(specs)
+
+
+def _rate_limit_keys(settings: Settings, partners: PartnerRegistry) -> list[KeySpec]:
+    """The ``ratelimit.*`` keys, defaults from ``SLUICE_RATE_LIMITS``.
+
+    :raises ConfigError: ``SLUICE_RATE_LIMITS`` names a limit that is not declared.
+    """
+    docs: dict[str, str] = {}
+    for route in RATE_LIMITED_ROUTES:
+        subject = {
+            "webhook.stripe": "for Stripe as a whole",
+            "webhook.razorpay": "for Razorpay as a whole",
+            "webhook.partner.leads": "per partner (unless ratelimit.partners.<id> is set)",
+        }.get(route, "per token")
+        docs[ratelimit_key(route)] = f"requests per second on {route} {subject} (0: no limit)"
+    for route in PUBLIC_ROUTES:
+        docs[ratelimit_source_key(route)] = (
+            f"requests per second on {route} per source address (0: no limit)"
+        )
+    for partner in sorted(partners, key=lambda p: p.id):
+        docs[ratelimit_partner_key(partner.id)] = (
+            f"requests per second of partner {partner.id} on webhook.partner.leads"
+            " (0: ratelimit.webhook.partner.leads)"
+        )
+    defaults = dict(settings.rate_limits)
+    for name in defaults:
+        if f"ratelimit.{name}" not in docs:
+            raise ConfigError(
+                f"malformed setting SLUICE_RATE_LIMITS: unknown limit {name} (a route"
+                " name, <public route>.source, or partners.<id> of a registered partner)"
+            )
+    return [
+        KeySpec(
+            key,
+            KeyKind.INT,
+            defaults.get(key.removeprefix("ratelimit."), 0),
+            doc,
+            minimum=0,
+            maximum=MAX_RATE,
+        )
+        for key, doc in docs.items()
+    ]

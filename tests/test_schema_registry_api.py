@@ -78,9 +78,7 @@ async def test_versions_and_latest(ingress: IngressUnderTest) -> None:
     status, body, _ = await _get(ingress, "/subjects/config.runtime-value/versions")
     assert (status, body) == (200, [1, 2])
     for version in ("latest", "-1", "2"):
-        status, body, _ = await _get(
-            ingress, f"/subjects/config.runtime-value/versions/{version}"
-        )
+        status, body, _ = await _get(ingress, f"/subjects/config.runtime-value/versions/{version}")
         assert status == 200
         assert body["subject"] == "config.runtime-value"
         assert body["version"] == 2

@@ -274,7 +274,7 @@ ROUTE_DOCS: Final[Mapping[str, RouteDoc]] = MappingProxyType(
             },
             tag="schema registry",
             description="Ids from schemas/ids.json, as written in byte 1-4 of our values.",
-            path_params={"id": {"type": "string"}},
+            path_params={"id": {"type": "string", "examples": ["1001"]}},
             query=(
                 Param("subject", "accepted and ignored (ids are global)"),
                 Param("format", "accepted and ignored"),
@@ -303,6 +303,7 @@ ROUTE_DOCS: Final[Mapping[str, RouteDoc]] = MappingProxyType(
                 404: registry_error("40401: no such subject"),
             },
             tag="schema registry",
+            path_params={"subject": {"type": "string", "examples": ["orders-value"]}},
         ),
         "registry.version": RouteDoc(
             "One version of a subject (a number, latest or -1)",
@@ -324,6 +325,10 @@ ROUTE_DOCS: Final[Mapping[str, RouteDoc]] = MappingProxyType(
                 422: registry_error("42202: not a version number nor latest"),
             },
             tag="schema registry",
+            path_params={
+                "subject": {"type": "string", "examples": ["config.runtime-value"]},
+                "version": {"type": "string", "examples": ["latest", "1"]},
+            },
         ),
         # -- internal listener: token ---------------------------------------------------
         "internal.events": RouteDoc(
@@ -354,6 +359,19 @@ ROUTE_DOCS: Final[Mapping[str, RouteDoc]] = MappingProxyType(
                     "data": _JSON_OBJECT,
                 },
                 additionalProperties=False,
+                examples=[
+                    {
+                        "eventType": "order.created",
+                        "source": "checkout-service",
+                        "data": {
+                            "orderId": "ord_openapi_example",
+                            "userId": "usr_openapi_example",
+                            "amount": 4999,
+                            "currency": "usd",
+                            "items": [{"productId": "sku_tee_m", "quantity": 2}],
+                        },
+                    }
+                ],
             ),
         ),
         "internal.payments.intents": RouteDoc(

@@ -24,8 +24,8 @@ import pytest_asyncio
 
 from connectors.kafka_admin import create_topics
 from connectors.runtime_config import config_topic_spec
+from devstack import ElasticsearchServer
 from tests.fixtures.ingress import IngressUnderTest, ingress_settings, started_ingress
-from tests.fixtures.services import ElasticsearchServer
 
 pytestmark = pytest.mark.integration
 

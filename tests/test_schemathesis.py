@@ -94,6 +94,8 @@ async def _schemathesis(document: str, base_url: str, report: Path) -> tuple[int
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+        # Its caches (.schemathesis/) go there, not into the work tree.
+        cwd=report.parent,
     )
     output, _ = await process.communicate()
     return process.returncode or 0, output.decode(errors="replace")

@@ -40,6 +40,7 @@ from ingress.lead_api import LeadSource, lead_deliver_handler, lead_status_handl
 from ingress.leads import lead_handler
 from ingress.middleware import METRICS_KEY, outcome_middleware
 from ingress.notifications import NotificationSource, notification_status_handler, send_handler
+from ingress.openapi import add_openapi_routes
 from ingress.payments import (
     PAYMENT_ROUTES,
     PaymentStatusSource,
@@ -51,12 +52,13 @@ from ingress.ratelimit import rate_limiter
 from ingress.replies import ReplyWaiter
 from ingress.requests import BODY_TIMEOUT_KEY
 from ingress.responses import json_response
+from ingress.schema_registry import RegistryView, add_registry_routes
 from ingress.search_index import index_handler
 from ingress.search_query import search_query_handler
 from ingress.tokens import TokenRegistry, load_tokens
 from ingress.verify import razorpay, stripe
 from ingress.webhooks import WebhookSource, webhook_handler
-from schemas.codec import Codec
+from schemas.codec import CatalogResolver, Codec
 from schemas.runtime_keys import declared_keys
 
 __all__ = ["IngressApps", "create_apps", "webhook_sources"]
@@ -203,6 +205,7 @@ def create_apps(
     )
     _admin_api(internal, settings, publisher=publisher, codec=codec, metrics=metrics)
     _dashboard(internal, settings, codec=codec, clock=clock)
+    _describe_api(internal, public, codec)
     return IngressApps(
         public=public,
         internal=internal,
@@ -406,6 +409,16 @@ def _dashboard(app: web.Application, settings: Settings, *, codec: Codec, clock:
         reader=reader,
     )
     add_dashboard_routes(app, dashboard, max_body_bytes=settings.max_body_bytes)
+
+
+def _describe_api(internal: web.Application, public: web.Application, codec: Codec) -> None:
+    """The open, read-only routes that describe the API: both OpenAPI documents and,
+    when values carry the shipped catalog's schema ids (no ``SCHEMA_REGISTRY_URL``), the
+    Confluent Schema Registry read API over that catalog. With a real registry its ids
+    are the ones on the topics, so consumers ask it instead."""
+    add_openapi_routes(internal, public)
+    if isinstance(codec.resolver, CatalogResolver):
+        add_registry_routes(internal, RegistryView.of(codec.resolver.catalog))
 
 
 def _application(settings: Settings, metrics: Metrics, *middlewares: Middleware) -> web.Application:

@@ -280,7 +280,13 @@ def run_worker(settings: Settings) -> None:
 
 
 class _Worker(faust.Worker):
-    """faust's worker, saying when it consumes (``sluice dev`` waits for that line)."""
+    """faust's worker, saying when it consumes (``sluice dev`` waits for that line), without
+    its terminal spinner: it writes cursor escapes to stdout, outside the log lines (faust
+    drops it only when it configures logging itself, which ours replaces)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()  # partitions assigned, tables recovered

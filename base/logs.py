@@ -60,7 +60,10 @@ def log_context(**fields: str | None) -> Iterator[None]:
     try:
         yield
     finally:
-        _CONTEXT.reset(token)
+        # A generator closed from another context (an agent's iterator finalised after
+        # its loop body raised) cannot reset; that context is going away anyway.
+        with contextlib.suppress(ValueError):
+            _CONTEXT.reset(token)
 
 
 def _context_fields() -> dict[str, str]:

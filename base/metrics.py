@@ -9,24 +9,32 @@ unbounded value (routes are route names, topics and agents come from the catalog
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Histogram,
     disable_created_metrics,
     generate_latest,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = [
     "CONTENT_TYPE",
     "INGRESS_METRICS",
+    "LATENCY_BUCKETS",
     "WORKER_METRICS",
+    "GaugeReader",
     "MetricName",
     "MetricSpec",
     "Metrics",
@@ -41,17 +49,28 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The Content-Type of :meth:`Metrics.render`'s output (Prometheus text format)."""
 
 
+#: Seconds: from a 1 ms Redis call to a 10 s CRM or SMTP timeout.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+GaugeReader = Callable[[], Iterable[tuple[tuple[str, ...], float]]]
+"""Reads a gauge when scraped: ``(label values, value)`` pairs, label values in the
+order of the metric's labels."""
+
+
 @dataclass(frozen=True)
 class MetricSpec:
-    """A counter's exposed name, its help text and its label names."""
+    """A metric's exposed name, its help text, its label names and its kind: a counter,
+    a latency histogram (seconds, :data:`LATENCY_BUCKETS`), or a gauge read when scraped
+    (:meth:`Metrics.read_gauge`)."""
 
     metric: str
     help: str
     labels: tuple[str, ...]
+    kind: Literal["counter", "histogram", "gauge"] = "counter"
 
 
 class MetricName(enum.Enum):
-    """Every metric, a counter each (issue 14 adds latencies and gauges)."""
+    """Every metric: counters, latency histograms and gauges read at scrape time."""
 
     # -- Ingress ------------------------------------------------------------------------
     # HTTP requests answered, by route name and status.
@@ -75,6 +94,14 @@ class MetricName(enum.Enum):
         "Requests let through unchecked: the rate-limit store did not answer in time.",
         ("route",),
     )
+    # Seconds from handing a record to the producer to Kafka's acknowledgement (or the
+    # give-up), by topic and outcome (ok / failed).
+    PUBLISH_LATENCY = MetricSpec(
+        "sluice_ingress_publish_seconds",
+        "Seconds until a publish was durable (or given up).",
+        ("topic", "outcome"),
+        "histogram",
+    )
 
     # -- Worker -------------------------------------------------------------------------
     # Records whose side effect succeeded, by agent (the effect's name).
@@ -93,6 +120,30 @@ class MetricName(enum.Enum):
     EVENTS_DEAD_LETTERED = MetricSpec(
         "sluice_worker_events_dead_lettered_total", "Records sent to dlq.", ("agent",)
     )
+    # Seconds of each call to a sink (base/sinks.py), by sink, operation (the connector
+    # method) and outcome (ok / failed).
+    EFFECT_LATENCY = MetricSpec(
+        "sluice_worker_effect_seconds",
+        "Seconds of each call to a sink (Postgres, Elasticsearch, Stripe, CRM, SMTP, ...).",
+        ("sink", "operation", "outcome"),
+        "histogram",
+    )
+    # Records of the worker's group not yet committed: the partition's high watermark
+    # minus the group's committed offset (the whole partition while nothing is committed).
+    CONSUMER_LAG = MetricSpec(
+        "sluice_worker_consumer_lag",
+        "Records not yet committed by the worker's group, by topic and partition.",
+        ("topic", "partition"),
+        "gauge",
+    )
+    # The record a retry agent holds (the head of its delay topic): seconds past its due
+    # time, negative while it is still waiting. No sample while the agent holds none.
+    RETRY_HEAD_OVERDUE = MetricSpec(
+        "sluice_worker_retry_head_overdue_seconds",
+        "Seconds the head of a delay topic is overdue (negative: due in).",
+        ("topic",),
+        "gauge",
+    )
 
     @property
     def metric(self) -> str:
@@ -104,32 +155,69 @@ INGRESS_METRICS = (
     MetricName.RECORDS_PUBLISHED,
     MetricName.PUBLISH_FAILURES,
     MetricName.RATE_LIMIT_FAIL_OPEN,
+    MetricName.PUBLISH_LATENCY,
 )
 WORKER_METRICS = (
     MetricName.EVENTS_PROCESSED,
     MetricName.EVENTS_DEDUPLICATED,
     MetricName.EVENTS_RETRIED,
     MetricName.EVENTS_DEAD_LETTERED,
+    MetricName.EFFECT_LATENCY,
 )
 
 
 class Metrics:
-    """One process's counters, in a registry of their own (thread-safe: prometheus_client).
+    """One process's metrics, in a registry of their own (thread-safe: prometheus_client).
 
-    :param names: the metrics this process exposes (others are refused by :meth:`inc`).
+    :param names: the counters and histograms this process exposes (others are refused
+        by :meth:`inc` and :meth:`observe`); gauges are added by :meth:`read_gauge`.
     """
 
     def __init__(self, names: Iterable[MetricName]) -> None:
         self.registry = CollectorRegistry()
-        self._counters = {
-            name: Counter(
-                name.value.metric, name.value.help, name.value.labels, registry=self.registry
-            )
-            for name in names
-        }
+        self._counters: dict[MetricName, Counter] = {}
+        self._histograms: dict[MetricName, Histogram] = {}
+        for name in names:
+            spec = name.value
+            if spec.kind == "counter":
+                self._counters[name] = Counter(
+                    spec.metric, spec.help, spec.labels, registry=self.registry
+                )
+            elif spec.kind == "histogram":
+                self._histograms[name] = Histogram(
+                    spec.metric,
+                    spec.help,
+                    spec.labels,
+                    registry=self.registry,
+                    buckets=LATENCY_BUCKETS,
+                )
+            else:
+                raise ValueError(f"{spec.metric} is a gauge: add it with read_gauge")
 
     def inc(self, name: MetricName, amount: float = 1.0, **labels: str) -> None:
         self._counters[name].labels(**labels).inc(amount)
+
+    def observe(self, name: MetricName, seconds: float, **labels: str) -> None:
+        self._histograms[name].labels(**labels).observe(seconds)
+
+    @contextlib.contextmanager
+    def timed(self, name: MetricName, **labels: str) -> Iterator[None]:
+        """Observe the block's duration in histogram ``name``, with ``outcome`` ok or
+        failed (an exception escaped) added to ``labels``."""
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            yield
+            outcome = "ok"
+        finally:
+            self.observe(name, time.perf_counter() - started, outcome=outcome, **labels)
+
+    def read_gauge(self, name: MetricName, read: GaugeReader) -> None:
+        """Expose gauge ``name``, computed by ``read`` whenever ``/metrics`` is scraped
+        (from the scraping thread: ``read`` must be thread-safe and bounded)."""
+        if name.value.kind != "gauge":
+            raise ValueError(f"{name.metric} is not a gauge")
+        self.registry.register(_ReadGauge(name.value, read))
 
     def value(self, name: MetricName, **labels: str) -> float:
         """The counter's current value (0 for a label set never counted)."""
@@ -139,6 +227,24 @@ class Metrics:
     def render(self) -> bytes:
         """Every metric in the Prometheus text format (:data:`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
+
+
+class _ReadGauge(Collector):
+    """A gauge whose samples a function computes at scrape time."""
+
+    def __init__(self, spec: MetricSpec, read: GaugeReader) -> None:
+        self._spec = spec
+        self._read = read
+
+    def describe(self) -> Iterable[Metric]:
+        # Described without reading: registering must not call Kafka.
+        return [GaugeMetricFamily(self._spec.metric, self._spec.help, labels=self._spec.labels)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self._spec.metric, self._spec.help, labels=self._spec.labels)
+        for labels, value in self._read():
+            family.add_metric(list(labels), value)
+        return [family]
 
 
 class MetricsServer:

@@ -36,6 +36,7 @@ from standardwebhooks import Webhook
 
 from base.http_status import parse_retry_after
 from base.partners import Delivery
+from base.sinks import Sink, sink_call
 
 __all__ = ["ERROR_BODY_CHARS", "CrmClient", "CrmResponse", "delivery_headers"]
 
@@ -110,6 +111,7 @@ class CrmClient:
             )
         return self._session
 
+    @sink_call(Sink.CRM)
     async def deliver(
         self, delivery: Delivery, lead_id: str, lead: Mapping[str, Any]
     ) -> CrmResponse:

@@ -46,6 +46,7 @@ from elasticsearch import AsyncElasticsearch
 
 from base.errors import PermanentError, SluiceError, TransientError
 from base.http_status import classify_http_status, parse_retry_after
+from base.sinks import Sink, sink_call
 
 __all__ = [
     "ORDERS_INDEX",
@@ -299,6 +300,7 @@ class SearchProjection:
             raise RuntimeError("SearchProjection used before start()")
         return self._client
 
+    @sink_call(Sink.ELASTICSEARCH)
     async def ensure_index(
         self,
         base: str,
@@ -326,6 +328,7 @@ class SearchProjection:
                 return
         _log.info("created index %s", name)
 
+    @sink_call(Sink.ELASTICSEARCH)
     async def write_versioned(self, base: str, docs: Sequence[VersionedDoc]) -> BulkOutcome:
         """Write ``docs`` with external versions in one ``_bulk`` request.
 
@@ -355,6 +358,7 @@ class SearchProjection:
             )
         return bulk_outcome(name, response["items"])
 
+    @sink_call(Sink.ELASTICSEARCH)
     async def get(self, base: str, doc_id: str) -> dict[str, Any] | None:
         """The stored document with ``_id`` and ``_version`` added, or ``None``."""
         client = self._require_client()
@@ -368,6 +372,7 @@ class SearchProjection:
                 raise  # the index itself is missing
         return {**response["_source"], "_id": response["_id"], "_version": response["_version"]}
 
+    @sink_call(Sink.ELASTICSEARCH)
     async def search(self, base: str, query: str, size: int = 20) -> list[dict[str, Any]]:
         """Documents matching ``query`` over the index's keyword fields, for support.
 
@@ -402,6 +407,7 @@ class SearchProjection:
             for hit in response["hits"]["hits"]
         ]
 
+    @sink_call(Sink.ELASTICSEARCH)
     async def refresh(self, base: str) -> None:
         """Make every write so far visible to search (tests, operators)."""
         client = self._require_client()

@@ -49,14 +49,22 @@ def _create(bootstrap_servers: str, wanted: list[NewTopic], timeout_s: float) ->
         return []
     futures = admin.create_topics(wanted, operation_timeout=timeout_s, request_timeout=timeout_s)
     created: list[str] = []
-    for name, future in futures.items():
-        try:
-            future.result(timeout=timeout_s)
-            created.append(name)
-        except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise TransientError(f"could not create topic {name}: {error.str()}") from None
+    try:
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout_s)
+                created.append(name)
+            except TimeoutError:
+                raise TransientError(
+                    f"could not create topic {name}: no answer from Kafka in {timeout_s:g} s"
+                ) from None
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise TransientError(f"could not create topic {name}: {error.str()}") from None
+    finally:
+        # librdkafka's queued log lines reach ``logger`` only when the client is polled.
+        admin.poll(0)
     return sorted(created)
 
 
@@ -94,6 +102,8 @@ def list_topics(bootstrap_servers: str, *, timeout_s: float = 10.0) -> list[Topi
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise TransientError(f"cannot reach Kafka: {exc.args[0]}") from None
+    finally:
+        admin.poll(0)  # its queued log lines (see _create)
     return sorted(
         (
             TopicState(name=name, partitions=len(topic.partitions))

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from base.errors import PermanentError
+from base.sinks import Sink, sink_call
 from connectors.notify_http import NotifyHttpClient
 from schemas.notify_templates import RenderedMessage
 
@@ -52,6 +53,7 @@ class PushApi:
     async def close(self) -> None:
         await self._http.close()
 
+    @sink_call(Sink.PUSH)
     async def send(self, *, notification_id: str, to: str, message: RenderedMessage) -> str | None:
         """Send ``message.title``/``message.text`` to the push token ``to``; return the
         provider's ``name`` (``None`` if its 2xx answer had none). The notification id is

@@ -28,6 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from base.errors import ConfigError, PermanentError, SluiceError, TransientError
+from base.sinks import Sink, sink_call
 
 __all__ = ["SCAN_COUNT", "UNLINK_BATCH", "RedisCache", "translate_error"]
 
@@ -83,6 +84,7 @@ class RedisCache:
         self._scan_count = scan_count
         self._batch = unlink_batch
 
+    @sink_call(Sink.REDIS)
     async def unlink(self, keys: Sequence[str | bytes]) -> int:
         """``UNLINK`` ``keys`` in batches; how many existed.
 
@@ -93,6 +95,7 @@ class RedisCache:
             removed += await self._unlink(keys[start : start + self._batch])
         return removed
 
+    @sink_call(Sink.REDIS)
     async def unlink_matching(self, pattern: str) -> int:
         """Walk the keyspace with ``SCAN MATCH pattern`` and ``UNLINK`` what matches, in
         batches as it goes; how many keys were removed.

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Self
 
 from base.errors import PermanentError
+from base.sinks import Sink, sink_call
 from connectors.notify_http import NotifyHttpClient
 from schemas.notify_templates import RenderedMessage
 
@@ -47,6 +48,7 @@ class SmsApi:
     async def close(self) -> None:
         await self._http.close()
 
+    @sink_call(Sink.SMS)
     async def send(self, *, notification_id: str, to: str, message: RenderedMessage) -> str | None:
         """Send ``message.text`` to ``to``; return the provider's ``sid`` (``None`` if
         its 2xx answer had none). The notification id is the ``Idempotency-Key``.

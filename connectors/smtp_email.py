@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 
 from base.errors import ConfigError, PermanentError, SluiceError, TransientError
+from base.sinks import Sink, sink_call
 from schemas.notify_templates import RenderedMessage
 
 __all__ = [
@@ -173,6 +174,7 @@ class SmtpSender:
     async def close(self) -> None:
         """Nothing is held open between sends; here for the connector shape."""
 
+    @sink_call(Sink.SMTP)
     async def send(self, *, notification_id: str, to: str, message: RenderedMessage) -> str:
         """Send one message to ``to`` (an address); return its Message-ID.
 

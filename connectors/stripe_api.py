@@ -37,6 +37,7 @@ import stripe
 
 from base.errors import PermanentError, SluiceError, TransientError
 from base.http_status import classify_http_status, parse_retry_after
+from base.sinks import Sink, sink_call
 
 __all__ = [
     "CheckoutCreated",
@@ -144,6 +145,7 @@ class StripeApi:
     ) -> None:
         await self.close()
 
+    @sink_call(Sink.STRIPE)
     async def create_payment_intent(
         self, *, order_id: str, user_id: str, amount_minor: int, currency: str
     ) -> IntentCreated:
@@ -174,6 +176,7 @@ class StripeApi:
             currency=intent.currency,
         )
 
+    @sink_call(Sink.STRIPE)
     async def create_checkout_session(
         self,
         *,
@@ -226,6 +229,7 @@ class StripeApi:
             payment_intent_id=_id_of(session.payment_intent),
         )
 
+    @sink_call(Sink.STRIPE)
     async def create_refund(
         self,
         *,

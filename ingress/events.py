@@ -66,9 +66,11 @@ async def publish_counted(
     value: bytes,
     headers: Sequence[tuple[str, bytes]],
 ) -> None:
-    """Publish (durable or ``NotDurable``) and count the outcome, as the webhooks do."""
+    """Publish (durable or ``NotDurable``), count the outcome and time it (every route
+    that publishes goes through here)."""
     try:
-        await publisher.publish(topic, key, value, headers)
+        with metrics.timed(MetricName.PUBLISH_LATENCY, topic=topic):
+            await publisher.publish(topic, key, value, headers)
     except NotDurable:
         metrics.inc(MetricName.PUBLISH_FAILURES, topic=topic)
         raise

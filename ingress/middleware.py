@@ -17,8 +17,11 @@ import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from opentelemetry.trace import SpanKind
 
+from base.logs import log_context
 from base.metrics import MetricName, Metrics
+from base.tracing import continue_trace
 from ingress.outcomes import ClientAborted, error_response
 from ingress.scopes import CALLER_KEY, caller_name
 
@@ -44,6 +47,29 @@ async def outcome_middleware(request: web.Request, handler: Handler) -> web.Stre
     given = request.headers.get(CORRELATION_HEADER, "")
     cid = given if _ACCEPTABLE_ID.fullmatch(given) else uuid.uuid4().hex
     request[_CORRELATION_KEY] = cid
+    route = request.match_info.route.name or "unmatched"
+    # The request's span: a child of the caller's traceparent (a new trace without one);
+    # every record the handler publishes carries it (ingress.requests.traceparent_of).
+    with (
+        continue_trace(
+            f"{request.method} {route}",
+            request.headers.get("traceparent"),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "http.route": route},
+        ) as span,
+        log_context(correlation_id=cid),
+    ):
+        response = await _answer(request, handler, cid, route)
+        span.set_attribute("http.response.status_code", response.status)
+    response.headers[CORRELATION_HEADER] = cid
+    request.app[METRICS_KEY].inc(MetricName.HTTP_REQUESTS, route=route, status=str(response.status))
+    return response
+
+
+async def _answer(
+    request: web.Request, handler: Handler, cid: str, route: str
+) -> web.StreamResponse:
+    """The handler's response, every exception turned into a JSON answer, logged."""
     started = time.monotonic()
     try:
         response = await handler(request)
@@ -70,8 +96,6 @@ async def outcome_middleware(request: web.Request, handler: Handler) -> web.Stre
                     "correlation_id": cid,
                 },
             )
-    response.headers[CORRELATION_HEADER] = cid
-    route = request.match_info.route.name or "unmatched"
     if response.status < 400 and CALLER_KEY in request:
         log.info(
             "internal request",
@@ -85,5 +109,4 @@ async def outcome_middleware(request: web.Request, handler: Handler) -> web.Stre
                 "correlation_id": cid,
             },
         )
-    request.app[METRICS_KEY].inc(MetricName.HTTP_REQUESTS, route=route, status=str(response.status))
     return response

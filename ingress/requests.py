@@ -8,6 +8,7 @@ import re
 
 from aiohttp import web
 
+from base.tracing import outgoing_traceparent
 from ingress.outcomes import BodyTooLarge, ClientAborted, ReadTimedOut, UnsupportedMediaType
 from ingress.records import new_traceparent
 
@@ -46,6 +47,11 @@ async def read_json_body(request: web.Request, limit: int) -> bytes:
 
 
 def traceparent_of(request: web.Request) -> str:
-    """The caller's W3C ``traceparent`` when well-formed, else a fresh one."""
+    """The ``traceparent`` of the records this request publishes: the request's span
+    (``ingress.middleware``, a child of the caller's ``traceparent``); without a tracer
+    provider, the caller's header when well-formed, else a fresh one."""
+    current = outgoing_traceparent(None)
+    if current is not None:
+        return current
     given = request.headers.get("traceparent", "")
     return given if _TRACEPARENT.fullmatch(given) else new_traceparent()

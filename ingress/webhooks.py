@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from base.clock import Clock
-from base.metrics import MetricName, Metrics
+from base.metrics import Metrics
+from ingress.events import publish_counted
 from ingress.middleware import correlation_id
-from ingress.publisher import NotDurable, Publisher
+from ingress.publisher import Publisher
 from ingress.records import ReceivedWebhook, raw_webhook_record
 from ingress.requests import read_json_body, traceparent_of
 from ingress.responses import json_response
@@ -71,12 +72,7 @@ def webhook_handler(
         # so a replay under a fresh id meets the original in the same partition, where
         # the worker's dedupe table holds it.
         key = event.content_id or event.event_id
-        try:
-            await publisher.publish(source.topic, key, value, headers)
-        except NotDurable:
-            metrics.inc(MetricName.PUBLISH_FAILURES, topic=source.topic)
-            raise
-        metrics.inc(MetricName.RECORDS_PUBLISHED, topic=source.topic)
+        await publish_counted(publisher, metrics, source.topic, key, value, headers)
         return json_response(dict(source.success), status=source.success_status)
 
     return handle

@@ -13,6 +13,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any, Final
 
+from base.tracing import outgoing_traceparent
 from schemas.catalog import topic_spec
 
 __all__ = [
@@ -50,6 +51,8 @@ def record_headers(
         (EVENT_ID, str(record["eventId"]).encode()),
         (CORRELATION_ID, str(record["correlationId"]).encode()),
     ]
+    # The span writing the record, when it continues the given trace (base.tracing).
+    traceparent = outgoing_traceparent(traceparent)
     if traceparent:
         headers.append((TRACEPARENT, traceparent.encode()))
     content_type = _content_type(topic)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,8 +15,9 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from base.errors import ConfigError, SluiceError
-from base.logs import LogFormat, configure_logging
+from base.logs import LogFormat, configure_logging, logging_configured
 from base.settings import INGRESS_REQUIRED, WORKER_REQUIRED, Settings, load_settings
+from base.tracing import configure_tracing
 
 if TYPE_CHECKING:
     from ingress.webhook_replay import ReplayRequest
@@ -28,14 +30,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except ConfigError as exc:
-        print(f"sluice: {exc}", file=sys.stderr)
+        _last_words(exc)
         return 2
     except SluiceError as exc:
-        print(f"sluice: {exc}", file=sys.stderr)
+        _last_words(exc)
         return 1
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _last_words(exc: Exception) -> None:
+    """Why the command stops: a log line once the command set up logging (a server's
+    every line is one format), else ``sluice: ...`` on stderr."""
+    if logging_configured():
+        logging.getLogger("sluice").error(str(exc), extra={"error_class": type(exc).__name__})
+    else:
+        print(f"sluice: {exc}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,6 +150,7 @@ def _ingress(_args: argparse.Namespace) -> int:
 
     settings = load_settings(require=INGRESS_REQUIRED)
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing("ingress")
     # uvloop: libuv's event loop, cheaper per callback than asyncio's own (see
     # docs/decisions.md, Worker speed).
     uvloop.run(_until_signalled(lambda stop: run_ingress(settings, stop)))
@@ -161,6 +173,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     from streams.app import run_worker
 
+    configure_tracing("worker")
     run_worker(settings)
     return 0
 

@@ -16,10 +16,12 @@ import mode.loop
 from base.clock import Clock, SystemClock
 from base.errors import ConfigError
 from base.logs import WORKER_READY_EVENT
-from base.metrics import MetricsServer
+from base.metrics import MetricName, MetricsServer
 from base.partners import load_partners
 from base.settings import Settings
+from base.sinks import observe_sinks
 from connectors.kafka_admin import create_changelog_topics, create_topics
+from connectors.kafka_lag import ConsumerLag
 from connectors.kafka_outbox import KafkaOutbox
 from connectors.postgres import PostgresProjection
 from connectors.redis_cache import RedisCache
@@ -216,11 +218,27 @@ def ensure_worker_topics(ctx: WorkerContext) -> None:
     )
 
 
+def observe_worker(ctx: WorkerContext) -> ConsumerLag:
+    """Add to the worker's metrics what is read when scraped (its group's consumer lag on
+    the topics it reads, the retry heads' overdue) and time its sink calls; the lag
+    reader is returned for closing."""
+    metrics = ctx.runner.metrics
+    observe_sinks(metrics)
+    reads = {name for wire in ctx.topology.wires for name in wire.reads}
+    lag = ConsumerLag(ctx.settings.kafka_bootstrap_servers, ctx.topology.app.conf.id, reads)
+    metrics.read_gauge(MetricName.CONSUMER_LAG, lag.samples)
+    metrics.read_gauge(
+        MetricName.RETRY_HEAD_OVERDUE, lambda: ctx.retry_heads.overdue(ctx.clock.time())
+    )
+    return lag
+
+
 def _serve_metrics(ctx: WorkerContext, settings: Settings) -> MetricsServer | None:
     """The worker's /metrics on ``SLUICE_WORKER_METRICS_PORT``, when set."""
     port = settings.worker_metrics_port
     if port is None:
         return None
+    observe_worker(ctx)
     try:
         server = MetricsServer(ctx.runner.metrics, settings.worker_metrics_host, port)
     except OSError as exc:
@@ -262,7 +280,13 @@ def run_worker(settings: Settings) -> None:
 
 
 class _Worker(faust.Worker):
-    """faust's worker, saying when it consumes (``sluice dev`` waits for that line)."""
+    """faust's worker, saying when it consumes (``sluice dev`` waits for that line), without
+    its terminal spinner: it writes cursor escapes to stdout, outside the log lines (faust
+    drops it only when it configures logging itself, which ours replaces)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()  # partitions assigned, tables recovered

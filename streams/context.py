@@ -36,6 +36,7 @@ from schemas.codec import Codec
 from schemas.notifications import Channel
 from schemas.notify_templates import RenderedMessage
 from streams.effects import EffectRunner, Outbox
+from streams.observe import RetryHeads
 from streams.topology import Topology
 
 __all__ = ["ChannelSender", "WorkerContext", "channel_senders"]
@@ -89,6 +90,8 @@ class WorkerContext:
     # The runtime config (schemas/runtime_keys.py) as this process follows it; agents
     # read a key on every use, so a change applies without a restart.
     runtime: ConfigFollower | None = None
+    # The record each retry agent waits on (the retry head overdue gauge).
+    retry_heads: RetryHeads = field(default_factory=RetryHeads)
     _started: bool = field(default=False, init=False)
     _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     _search: SearchProjection | None = field(default=None, init=False, repr=False)

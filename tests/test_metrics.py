@@ -50,7 +50,7 @@ def test_rendering_is_prometheus_text_with_help_for_every_metric() -> None:
     text = metrics.render().decode()
     for name in WORKER_METRICS:
         assert f"# HELP {name.metric} " in text
-        assert f"# TYPE {name.metric} counter" in text
+        assert f"# TYPE {name.metric} {name.value.kind}" in text
     found = samples(text)
     key = ("sluice_worker_events_dead_lettered_total", (("agent", "project_billing"),))
     assert found == {key: 1.0}  # no *_created series next to it

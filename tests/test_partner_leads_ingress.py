@@ -483,8 +483,11 @@ def test_ingress_refuses_to_start_with_a_bad_partner_registry() -> None:
     )
 
     assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines[0].startswith("sluice: partner acme: auth:")
+    # One JSON log line (every line of a server is), its message one line per problem.
+    (last,) = [json.loads(line) for line in result.stderr.strip().splitlines()]
+    assert (last["level"], last["error_class"]) == ("error", "ConfigError")
+    lines = last["msg"].splitlines()
+    assert lines[0].startswith("partner acme: auth:")
     assert lines[1].startswith("partner globex: ")
     assert "24 bytes" in lines[1]
     assert lines[2].startswith("partner initech: delivery.url:")

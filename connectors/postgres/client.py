@@ -35,6 +35,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow, class_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
+from base.sinks import Sink, sink_call
 from connectors.postgres.errors import translate_error
 from connectors.postgres.guards import LOCK_PAYMENTS, PAYMENT_REFUND_UPDATE, WEBHOOK_UPSERT
 from connectors.postgres.params import billing_statements, order_params, webhook_params
@@ -202,6 +203,7 @@ class PostgresProjection:
 
     # -- writes ------------------------------------------------------------------------
 
+    @sink_call(Sink.POSTGRES)
     async def record_webhooks(self, rows: Sequence[WebhookUpsert]) -> None:
         """Insert raw webhooks, or move their status forward; one transaction per call.
 
@@ -219,6 +221,7 @@ class PostgresProjection:
         async with self._connection() as conn, conn.pipeline(), conn.transaction():
             await conn.cursor().executemany(WEBHOOK_UPSERT, params)
 
+    @sink_call(Sink.POSTGRES)
     async def write_billing(self, batch: BillingUpserts, consumer: str) -> int:
         """Write one batch of billing upserts; returns how many events were newly applied.
 
@@ -265,6 +268,7 @@ class PostgresProjection:
                 applied += await _sum_results(cursor)
         return applied
 
+    @sink_call(Sink.POSTGRES)
     async def write_order_snapshots(self, batch: OrderSnapshots, consumer: str) -> int:
         """Write order snapshots into ``orders``; returns how many rows were inserted or
         replaced.
@@ -294,42 +298,52 @@ class PostgresProjection:
 
     # -- reads -------------------------------------------------------------------------
 
+    @sink_call(Sink.POSTGRES)
     async def fetch_order(self, order_id: str) -> OrderRow | None:
         """The ``orders`` row of ``order_id``, or None. Raises ``TransientError``."""
         return await self._one(OrderRow, SELECT_ORDER, (order_id,))
 
+    @sink_call(Sink.POSTGRES)
     async def payment(self, provider: str, payment_id: str) -> Payment | None:
         """The payment (provider, provider_payment_id), or None. Raises ``TransientError``."""
         return await self._one(Payment, SELECT_PAYMENT, (provider, payment_id))
 
+    @sink_call(Sink.POSTGRES)
     async def payments_for_order(self, order_id: str) -> list[Payment]:
         """Every payment of an order, oldest first. Raises ``TransientError``."""
         return await self._all(Payment, SELECT_PAYMENTS_FOR_ORDER, (order_id,))
 
+    @sink_call(Sink.POSTGRES)
     async def refund(self, provider: str, refund_id: str) -> Refund | None:
         """The refund (provider, refund_id), or None. Raises ``TransientError``."""
         return await self._one(Refund, SELECT_REFUND, (provider, refund_id))
 
+    @sink_call(Sink.POSTGRES)
     async def refunds_for_payment(self, provider: str, payment_id: str) -> list[Refund]:
         """Every refund of a payment, oldest first. Raises ``TransientError``."""
         return await self._all(Refund, SELECT_REFUNDS_FOR_PAYMENT, (provider, payment_id))
 
+    @sink_call(Sink.POSTGRES)
     async def invoice(self, provider: str, invoice_id: str) -> Invoice | None:
         """The invoice (provider, invoice_id), or None. Raises ``TransientError``."""
         return await self._one(Invoice, SELECT_INVOICE, (provider, invoice_id))
 
+    @sink_call(Sink.POSTGRES)
     async def subscription(self, provider: str, subscription_id: str) -> Subscription | None:
         """The subscription (provider, subscription_id), or None. Raises ``TransientError``."""
         return await self._one(Subscription, SELECT_SUBSCRIPTION, (provider, subscription_id))
 
+    @sink_call(Sink.POSTGRES)
     async def checkout_session(self, provider: str, session_id: str) -> CheckoutSession | None:
         """The checkout session (provider, session_id), or None. Raises ``TransientError``."""
         return await self._one(CheckoutSession, SELECT_CHECKOUT, (provider, session_id))
 
+    @sink_call(Sink.POSTGRES)
     async def webhook_event(self, provider: str, event_id: str) -> WebhookEvent | None:
         """The raw webhook (provider, event_id), or None. Raises ``TransientError``."""
         return await self._one(WebhookEvent, SELECT_WEBHOOK, (provider, event_id))
 
+    @sink_call(Sink.POSTGRES)
     async def is_processed(self, consumer: str, event_id: str) -> bool:
         """Whether ``consumer`` has applied ``event_id``. Raises ``TransientError``."""
         async with self._connection() as conn:
@@ -337,6 +351,7 @@ class PostgresProjection:
             row = await cursor.fetchone()
         return bool(row and row[0])
 
+    @sink_call(Sink.POSTGRES)
     async def count(self, table: ProjectionTable) -> int:
         """Rows in one of :data:`PROJECTION_TABLES` (tests, operators). Raises
         ``ValueError`` for any other name, ``TransientError`` when unavailable."""

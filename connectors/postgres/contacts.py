@@ -20,6 +20,7 @@ from typing import Any, Final
 from psycopg import sql
 from psycopg.rows import class_row
 
+from base.sinks import Sink, sink_call
 from connectors.postgres.client import PostgresProjection
 
 __all__ = ["ContactRow", "ContactStore", "ContactUpsert"]
@@ -91,6 +92,7 @@ class ContactStore:
     def __init__(self, projection: PostgresProjection) -> None:
         self._db = projection
 
+    @sink_call(Sink.POSTGRES)
     async def apply(self, contacts: Sequence[ContactUpsert]) -> int:
         """Apply each contact unless its user's row is from a newer event (module
         docstring), in one transaction; how many rows changed.
@@ -116,6 +118,7 @@ class ContactStore:
                 changed += cursor.rowcount
         return changed
 
+    @sink_call(Sink.POSTGRES)
     async def contact(self, user_id: str) -> ContactRow | None:
         """The user's contact, or ``None`` when no event about the user was applied."""
         async with self._db.connection() as conn:

@@ -27,6 +27,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from base.errors import PermanentError
+from base.sinks import Sink, sink_call
 from connectors.postgres.client import PostgresProjection
 
 __all__ = ["AttemptRow", "LeadRow", "LeadStore", "NewLead"]
@@ -138,6 +139,7 @@ class LeadStore:
     def __init__(self, projection: PostgresProjection) -> None:
         self._db = projection
 
+    @sink_call(Sink.POSTGRES)
     async def store(self, lead: NewLead) -> LeadRow:
         """Insert ``lead`` as RECEIVED unless it is stored already; the row as it is now.
 
@@ -170,6 +172,7 @@ class LeadStore:
             )
         return row
 
+    @sink_call(Sink.POSTGRES)
     async def lead(self, lead_id: str) -> LeadRow | None:
         """The lead's delivery state, or ``None`` when it is not stored."""
         async with self._db.connection() as conn:
@@ -177,6 +180,7 @@ class LeadStore:
             await cursor.execute(_SELECT_LEAD, (lead_id,))
             return await cursor.fetchone()
 
+    @sink_call(Sink.POSTGRES)
     async def attempt_of(self, lead_id: str, event_id: str, trigger: str) -> int | None:
         """The number of the attempt record ``event_id`` caused with ``trigger``, if any
         (a redelivered deliver-now command finds the attempt it made)."""
@@ -185,6 +189,7 @@ class LeadStore:
             row = await cursor.fetchone()
         return int(row[0]) if row is not None and row[0] is not None else None
 
+    @sink_call(Sink.POSTGRES)
     async def attempts(self, lead_id: str) -> list[AttemptRow]:
         """Every attempt of the lead, first first."""
         async with self._db.connection() as conn:
@@ -192,6 +197,7 @@ class LeadStore:
             await cursor.execute(_SELECT_ATTEMPTS, (lead_id,))
             return await cursor.fetchall()
 
+    @sink_call(Sink.POSTGRES)
     async def record_attempt(
         self,
         lead_id: str,

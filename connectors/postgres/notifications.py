@@ -23,6 +23,7 @@ from typing import Any, Final
 from psycopg import sql
 from psycopg.rows import class_row
 
+from base.sinks import Sink, sink_call
 from connectors.postgres.client import PostgresProjection
 
 __all__ = ["NewNotification", "NotificationRow", "NotificationStore"]
@@ -107,6 +108,7 @@ class NotificationStore:
     def __init__(self, projection: PostgresProjection) -> None:
         self._db = projection
 
+    @sink_call(Sink.POSTGRES)
     async def store(self, notification: NewNotification) -> NotificationRow:
         """Insert ``notification`` as QUEUED unless it is stored already; the row as it
         is now. Idempotent: a second copy changes nothing and gets the stored row back.
@@ -129,6 +131,7 @@ class NotificationStore:
         assert row is not None  # inserted, or there already
         return row
 
+    @sink_call(Sink.POSTGRES)
     async def get(self, notification_id: str) -> NotificationRow | None:
         """The notification, or ``None`` when it is not stored."""
         async with self._db.connection() as conn:
@@ -136,6 +139,7 @@ class NotificationStore:
             await cursor.execute(_SELECT, (notification_id,))
             return await cursor.fetchone()
 
+    @sink_call(Sink.POSTGRES)
     async def recent(self, row: NotificationRow, window_s: float) -> int:
         """How many notifications to ``row.to_ref`` were created within ``window_s``
         seconds before ``row`` (itself and those refused before any send not counted)."""
@@ -150,6 +154,7 @@ class NotificationStore:
             counted = await cursor.fetchone()
         return int(counted[0]) if counted is not None else 0
 
+    @sink_call(Sink.POSTGRES)
     async def record(
         self,
         notification_id: str,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Final
 
+from base.sinks import Sink, sink_call
 from connectors.postgres.client import PostgresProjection
 
 __all__ = ["ProcessedEvents"]
@@ -37,6 +38,7 @@ class ProcessedEvents:
         self._db = projection
         self._consumer = consumer
 
+    @sink_call(Sink.POSTGRES)
     async def seen(self, event_ids: Collection[str]) -> set[str]:
         """Those of ``event_ids`` this consumer recorded."""
         if not event_ids:
@@ -45,6 +47,7 @@ class ProcessedEvents:
             cursor = await conn.execute(_SEEN, (self._consumer, list(event_ids)))
             return {str(row[0]) for row in await cursor.fetchall()}
 
+    @sink_call(Sink.POSTGRES)
     async def record(self, event_ids: Collection[str]) -> None:
         """Record ``event_ids`` as processed by this consumer (repeats change nothing)."""
         if not event_ids:

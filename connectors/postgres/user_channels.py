@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from base.sinks import Sink, sink_call
 from connectors.postgres.client import PostgresProjection
 
 __all__ = ["ChannelsRow", "UserChannelStore"]
@@ -46,6 +47,7 @@ class UserChannelStore:
     def __init__(self, projection: PostgresProjection) -> None:
         self._db = projection
 
+    @sink_call(Sink.POSTGRES)
     async def channels(self, user_ids: Sequence[str]) -> dict[str, ChannelsRow]:
         """The rows of those of ``user_ids`` that have one (a user without a contact
         row is absent)."""

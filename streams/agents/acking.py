@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from streams.observe import record_scope
+from streams.records import Inbound
+
 __all__ = ["acked_events"]
 
 
@@ -21,9 +24,12 @@ async def acked_events(stream: Any) -> AsyncGenerator[Any, None]:
     returned (the caller asked for the next event or ended the loop normally).
 
     An exception in the loop body closes this generator at its ``yield``, so the event
-    in hand is never acked; neither is an event cut short by shutdown.
+    in hand is never acked; neither is an event cut short by shutdown. The loop body runs
+    in the record's span and log context (``streams.observe.record_scope``).
     """
     stream.enable_acks = False
     async for event in stream.events():
-        yield event
+        # The caller's loop body runs inside the record's span and log context.
+        with record_scope([Inbound.from_faust(event)]):
+            yield event
         await stream.ack(event)

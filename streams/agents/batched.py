@@ -25,6 +25,7 @@ from typing import Any
 
 from streams.context import WorkerContext
 from streams.effects import Effect
+from streams.observe import record_scope
 from streams.records import Inbound
 
 __all__ = ["agent_batches", "behind_head", "drained_batches", "register_batched"]
@@ -87,7 +88,8 @@ async def drained_batches(
                 if more is _TIMED_OUT:
                     break
                 batch.append(more)
-            yield batch
+            with record_scope([Inbound.from_faust(event) for event in batch]):
+                yield batch
             # Reached only once the caller's loop body for this batch returned. An
             # exception there closes this generator at the yield: the batch is never
             # acked, so its offsets cannot commit (see streams/agents/acking.py).

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from base.errors import InvalidEvent
+from base.metrics import MetricName
 from schemas.catalog import topic_spec
 from schemas.headers import TRACEPARENT, record_headers
 from streams.agents.acking import acked_events
@@ -66,6 +67,7 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
         await ctx.runner.dead_letter(AGENT, record, reason=str(exc), error_class=type(exc).__name__)
         return
     ctx.runner.passed(AGENT)
+    ctx.runner.metrics.inc(MetricName.EVENTS_PROCESSED, agent=AGENT)
     if order_id is None:
         return  # a payment that names no order: projected as a payment, nothing to join
     orders, waiting = ctx.topology.orders_state, ctx.topology.payments_waiting

@@ -40,7 +40,11 @@ def _register_one(ctx: WorkerContext, agent_name: str) -> None:
                 )
                 continue
             # Capped: a corrupt but well-formed due time must not stall the partition.
-            wait = min(due_in(retry, ctx.clock.time()), ctx.runner.policy.max_wait(record.topic))
+            now = ctx.clock.time()
+            wait = min(due_in(retry, now), ctx.runner.policy.max_wait(record.topic))
+            # Held until re-run: the overdue gauge reads it while the agent waits on it
+            # and while its effect runs (a stuck effect shows as a growing overdue).
+            ctx.retry_heads.hold(record.topic, record.partition, now + due_in(retry, now))
             if wait > 0:
                 await ctx.clock.sleep(wait)
             log.info(
@@ -51,6 +55,9 @@ def _register_one(ctx: WorkerContext, agent_name: str) -> None:
                     "attempt": retry.attempt,
                 },
             )
-            await ctx.runner.rerun(record, retry)
+            try:
+                await ctx.runner.rerun(record, retry)
+            finally:
+                ctx.retry_heads.release(record.topic, record.partition)
 
     ctx.topology.app.agent(ctx.topology.reads(agent_name), name=agent_name)(retry_agent)

@@ -12,8 +12,8 @@ What the generator adds by itself, so a line here does not repeat it:
   security requirement with the route's scope (``ingress.scopes.ROUTE_SCOPES``), 401
   and 403;
 - on a route with a JSON ``body``: 400, 408, 413 and 415;
-- on the rate-limited routes (public webhooks and token routes): 429 with
-  ``Retry-After``;
+- on the rate-limited routes (``schemas.runtime_keys.RATE_LIMITED_ROUTES``: the public
+  webhooks, the token routes and the admin routes): 429 with ``Retry-After``;
 - on every answer: the ``X-Correlation-Id`` header; on every 503: ``Retry-After``.
 
 **Adding a route's description**: add ``"<route name>": RouteDoc(...)`` to
@@ -32,6 +32,7 @@ from typing import Any, Final
 from ingress.domain_events import EVENT_ROUTES, MAX_AMOUNT_MINOR
 from ingress.schema_registry import REGISTRY_CONTENT_TYPE
 from schemas.notifications import Channel
+from schemas.statuses import WebhookStatus
 
 __all__ = [
     "ROUTE_DOCS",
@@ -64,12 +65,15 @@ class Param:
 
 @dataclass(frozen=True)
 class Reply:
-    """One status's answer: a body of ``schema`` (``None``: any JSON) in ``media``."""
+    """One status's answer: a body of ``schema`` (``None``: any JSON) in ``media``, or
+    in one of the ``alternatives`` (media type → schema), as the request asks;
+    ``media=None``: no body at all (a redirect)."""
 
     description: str
     schema: Schema | None = None
-    media: str = "application/json"
+    media: str | None = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)  # name → description
+    alternatives: Mapping[str, Schema] = field(default_factory=dict)
 
 
 def ok(description: str, schema: Schema | None = None, **kwargs: Any) -> Reply:
@@ -90,7 +94,8 @@ class RouteDoc:
     """One route's description (module docstring).
 
     :param path_params: JSON Schema of each ``{name}`` of the path (string otherwise).
-    :param body: JSON Schema of the JSON request body, for routes that read one.
+    :param body: JSON Schema of the request body, for routes that read one.
+    :param body_media: the body's media type (JSON unless said).
     :param security: the public routes' own schemes (``components/securitySchemes``),
         any one of them accepted; token routes get theirs from the generator.
     """
@@ -103,6 +108,7 @@ class RouteDoc:
     query: Sequence[Param] = ()
     headers: Sequence[Param] = ()
     body: Schema | None = None
+    body_media: str = "application/json"
     security: Sequence[str] = ()
 
 
@@ -110,6 +116,8 @@ _ID: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 256}
 _TIME: Final[Schema] = {"type": "string", "format": "date-time"}
 _NULLABLE_TIME: Final[Schema] = {"type": ["string", "null"], "format": "date-time"}
 _NULLABLE_STRING: Final[Schema] = {"type": ["string", "null"]}
+_WEBHOOK_STATUSES: Final = [str(status) for status in WebhookStatus]
+_SHORT_TEXT: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 256}
 
 
 def _object(required: Sequence[str], properties: Mapping[str, Any], **more: Any) -> Schema:
@@ -150,6 +158,34 @@ SCHEMAS: Final[Mapping[str, Schema]] = MappingProxyType(
                 "updatedBy": _NULLABLE_STRING,
                 "type": {"type": "string"},
                 "live": {"type": "boolean"},
+            },
+        ),
+        "WebhookLogEntry": _object(
+            [
+                "provider",
+                "eventId",
+                "eventType",
+                "status",
+                "reason",
+                "correlationId",
+                "contentType",
+                "receivedAt",
+                "processedAt",
+                "bodyBytes",
+                "signed",
+            ],
+            {
+                "provider": {"type": "string"},
+                "eventId": {"type": "string"},
+                "eventType": {"type": "string"},
+                "status": {"enum": _WEBHOOK_STATUSES},
+                "reason": _NULLABLE_STRING,
+                "correlationId": _NULLABLE_STRING,
+                "contentType": {"type": "string"},
+                "receivedAt": _TIME,
+                "processedAt": _NULLABLE_TIME,
+                "bodyBytes": {"type": "integer", "minimum": 0},
+                "signed": {"type": "boolean"},
             },
         ),
     }
@@ -621,6 +657,197 @@ ROUTE_DOCS: Final[Mapping[str, RouteDoc]] = MappingProxyType(
                 {"key": {"type": "string"}, "value": {}},
                 additionalProperties=False,
             ),
+        ),
+        # -- admin API (/v1/admin) and the dashboard (/admin), admin scope ---------------
+        "admin.webhooks.logs": RouteDoc(
+            "The webhook log, newest first (keyset pages)",
+            {
+                200: ok(
+                    "A page of stored webhooks",
+                    _object(
+                        ["items", "next"],
+                        {
+                            "items": {"type": "array", "items": ref("WebhookLogEntry")},
+                            "next": _NULLABLE_STRING,
+                        },
+                    ),
+                ),
+                400: error("A bad or unknown parameter (field names it)"),
+                503: error("No DATABASE_URL, or Postgres is unreachable"),
+            },
+            tag="admin",
+            query=(
+                Param("provider", "stripe or razorpay", {"enum": ["stripe", "razorpay"]}),
+                Param("eventType", "the provider's event type", _SHORT_TEXT),
+                Param("status", "the row's status", {"enum": _WEBHOOK_STATUSES}),
+                Param("eventId", "one event id", _SHORT_TEXT),
+                Param("since", "received at or after (ISO 8601 with offset)", _TIME),
+                Param("until", "received before (ISO 8601 with offset)", _TIME),
+                Param("limit", "1-200, default 50", {"type": "integer", "minimum": 1}),
+                Param("cursor", "the next of the previous page"),
+            ),
+        ),
+        "admin.webhooks.replay": RouteDoc(
+            "Re-publish stored webhooks (by event ids, or a time range)",
+            {
+                202: ok(
+                    "Published again",
+                    _object(
+                        ["accepted", "replayId", "count"],
+                        {
+                            "accepted": {"const": True},
+                            "replayId": {"type": "string"},
+                            "count": {"type": "integer", "minimum": 0},
+                        },
+                    ),
+                ),
+                404: error("An event id without a stored webhook; nothing was published"),
+                503: error("No DATABASE_URL, Postgres is unreachable, or Kafka did not take it"),
+            },
+            tag="admin",
+            description="{provider, eventIds} or {provider, since, until}; at most "
+            "SLUICE_REPLAY_MAX_EVENTS webhooks per call (more: 400, nothing published).",
+            body=_object(
+                ["provider"],
+                {
+                    "provider": {"enum": ["stripe", "razorpay"]},
+                    "eventIds": {"type": "array", "minItems": 1, "items": _SHORT_TEXT},
+                    "since": _TIME,
+                    "until": _TIME,
+                },
+                additionalProperties=False,
+            ),
+        ),
+        "admin.dlq.list": RouteDoc(
+            "Dead letters, oldest first (pages)",
+            {
+                200: ok(
+                    "A page of dead letters (without their values)",
+                    _object(
+                        ["items", "next"],
+                        {"items": {"type": "array"}, "next": _NULLABLE_STRING},
+                    ),
+                ),
+                400: error("A bad or unknown parameter (field names it)"),
+                503: error("Kafka could not be read"),
+            },
+            tag="admin",
+            query=(
+                Param("originTopic", "the topic the record failed on", _SHORT_TEXT),
+                Param("reason", "a case-insensitive part of the reason", _SHORT_TEXT),
+                Param("since", "failed at or after (ISO 8601 with offset)", _TIME),
+                Param("until", "failed before (ISO 8601 with offset)", _TIME),
+                Param("limit", "1-200, default 50", {"type": "integer", "minimum": 1}),
+                Param("cursor", "the next of the previous page (<partition>:<offset>)"),
+            ),
+        ),
+        "admin.dlq.show": RouteDoc(
+            "One dead letter by its eventId, its original decoded when it can be",
+            {
+                200: ok("The dead letter", _JSON_OBJECT),
+                400: error("An id over 256 characters"),
+                404: error("No dead letter of that id"),
+                503: error("Kafka could not be read"),
+            },
+            tag="admin",
+        ),
+        "admin.dlq.replay": RouteDoc(
+            "Re-produce dead letters to their origin topics",
+            {
+                202: ok(
+                    "Replayed (oldest first, at most SLUICE_REPLAY_MAX_EVENTS)",
+                    _object(
+                        ["accepted", "replayId", "count", "eventIds"],
+                        {
+                            "accepted": {"const": True},
+                            "replayId": {"type": "string"},
+                            "count": {"type": "integer", "minimum": 0},
+                            "eventIds": {"type": "array", "items": {"type": "string"}},
+                        },
+                    ),
+                ),
+                503: error("Kafka could not be read or did not take the records in time"),
+            },
+            tag="admin",
+            description="eventIds, a filter (originTopic, reason, since, until), or "
+            '{"all": true}; call again for more than SLUICE_REPLAY_MAX_EVENTS.',
+            body=_object(
+                [],
+                {
+                    "eventIds": {"type": "array", "minItems": 1, "items": _SHORT_TEXT},
+                    "originTopic": _SHORT_TEXT,
+                    "reason": _SHORT_TEXT,
+                    "since": _TIME,
+                    "until": _TIME,
+                    "all": {"type": "boolean"},
+                },
+                additionalProperties=False,
+            ),
+        ),
+        "admin.dashboard": RouteDoc(
+            "The on-call dashboard (HTML)",
+            {
+                200: ok("page", {"type": "string"}, media="text/html"),
+                401: Reply(
+                    "No token, or one that is not listed; a browser (Accept: text/html) "
+                    "gets the login form",
+                    ref("Error"),
+                    alternatives={"text/html": {"type": "string"}},
+                ),
+            },
+            tag="admin",
+            description="The token comes from X-Internal-Token or the sluice_admin cookie "
+            "(POST /admin/login).",
+        ),
+        "admin.dashboard.data": RouteDoc(
+            "What the dashboard shows, as JSON (each source may be down on its own)",
+            {
+                200: ok(
+                    "Lag per agent, dead letters, Postgres counts; sources says which failed",
+                    _object(["generatedAt", "group", "sources", "agents"], {}),
+                ),
+            },
+            tag="admin",
+        ),
+        "admin.dashboard.login": RouteDoc(
+            "Log in to the dashboard: the form's token into the sluice_admin cookie",
+            {
+                303: ok(
+                    "To /admin, with the cookie set (no body)",
+                    media=None,
+                    headers={"Location": "/admin", "Set-Cookie": "sluice_admin (HttpOnly)"},
+                ),
+                400: error("Not the login form, or no token field"),
+                401: Reply(
+                    "The token is not listed; a browser (Accept: text/html) gets the "
+                    "login form again",
+                    ref("Error"),
+                    alternatives={"text/html": {"type": "string"}},
+                ),
+            },
+            tag="admin",
+            body=_object(["token"], {"token": {"type": "string", "minLength": 1}}),
+            body_media="application/x-www-form-urlencoded",
+        ),
+        "admin.dashboard.replay": RouteDoc(
+            "Replay one dead letter from the dashboard",
+            {
+                200: ok(
+                    "Re-produced to its origin topic",
+                    _object(
+                        ["replayed", "topics"],
+                        {
+                            "replayed": {"type": "array", "items": {"type": "string"}},
+                            "topics": {"type": "array", "items": {"type": "string"}},
+                        },
+                    ),
+                ),
+                404: error("No dead letter of that id"),
+                503: error("Kafka could not be read"),
+            },
+            tag="admin",
+            description="Authenticated by the cookie, it also needs X-Sluice-CSRF (403 without).",
+            body=_object(["eventId"], {"eventId": _ID}, additionalProperties=False),
         ),
     }
 )

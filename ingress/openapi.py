@@ -27,6 +27,7 @@ from ingress.auth import INTERNAL_TOKEN_HEADER, PROTECTED_PATHS, PROTECTED_PREFI
 from ingress.middleware import CORRELATION_HEADER
 from ingress.responses import json_bytes
 from ingress.scopes import scope_of
+from schemas.runtime_keys import RATE_LIMITED_ROUTES
 
 __all__ = [
     "DocumentedRoute",
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 INTERNAL_PATH: Final = "/openapi.json"
 PUBLIC_PATH: Final = "/openapi/public.json"
 _PATH_PARAM: Final = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
-_RATE_LIMITED_PREFIXES: Final = ("/v1/webhooks/", *PROTECTED_PREFIXES)
 
 _SECURITY_SCHEMES: Final[Mapping[str, Any]] = {
     "internalToken": {
@@ -186,7 +186,7 @@ def _operation(route: DocumentedRoute, doc: RouteDoc) -> dict[str, Any]:
     if doc.body is not None:
         for status, reply in _BODY_REPLIES.items():
             responses.setdefault(status, reply)
-    if route.path.startswith(_RATE_LIMITED_PREFIXES):
+    if route.name in RATE_LIMITED_ROUTES:  # the routes ingress.ratelimit can refuse
         responses.setdefault(429, _RATE_LIMIT_REPLY)
     operation: dict[str, Any] = {
         "operationId": route.name,
@@ -214,7 +214,7 @@ def _operation(route: DocumentedRoute, doc: RouteDoc) -> dict[str, Any]:
     if doc.body is not None:
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": dict(doc.body)}},
+            "content": {doc.body_media: {"schema": dict(doc.body)}},
         }
     if needs_token:
         scope = scope_of(route.name)
@@ -242,8 +242,13 @@ def _response(status: int, reply: Reply) -> dict[str, Any]:
         headers["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
     for name, description in reply.headers.items():
         headers[name] = {"description": description, "schema": {"type": "string"}}
+    answer: dict[str, Any] = {"description": reply.description, "headers": headers}
+    if reply.media is None:
+        return answer
     content = {reply.media: {"schema": dict(reply.schema)} if reply.schema is not None else {}}
-    return {"description": reply.description, "headers": headers, "content": content}
+    for media, schema in reply.alternatives.items():
+        content[media] = {"schema": dict(schema)}
+    return {**answer, "content": content}
 
 
 def _version() -> str:

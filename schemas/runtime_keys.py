@@ -112,6 +112,8 @@ RATE_LIMITED_ROUTES: Final = (
     "admin.dlq.replay",
     "admin.dashboard",
     "admin.dashboard.data",
+    "admin.dashboard.login",
+    "admin.dashboard.replay",
 )
 """Every public, internal and admin API route name (``ingress/app.py``'s ``name=``), each with a
 ``ratelimit.<route>`` key. Listed here, not read from the ingress, because the worker

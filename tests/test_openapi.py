@@ -19,7 +19,7 @@ from schemathesis.core.result import Ok
 from base.clock import SystemClock
 from ingress.api_docs import ROUTE_DOCS
 from ingress.app import IngressApps, create_apps
-from ingress.auth import PROTECTED_PREFIXES
+from ingress.auth import PROTECTED_PATHS, PROTECTED_PREFIXES
 from ingress.openapi import documented_routes, openapi_document, undocumented_routes
 from ingress.scopes import ROUTE_SCOPES
 from schemas.codec import make_codec
@@ -81,7 +81,7 @@ def test_token_routes_carry_their_scope_and_refusals() -> None:
     seen = 0
     for path, item in document["paths"].items():
         for operation in item.values():
-            if not path.startswith(PROTECTED_PREFIXES):
+            if not (path in PROTECTED_PATHS or path.startswith(PROTECTED_PREFIXES)):
                 assert operation["security"] == [], path
                 continue
             seen += 1

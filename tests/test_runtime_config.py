@@ -50,7 +50,6 @@ from schemas.runtime_keys import (
 )
 from tests.fixtures.crm import CrmFarm
 from tests.fixtures.ingress import (
-    INTERNAL_TOKEN,
     IngressUnderTest,
     ingress_settings,
     internal_headers,
@@ -68,6 +67,8 @@ RUN = uuid.uuid4().hex[:6]
 PARTNER = f"cfg-{RUN}"
 HMAC_SECRET = "cfg-inbound-secret"
 CONFIG_TOPIC = f"config.runtime.test.{RUN}"
+# INTERNAL_API_TOKEN tokens lack config:write; the writes go with an admin token.
+CONFIG_WRITER_TOKEN = "tok_cfg_admin_0123456789"
 APPLY_WITHIN_S = 2.0
 CODEC = make_codec(None)
 
@@ -159,7 +160,7 @@ class Stack:
         async with self.ingress.http.post(
             f"{self.ingress.internal}/internal/v1/config",
             json={"key": key, "value": value},
-            headers=internal_headers(**extra),
+            headers=internal_headers(CONFIG_WRITER_TOKEN, **extra),
         ) as response:
             return response.status, await response.json(content_type=None)
 
@@ -294,7 +295,11 @@ async def stack(
     worker, database_url = cfg_worker
     settings = ingress_settings(
         catalog_topics,
-        {"SLUICE_PARTNERS_FILE": str(partners_file), "SLUICE_CONFIG_TOPIC": config_topic},
+        {
+            "SLUICE_PARTNERS_FILE": str(partners_file),
+            "SLUICE_CONFIG_TOPIC": config_topic,
+            "ADMIN_API_TOKEN": CONFIG_WRITER_TOKEN,
+        },
     )
     async with started_ingress(settings) as ingress:
         yield Stack(ingress, worker, database_url, crm_farm, catalog_topics)
@@ -330,9 +335,8 @@ async def test_a_write_is_versioned_and_names_who_wrote_it(stack: Stack) -> None
     assert status == 200
     assert (body["value"], body["version"]) == (50, 1)
     assert body["updatedAt"].endswith("Z")
-    # The token's name (the auth part fills it in; "anonymous" until then), never the token.
-    assert isinstance(body["updatedBy"], str)
-    assert body["updatedBy"] != INTERNAL_TOKEN
+    # The token's name (the first ADMIN_API_TOKEN is admin-1), never the token.
+    assert body["updatedBy"] == "admin-1"
     # The version the caller read is the one to send; quoted (an ETag) works too.
     assert (await stack.set(key, 60, '"1"'))[0] == 200
     assert (await stack.get(key))[1]["version"] == 2

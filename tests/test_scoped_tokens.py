@@ -32,7 +32,7 @@ from base.metrics import INGRESS_METRICS, Metrics
 from base.settings import Settings, load_settings
 from connectors.kafka_reader import high_watermarks
 from ingress.app import create_apps
-from ingress.auth import PROTECTED_PREFIXES, internal_token_middleware
+from ingress.auth import PROTECTED_PATHS, PROTECTED_PREFIXES, internal_token_middleware
 from ingress.listener import ListenerLimits, listen
 from ingress.middleware import METRICS_KEY, outcome_middleware
 from ingress.publisher import KafkaPublisher
@@ -110,7 +110,7 @@ class _NeverPublishes:
 
 def _internal_routes() -> list[tuple[str, str, str]]:
     """(method, route name, path to request) of every token-protected route: under
-    ``/internal/``, ``/v1/admin/`` and ``/admin/``."""
+    ``/internal/``, ``/v1/admin/`` and ``/admin/``, and ``/admin`` itself."""
     settings = ingress_settings("127.0.0.1:9", SCOPED_ENV)
     apps = create_apps(
         settings, publisher=_NeverPublishes(), codec=make_codec(None), clock=SystemClock()
@@ -121,7 +121,8 @@ def _internal_routes() -> list[tuple[str, str, str]]:
         # HEAD is aiohttp's twin of each GET route (same name, same handler).
         if resource is None or route.method == "HEAD":
             continue
-        if not resource.canonical.startswith(PROTECTED_PREFIXES):
+        canonical = resource.canonical
+        if not (canonical in PROTECTED_PATHS or canonical.startswith(PROTECTED_PREFIXES)):
             continue
         path = re.sub(r"\{[^}]+\}", "probe-1", resource.canonical)
         routes.append((route.method, route.name or "unnamed", path))
@@ -171,6 +172,10 @@ async def _call(
     async with ingress.http.request(
         method, f"{ingress.internal}{path}", data=data, headers=_headers(token)
     ) as response:
+        # Refusals are always JSON (the probe does not ask for HTML); a success may be a
+        # page (GET /admin), kept as text so a refusal check on it still fails.
+        if response.status < 300 and response.content_type != "application/json":
+            return response.status, await response.text()
         return response.status, await response.json(content_type=None)
 
 

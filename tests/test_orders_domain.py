@@ -576,11 +576,13 @@ def test_a_repeat_of_each_recent_input_sends_its_records_again() -> None:
         order, held = stored(result.order), result.held
         originals.append(((topic, record), result.emits))
     assert held is None
-    for (topic, record), emits in originals:
+    for offset, ((topic, record), emits) in enumerate(originals):
         # Read again later (after a restart: another clock), state as stored.
-        again = step(order, None, topic, record, NOW + 60_000, position=(topic, 0, 99))
+        again = step(order, None, topic, record, NOW + 60_000, position=(topic, 0, offset))
         assert again.emits == emits
         assert again.order == order
+        # The same event sent twice (another position) is a duplicate: nothing again.
+        assert step(order, None, topic, record, NOW, position=(topic, 0, 99)).emits == ()
         for emit in again.emits:
             CODEC.encode(emit.topic, emit.record)
     cancel_order = stored(step(None, None, "orders", created("o2"), NOW).order)

@@ -43,13 +43,15 @@ not committed (a commit waits for the outbox's delivery of everything sent befor
 ``streams/transport.py``, ``connectors/kafka_outbox.py``), so it is read again; an order
 that only said "seen" would emit nothing and lose those records. So an order also keeps
 the emits of its recent inputs (``Order.recent``: event id, the input's position, its
-emits), and a repeat of one of them returns the same emits again (same records, same
-ids; every consumer is idempotent). An entry may be forgotten once its input's offset is
-committed, as such an input is never read again: :func:`step` drops those, given the
-consumer's committed offsets, whenever it stores the order anyway. Entries whose
-position is unknown, or whose commit is not known yet, are kept, up to ``RECENT_LIMIT``
-per order (an order with more inputs than that within one commit interval, about a
-second, is the one case left to the derived ids). Inputs that emit nothing keep no entry.
+emits), and the same record read again (same position) returns the same emits again (same
+records, same ids; every consumer is idempotent). A duplicate at another position (sent
+twice) still emits nothing: its original, if it crashed, is read again itself. An entry
+may be forgotten once its input's offset is committed, as such an input is never read
+again: :func:`step` drops those, given the consumer's committed offsets, whenever it
+stores the order anyway. Entries whose position is unknown, or whose commit is not
+known yet, are kept, up to ``RECENT_LIMIT`` per order (an order with more inputs than
+that within one commit interval, about a second, is the one case left to the derived
+ids). Inputs that emit nothing keep no entry.
 
 Held payments have the same hole in the orphan sweep: a list marked reported may be
 stored while its ``order.payment_orphaned`` records were not. The list remembers the
@@ -342,7 +344,14 @@ def step(
     """
     event_id = str(record["eventId"])
     if order is not None and event_id in order.seen:
-        again = next((entry.emits for entry in order.recent if entry.event_id == event_id), ())
+        again = next(
+            (
+                entry.emits
+                for entry in order.recent
+                if entry.event_id == event_id and _same_input(entry.position, position)
+            ),
+            (),
+        )
         return Step(order, _unless_applied(order, held), again)
     result = _step(order, held, topic, record, now_ms)
     if result.order is None or result.order == order:
@@ -353,6 +362,12 @@ def step(
     if result.emits:
         recent = (*recent, Recent(event_id, position, result.emits))
     return replace(result, order=replace(result.order, recent=recent[-RECENT_LIMIT:]))
+
+
+def _same_input(remembered: Position | None, position: Position | None) -> bool:
+    """The very record read again (a crash), not a duplicate sent again (a retry of the
+    producer, a replay): only the former may have lost its records."""
+    return remembered is None or position is None or remembered == position
 
 
 def _is_committed(position: Position | None, committed: Committed | None) -> bool:

@@ -12,6 +12,8 @@
    faust's own ``producer.flush()`` before a commit no longer covers them. The consumer
    awaits the app's barriers first, on every commit path (periodic, rebalance, shutdown,
    transactional), so an input's offset is committed only once its outputs are durable.
+   The offsets the broker accepted are kept (:meth:`SluiceApp.committed_offset`): the
+   orders join forgets an input's emits once its offset is committed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ class SluiceApp(faust.App):
         super().__init__(*args, **kwargs)
         self.fetch_max_wait_s = fetch_max_wait_s
         self.barriers: list[Barrier] = []
+        #: (topic, partition) -> the offset last committed by this worker.
+        self.committed: dict[tuple[str, int], int] = {}
+
+    def committed_offset(self, topic: str, partition: int) -> int | None:
+        """The offset this worker last committed for a partition (the next offset to
+        read), or None before its first commit of it.
+
+        Only commits the broker accepted count (faust's own record of committed offsets
+        is updated even when a commit failed in a rebalance), so an offset below it is
+        never read again, by this worker or the next owner of the partition.
+        """
+        return self.committed.get((topic, partition))
 
     async def before_commit(self) -> None:
         for barrier in self.barriers:
@@ -61,6 +75,19 @@ class _Consumer(faust_aiokafka.Consumer):
         await cast(SluiceApp, self.app).before_commit()
         result: bool = await super()._commit_offsets(offsets, *args, **kwargs)
         return result
+
+    async def _commit(self, offsets: Mapping[Any, int]) -> bool:
+        assignment = self.assignment()
+        done: bool = await super()._commit(offsets)
+        if done:
+            cast(SluiceApp, self.app).committed.update(
+                {
+                    (tp.topic, tp.partition): offset
+                    for tp, offset in offsets.items()
+                    if tp in assignment
+                }
+            )
+        return done
 
 
 class _Transport(faust_aiokafka.Transport):

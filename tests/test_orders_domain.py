@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from schemas.codec import make_codec
-from streams.domain.orders import Emit, Held, Order, OrderStatus, Step, step, sweep_orphans
+from streams.domain.orders import (
+    RECENT_LIMIT,
+    Emit,
+    Held,
+    Order,
+    OrderStatus,
+    Position,
+    Step,
+    step,
+    sweep_orphans,
+)
 
 NOW = 1_800_000_000_000
 CODEC = make_codec(None)
@@ -311,7 +322,10 @@ def test_every_scenario_replayed_gives_the_same_state_and_no_extra_events() -> N
     once = run(scenario)
     twice = run([item for item in scenario for _ in range(2)])
     assert once[0] == twice[0]
-    assert [e.record["eventId"] for e in once[2]] == [e.record["eventId"] for e in twice[2]]
+    # Each repeat sends its input's records again (same ids), nothing new.
+    ids_twice = [e.record["eventId"] for e in twice[2]]
+    assert list(dict.fromkeys(ids_twice)) == [e.record["eventId"] for e in once[2]]
+    assert len(ids_twice) == 2 * len(once[2])
 
 
 def test_derived_ids_are_stable_across_runs() -> None:
@@ -506,3 +520,166 @@ def test_refund_of_an_order_paid_elsewhere_is_refused_and_a_refused_refund_chang
     assert result.emits == ()
     assert result.order is not None
     assert result.order.status == OrderStatus.PAID
+
+
+# -- repeats after a crash (state stored, records not durable) ---------------------
+
+
+SETUP_CREATED = {
+    "eventId": "setup-created",
+    "eventType": "payment.intent.created",
+    "version": 1,
+    "occurredAt": NOW,
+    "correlationId": "c",
+    "source": "streams.stripe_calls",
+    "orderId": "o1",
+    "provider": "stripe",
+    "command": "payments.intent.create",
+    "taskId": None,
+    "intentId": "pi_1",
+    "clientSecret": "pi_1_secret",
+    "checkoutSessionId": None,
+    "checkoutUrl": None,
+    "refundId": None,
+    "amountMinor": 2500,
+    "currency": "usd",
+    "status": "requires_payment_method",
+    "errorCode": None,
+    "errorMessage": None,
+}
+
+
+def stored(order: Order | None) -> Order | None:
+    return Order.from_json(order.to_json()) if order else None
+
+
+def test_a_repeat_of_each_recent_input_sends_its_records_again() -> None:
+    # Every kind of input that emits: the create (with a held payment applied), a set-up
+    # outcome, a failure (lifecycle and release), a success, a refund, a command reply,
+    # a forwarded command, a cancel.
+    held_early = billing("billing.payment.pending", "pay-pending", status="processing")
+    held = step(None, None, "billing.payment.pending", held_early, NOW).held
+    order: Order | None = None
+    inputs: list[tuple[str, Mapping[str, Any]]] = [
+        ("orders", created(provider="stripe")),
+        ("payments.setup", SETUP_CREATED),
+        FAILED,
+        ("commands.payments", command("payments.checkout.create", task="t-checkout")),
+        SUCCEEDED,
+        ("commands.payments", command("payments.intent.create", task="t-intent")),
+        refund("r1", "re_1", 1000),
+    ]
+    originals: list[tuple[tuple[str, Mapping[str, Any]], tuple[Emit, ...]]] = []
+    for offset, (topic, record) in enumerate(inputs):
+        result = step(order, held, topic, record, NOW + offset, position=(topic, 0, offset))
+        assert result.emits, topic
+        order, held = stored(result.order), result.held
+        originals.append(((topic, record), result.emits))
+    assert held is None
+    for offset, ((topic, record), emits) in enumerate(originals):
+        # Read again later (after a restart: another clock), state as stored.
+        again = step(order, None, topic, record, NOW + 60_000, position=(topic, 0, offset))
+        assert again.emits == emits
+        assert again.order == order
+        # The same event sent twice (another position) is a duplicate: nothing again.
+        assert step(order, None, topic, record, NOW, position=(topic, 0, 99)).emits == ()
+        for emit in again.emits:
+            CODEC.encode(emit.topic, emit.record)
+    cancel_order = stored(step(None, None, "orders", created("o2"), NOW).order)
+    cancel = step(cancel_order, None, "orders", cancelled("o2"), NOW)
+    assert types(cancel.emits) == ["order.cancelled", "inventory.release"]
+    assert step(stored(cancel.order), None, "orders", cancelled("o2"), NOW + 1).emits == (
+        cancel.emits
+    )
+
+
+def test_a_repeat_whose_offset_is_committed_sends_nothing() -> None:
+    offsets: dict[tuple[str, int], int] = {}
+
+    def committed(topic: str, partition: int) -> int | None:
+        return offsets.get((topic, partition))
+
+    create: Position = ("orders", 3, 10)
+    first = step(None, None, "orders", created(), NOW, position=create, committed=committed)
+    order = stored(first.order)
+    assert order is not None
+    assert [entry.event_id for entry in order.recent] == ["evt-created-o1"]
+    offsets[("orders", 3)] = 11  # the create's offset is committed
+    topic, record = SUCCEEDED
+    paid = step(order, None, topic, record, NOW, position=(topic, 3, 4), committed=committed)
+    order = stored(paid.order)
+    assert order is not None
+    assert [entry.event_id for entry in order.recent] == ["pay-ok"]  # the create forgotten
+    assert step(order, None, "orders", created(), NOW).emits == ()
+    assert step(order, None, topic, record, NOW).emits == paid.emits
+
+
+def test_inputs_without_a_known_commit_are_kept_up_to_the_limit() -> None:
+    order = stored(step(None, None, "orders", created(), NOW).order)
+    for n in range(RECENT_LIMIT):
+        refunded = refund(f"r{n}", f"re_{n}", n + 1)
+        order = stored(step(order, None, refunded[0], refunded[1], NOW).order)
+    assert order is not None
+    assert len(order.recent) == RECENT_LIMIT
+    assert step(order, None, "orders", created(), NOW).emits == ()  # the oldest forgotten
+    last = refund(f"r{RECENT_LIMIT - 1}", f"re_{RECENT_LIMIT - 1}", RECENT_LIMIT)
+    assert types(step(order, None, last[0], last[1], NOW).emits) == ["order.refunded"]
+
+
+def test_inputs_that_emit_nothing_keep_no_entry() -> None:
+    pending = billing("billing.payment.pending", "pay-pending", status="processing")
+    order = stored(step(None, None, "orders", created(), NOW).order)
+    after = step(order, None, "billing.payment.pending", pending, NOW)
+    assert after.emits == ()
+    assert after.order is not None
+    assert [entry.event_id for entry in after.order.recent] == ["evt-created-o1"]
+
+
+def test_states_stored_before_recent_existed_still_load() -> None:
+    order = step(None, None, "orders", created(), NOW).order
+    assert order is not None
+    old = json.loads(order.to_json())
+    del old["recent"]
+    loaded = Order.from_json(json.dumps(old))
+    assert loaded.recent == ()
+    assert loaded.seen == order.seen
+    # A repeat it cannot recognise the emits of changes nothing and sends nothing.
+    assert step(loaded, None, "orders", created(), NOW) == Step(loaded, None)
+    held = step(None, None, *SUCCEEDED, NOW).held
+    assert held is not None
+    old_held = json.loads(held.to_json())
+    del old_held["reportedBy"], old_held["reportedMs"]
+    assert Held.from_json(json.dumps(old_held)) == held
+
+
+def test_a_held_list_left_by_a_crash_is_dropped_when_its_create_is_read_again() -> None:
+    held = step(None, None, *SUCCEEDED, NOW).held
+    created_step = step(None, held, "orders", created(), NOW)
+    assert created_step.held is None
+    # Crash: the order was stored, the held list not yet deleted.
+    again = step(stored(created_step.order), held, "orders", created(), NOW + 5)
+    assert again.held is None
+    assert again.emits == created_step.emits
+
+
+def test_the_tick_that_reported_orphans_reports_them_again_when_read_again() -> None:
+    held = step(None, None, *SUCCEEDED, NOW).held
+    assert held is not None
+    tick: Position = ("join.ticks", 2, 40)
+    at = held.first_held_ms + 1000
+    [(_, reported, emits)] = sweep_orphans(
+        {"o1": held}, at, hold_ms=1000, keep_ms=10_000, position=tick
+    )
+    assert reported is not None
+    reported = Held.from_json(reported.to_json())
+    assert (reported.reported_by, reported.reported_ms) == (tick, at)
+    [(_, same, again)] = sweep_orphans(
+        {"o1": reported}, at + 30_000, hold_ms=1000, keep_ms=10_000, position=tick
+    )
+    assert (same, again) == (reported, emits)
+    assert (
+        sweep_orphans(
+            {"o1": reported}, at + 2_000, hold_ms=1000, keep_ms=10_000, position=(tick[0], 2, 41)
+        )
+        == []
+    )

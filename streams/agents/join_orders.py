@@ -5,8 +5,13 @@ replies.
 The decisions are ``streams.domain.orders``; this agent loads an order's state from the
 ``orders_state`` table and its early payments from ``payments_waiting``, calls
 :func:`~streams.domain.orders.step`, sends what it returns, and stores the new state.
-Records are sent before the state is stored: after a crash in between, the input is
-processed again and emits records with the same derived ids.
+Records are sent before the state is stored, but not necessarily made durable first: the
+outbox delivers them by the next offset commit, while the tables' changelog goes through
+faust's producer, so a crash can leave the new state stored and the records lost. The
+input's offset is not committed then, so it is read again; the order keeps the emits of
+its inputs until their offsets are committed (``Order.recent``) and a repeat sends them
+again, the same records. Waiting for each event's delivery instead would cost most of
+the join's throughput (it handles one event at a time).
 
 ``join.ticks`` carries an empty record per partition every ``SLUICE_ORPHAN_CHECK_EVERY``
 (a timer on every worker writes them): a tick sweeps that partition's held payments and
@@ -27,9 +32,10 @@ from schemas.catalog import topic_spec
 from schemas.headers import TRACEPARENT, record_headers
 from streams.agents.acking import acked_events
 from streams.context import WorkerContext
-from streams.domain.orders import Emit, Held, Order, step, sweep_orphans
+from streams.domain.orders import Committed, Emit, Held, Order, Position, step, sweep_orphans
 from streams.records import Inbound, header_value
 from streams.tables import partition_items
+from streams.transport import SluiceApp
 
 __all__ = ["AGENT", "handle", "register"]
 
@@ -58,7 +64,7 @@ def register(ctx: WorkerContext) -> None:
 
 async def handle(ctx: WorkerContext, record: Inbound) -> None:
     if record.topic == TICKS:
-        await sweep(ctx, record.partition)
+        await sweep(ctx, record.partition, position=_position(record))
         return
     try:
         decoded = ctx.codec.decode(record.value, topic=record.topic).record
@@ -75,7 +81,15 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
     order = Order.from_json(stored_order) if stored_order else None
     held = Held.from_json(stored_held) if stored_held else None
     now_ms = int(ctx.clock.time() * 1000)
-    result = step(order, held, record.topic, decoded, now_ms)
+    result = step(
+        order,
+        held,
+        record.topic,
+        decoded,
+        now_ms,
+        position=_position(record),
+        committed=_committed(ctx),
+    )
     await _send(ctx, result.emits, record)
     if result.order is not None and result.order != order:
         orders[order_id] = result.order.to_json()
@@ -86,8 +100,10 @@ async def handle(ctx: WorkerContext, record: Inbound) -> None:
             waiting[order_id] = result.held.to_json()
 
 
-async def sweep(ctx: WorkerContext, partition: int) -> int:
-    """Report this partition's orphaned payments; returns how many lists changed."""
+async def sweep(ctx: WorkerContext, partition: int, *, position: Position | None = None) -> int:
+    """Report this partition's orphaned payments; returns how many lists changed.
+
+    ``position`` is the tick's: a tick read again re-sends what it reported."""
     waiting = ctx.topology.payments_waiting
     entries = {
         key: Held.from_json(value)
@@ -100,6 +116,7 @@ async def sweep(ctx: WorkerContext, partition: int) -> int:
         now_ms,
         hold_ms=ctx.settings.orphan_hold_s * 1000,
         keep_ms=max(ctx.settings.dedupe_window_s, ctx.settings.orphan_hold_s) * 1000,
+        position=position,
     )
     for order_id, held, emits in changes:
         await _send(ctx, emits, None)
@@ -121,6 +138,15 @@ async def _send(ctx: WorkerContext, emits: tuple[Emit, ...], cause: Inbound | No
         headers = record_headers(emit.topic, emit.record, traceparent=traceparent)
         value = ctx.codec.encode(emit.topic, emit.record)
         await ctx.outbox.send(emit.topic, emit.key.encode(), value, headers)
+
+
+def _committed(ctx: WorkerContext) -> Committed | None:
+    app = ctx.topology.app
+    return app.committed_offset if isinstance(app, SluiceApp) else None
+
+
+def _position(record: Inbound) -> Position:
+    return (record.topic, record.partition, record.offset)
 
 
 def _order_id(topic: str, record: Mapping[str, Any]) -> str | None:

@@ -30,16 +30,39 @@ Rules, in words:
   (``order.payment_orphaned``) and kept, so an order that turns up later is still paid.
 
 Idempotence: each order remembers the ids of the last input events it applied, and each
-held list its events' ids; a repeat changes nothing and emits nothing. Every emitted
-record's id is derived from its cause's id and its type, so even a repeat the state
-could not recognise (state lost in a crash before its changelog write) emits records
-with the same ids as the first time.
+held list its events' ids; a repeat changes nothing. Every emitted record's id is
+derived from its cause's id and its type, so even a repeat the state could not
+recognise (state lost in a crash before its changelog write) emits records with the same
+ids as the first time.
+
+A repeat can also follow a crash the other way round: the agent sends the emits through
+the outbox (durable by the next offset commit) and then stores the state, whose
+changelog write goes through faust's own producer, so after a SIGKILL the stored state
+may already include an input whose records never reached Kafka. The input's offset was
+not committed (a commit waits for the outbox's delivery of everything sent before it:
+``streams/transport.py``, ``connectors/kafka_outbox.py``), so it is read again; an order
+that only said "seen" would emit nothing and lose those records. So an order also keeps
+the emits of its recent inputs (``Order.recent``: event id, the input's position, its
+emits), and the same record read again (same position) returns the same emits again (same
+records, same ids; every consumer is idempotent). A duplicate at another position (sent
+twice) still emits nothing: its original, if it crashed, is read again itself. An entry
+may be forgotten once its input's offset is committed, as such an input is never read
+again: :func:`step` drops those, given the consumer's committed offsets, whenever it
+stores the order anyway. Entries whose position is unknown, or whose commit is not
+known yet, are kept, up to ``RECENT_LIMIT`` per order (an order with more inputs than
+that within one commit interval, about a second, is the one case left to the derived
+ids). Inputs that emit nothing keep no entry.
+
+Held payments have the same hole in the orphan sweep: a list marked reported may be
+stored while its ``order.payment_orphaned`` records were not. The list remembers the
+tick that reported it and when; that tick read again reports it again, with the same
+records.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -47,11 +70,15 @@ from streams.domain.ids import derived_event_id
 from streams.domain.replies import reply_record
 
 __all__ = [
+    "RECENT_LIMIT",
     "SOURCE",
+    "Committed",
     "Emit",
     "Held",
     "Order",
     "OrderStatus",
+    "Position",
+    "Recent",
     "Step",
     "step",
     "sweep_orphans",
@@ -61,6 +88,15 @@ SOURCE: Final = "streams.join_orders"
 SEEN_LIMIT: Final = 64
 """Input ids an order remembers. Repeats come soon after the original (a redelivery, a
 retry); older repeats are caught by the status rules and the derived ids."""
+RECENT_LIMIT: Final = 16
+"""Inputs whose emits an order keeps while their offsets are not known to be committed."""
+
+Position = tuple[str, int, int]
+"""Where an input was read: topic, partition, offset."""
+
+Committed = Callable[[str, int], int | None]
+"""The consumer's committed offset (the next offset to read) of a topic partition, or
+None when not known."""
 
 
 class OrderStatus:
@@ -80,6 +116,37 @@ _PAID_OR_AFTER: Final = frozenset(
     {OrderStatus.PAID, OrderStatus.PARTIALLY_REFUNDED, OrderStatus.REFUNDED}
 )
 _REFUND_DROPPED: Final = frozenset({"failed", "canceled", "refund_failed"})
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A record to produce: topic, key, the record (encoded by the agent)."""
+
+    topic: str
+    key: str
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Recent:
+    """A recent input of an order and what it emitted (re-sent if it is read again)."""
+
+    event_id: str
+    position: Position | None
+    emits: tuple[Emit, ...]
+
+    def to_json(self) -> list[Any]:
+        emits = [[emit.topic, emit.key, emit.record] for emit in self.emits]
+        return [self.event_id, list(self.position) if self.position else None, emits]
+
+    @classmethod
+    def from_json(cls, data: Sequence[Any]) -> Recent:
+        event_id, position, emits = data
+        return cls(
+            event_id=str(event_id),
+            position=(str(position[0]), int(position[1]), int(position[2])) if position else None,
+            emits=tuple(Emit(str(topic), str(key), dict(record)) for topic, key, record in emits),
+        )
 
 
 @dataclass(frozen=True)
@@ -103,6 +170,7 @@ class Order:
     provider_ids: tuple[str, ...] = ()
     released: bool = False
     seen: tuple[str, ...] = ()
+    recent: tuple[Recent, ...] = ()
 
     @property
     def refunded_minor(self) -> int:
@@ -128,6 +196,7 @@ class Order:
                 "providerIds": list(self.provider_ids),
                 "released": self.released,
                 "seen": list(self.seen),
+                "recent": [entry.to_json() for entry in self.recent],
             },
             separators=(",", ":"),
         )
@@ -153,6 +222,8 @@ class Order:
             provider_ids=tuple(data["providerIds"]),
             released=data["released"],
             seen=tuple(data["seen"]),
+            # States stored before ``recent`` existed have none.
+            recent=tuple(Recent.from_json(entry) for entry in data.get("recent", ())),
         )
 
 
@@ -163,6 +234,10 @@ class Held:
     events: tuple[tuple[str, Mapping[str, Any]], ...]  # (topic, decoded record)
     first_held_ms: int
     reported: bool = False
+    #: The tick that reported the list, and its time: that tick read again (a crash
+    #: before its records were durable) reports the list again, with the same records.
+    reported_by: Position | None = None
+    reported_ms: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -170,6 +245,8 @@ class Held:
                 "events": [[topic, dict(record)] for topic, record in self.events],
                 "firstHeldMs": self.first_held_ms,
                 "reported": self.reported,
+                "reportedBy": list(self.reported_by) if self.reported_by else None,
+                "reportedMs": self.reported_ms,
             },
             separators=(",", ":"),
         )
@@ -181,16 +258,11 @@ class Held:
             events=tuple((str(topic), record) for topic, record in data["events"]),
             first_held_ms=data["firstHeldMs"],
             reported=data["reported"],
+            reported_by=(str(by[0]), int(by[1]), int(by[2]))
+            if (by := data.get("reportedBy"))
+            else None,
+            reported_ms=data.get("reportedMs"),
         )
-
-
-@dataclass(frozen=True)
-class Emit:
-    """A record to produce: topic, key, the record (encoded by the agent)."""
-
-    topic: str
-    key: str
-    record: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -260,8 +332,67 @@ def step(
     topic: str,
     record: Mapping[str, Any],
     now_ms: int,
+    *,
+    position: Position | None = None,
+    committed: Committed | None = None,
 ) -> Step:
-    """Apply one input record (decoded) to an order's state."""
+    """Apply one input record (decoded) to an order's state.
+
+    ``position`` is where the input was read and ``committed`` the consumer's committed
+    offsets: the order keeps the input's emits until its offset is committed, and a
+    repeat of a kept input returns them again.
+    """
+    event_id = str(record["eventId"])
+    if order is not None and event_id in order.seen:
+        again = next(
+            (
+                entry.emits
+                for entry in order.recent
+                if entry.event_id == event_id and _same_input(entry.position, position)
+            ),
+            (),
+        )
+        return Step(order, _unless_applied(order, held), again)
+    result = _step(order, held, topic, record, now_ms)
+    if result.order is None or result.order == order:
+        return result
+    recent = tuple(
+        entry for entry in result.order.recent if not _is_committed(entry.position, committed)
+    )
+    if result.emits:
+        recent = (*recent, Recent(event_id, position, result.emits))
+    return replace(result, order=replace(result.order, recent=recent[-RECENT_LIMIT:]))
+
+
+def _same_input(remembered: Position | None, position: Position | None) -> bool:
+    """The very record read again (a crash), not a duplicate sent again (a retry of the
+    producer, a replay): only the former may have lost its records."""
+    return remembered is None or position is None or remembered == position
+
+
+def _is_committed(position: Position | None, committed: Committed | None) -> bool:
+    if position is None or committed is None:
+        return False
+    topic, partition, offset = position
+    next_offset = committed(topic, partition)
+    return next_offset is not None and offset < next_offset
+
+
+def _unless_applied(order: Order, held: Held | None) -> Held | None:
+    """A held list whose events the order has applied is the rest of a crash between
+    storing the order and deleting the list: drop it (else it is reported orphaned)."""
+    if held is not None and all(str(r["eventId"]) in order.seen for _, r in held.events):
+        return None
+    return held
+
+
+def _step(
+    order: Order | None,
+    held: Held | None,
+    topic: str,
+    record: Mapping[str, Any],
+    now_ms: int,
+) -> Step:
     event_id = str(record["eventId"])
     event_type = str(record["eventType"])
     if topic == "commands.payments":
@@ -270,8 +401,6 @@ def step(
         if event_type == "order.created":
             return _create(held, record, now_ms)
         return _hold(held, topic, record, now_ms)
-    if event_id in order.seen:
-        return Step(order, held)
     acc = _Acc(order, now_ms)
     _apply(acc, topic, record)
     remembered = (*acc.order.seen, event_id)[-SEEN_LIMIT:]
@@ -279,24 +408,45 @@ def step(
 
 
 def sweep_orphans(
-    held: Mapping[str, Held], now_ms: int, hold_ms: float, keep_ms: float
+    held: Mapping[str, Held],
+    now_ms: int,
+    hold_ms: float,
+    keep_ms: float,
+    *,
+    position: Position | None = None,
 ) -> list[tuple[str, Held | None, tuple[Emit, ...]]]:
     """Held lists whose hold ran out: report each once (``order.payment_orphaned`` per
     held payment), and drop lists older than ``keep_ms``. Returns (order id, new held
-    state or None to delete, emits) for the lists that changed."""
+    state or None to delete, emits) for the lists that changed.
+
+    ``position`` is the tick's: a list reported by this very tick (read again after a
+    crash) is reported again with the same records, as they may never have been sent.
+    """
     changes: list[tuple[str, Held | None, tuple[Emit, ...]]] = []
     for order_id, entry in held.items():
         age = now_ms - entry.first_held_ms
-        if age >= keep_ms:
+        if (
+            entry.reported
+            and position is not None
+            and entry.reported_by == position
+            and entry.reported_ms is not None
+        ):
+            changes.append((order_id, entry, _orphan_reports(order_id, entry, entry.reported_ms)))
+        elif age >= keep_ms:
             changes.append((order_id, None, ()))
         elif not entry.reported and age >= hold_ms:
-            emits = tuple(
-                Emit("orders.lifecycle", order_id, _orphaned(order_id, record, now_ms, age))
-                for topic, record in entry.events
-                if topic.startswith("billing.")
-            )
-            changes.append((order_id, replace(entry, reported=True), emits))
+            reported = replace(entry, reported=True, reported_by=position, reported_ms=now_ms)
+            changes.append((order_id, reported, _orphan_reports(order_id, entry, now_ms)))
     return changes
+
+
+def _orphan_reports(order_id: str, entry: Held, now_ms: int) -> tuple[Emit, ...]:
+    age = now_ms - entry.first_held_ms
+    return tuple(
+        Emit("orders.lifecycle", order_id, _orphaned(order_id, record, now_ms, age))
+        for topic, record in entry.events
+        if topic.startswith("billing.")
+    )
 
 
 # -- order events --------------------------------------------------------------------
@@ -544,8 +694,6 @@ def _command(
         return Step(
             None, held, _reply(record, 404, _error("not_found", f"no order {order_id}"), now_ms)
         )
-    if str(record["eventId"]) in order.seen:
-        return Step(order, held)
     remembered = replace(order, seen=(*order.seen, str(record["eventId"]))[-SEEN_LIMIT:])
     if event_type == "payments.intent.create":
         if order.payment_intent_id and order.status in _PAYABLE:

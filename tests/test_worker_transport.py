@@ -52,10 +52,23 @@ async def test_every_commit_waits_for_the_barriers_first_and_a_failed_one_stops_
     assert calls == ["delivered", "lost"]
 
 
+@dataclass(frozen=True)
+class _Message:
+    """The part of a faust message the worker reads (its trace and log scope)."""
+
+    topic: str = "webhooks.stripe"
+    partition: int = 0
+    offset: int = 0
+    key: bytes | None = None
+    value: bytes = b""
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
 @dataclass
 class _Event:
     value: int
     acked: bool = False
+    message: _Message = field(default_factory=_Message)
 
 
 @dataclass

@@ -21,7 +21,8 @@ import pytest
 from base.clock import FrozenClock
 from base.errors import InvalidEvent, PermanentError, TransientError
 from schemas.codec import make_codec
-from streams.agents.stripe_calls import AGENT, call_stripe, run_by_key
+from streams.agents.by_key import run_by_key
+from streams.agents.stripe_calls import AGENT, call_stripe
 from streams.domain.ids import derived_event_id
 from streams.domain.payment_calls import (
     CHECKOUT_CREATE,

@@ -52,7 +52,7 @@ from schemas.headers import TRACEPARENT, record_headers
 from schemas.leads import LeadStatus
 from schemas.runtime_keys import partner_delivery_key, partner_enabled_key
 from streams.agents.batched import agent_batches
-from streams.agents.stripe_calls import run_by_key
+from streams.agents.by_key import run_by_key
 from streams.context import WorkerContext
 from streams.domain.leads import (
     SOURCE,

@@ -36,7 +36,7 @@ from typing import Any, Final
 from base.errors import InvalidEvent, PermanentError
 from schemas.headers import TRACEPARENT, record_headers
 from streams.agents.batched import agent_batches
-from streams.agents.stripe_calls import run_by_key
+from streams.agents.by_key import run_by_key
 from streams.context import WorkerContext
 from streams.domain.cache import INVALIDATE_TOPIC, Invalidation, invalidated_body
 from streams.domain.replies import reply_record

@@ -49,7 +49,7 @@ from schemas.notify_templates import RenderedMessage, default_catalog
 from schemas.recipients import Recipient, UserRecipient, parse_recipient
 from schemas.runtime_keys import NOTIFY_USER_CAP
 from streams.agents.batched import agent_batches
-from streams.agents.stripe_calls import run_by_key
+from streams.agents.by_key import run_by_key
 from streams.context import WorkerContext
 from streams.domain.notifications import (
     NotificationRequest,

@@ -31,7 +31,6 @@ Client secrets are never logged: log lines carry ``payment_calls.log_fields`` on
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol
@@ -41,6 +40,7 @@ from base.errors import PermanentError
 from schemas.codec import Codec
 from schemas.headers import TRACEPARENT
 from streams.agents.batched import agent_batches
+from streams.agents.by_key import run_by_key
 from streams.context import WorkerContext
 from streams.domain.payment_calls import (
     SETUP_FAILED,
@@ -61,10 +61,10 @@ from streams.domain.payment_calls import (
     rejected,
     setup_failed,
 )
-from streams.effects import EffectRunner, Outbox
+from streams.effects import Outbox
 from streams.records import Inbound, header_value
 
-__all__ = ["AGENT", "MAX_CONCURRENT_CALLS", "StripeCalls", "call_stripe", "register", "run_by_key"]
+__all__ = ["AGENT", "MAX_CONCURRENT_CALLS", "StripeCalls", "call_stripe", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -111,40 +111,6 @@ def register(ctx: WorkerContext) -> None:
             await run_by_key(ctx.runner, AGENT, records, limit=MAX_CONCURRENT_CALLS)
 
     ctx.topology.app.agent(ctx.topology.reads(AGENT), name=AGENT)(stripe_calls)
-
-
-async def run_by_key(
-    runner: EffectRunner,
-    name: str | Callable[[Inbound], str],
-    records: Sequence[Inbound],
-    *,
-    limit: int,
-) -> None:
-    """Run effect ``name`` once per record: records with the same key in order, other
-    keys concurrently, at most ``limit`` at a time. Returns when all are done; an
-    exception the runner lets through (a bug, a tripped dead-letter guard) is raised
-    after every lane has stopped.
-
-    :param name: the effect, or a function naming each record's (an agent reading
-        topics whose records take different effects).
-    """
-    effect_of = (lambda _: name) if isinstance(name, str) else name
-    lanes: dict[bytes | None, list[Inbound]] = {}
-    for record in records:
-        lanes.setdefault(record.key, []).append(record)
-    slots = asyncio.Semaphore(limit)
-
-    async def lane(queue: list[Inbound]) -> None:
-        for record in queue:
-            async with slots:
-                await runner.run(effect_of(record), [record])
-
-    results = await asyncio.gather(
-        *(lane(queue) for queue in lanes.values()), return_exceptions=True
-    )
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
 
 
 async def call_stripe(
